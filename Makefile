@@ -1,0 +1,33 @@
+# Two entry points: `make run` (install and run with built-in defaults) and
+# `make test` (install and run the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e . --config-settings editable_mode=compat
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+
+run: install
+	$(BIN)/gateway $(ARGS)
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

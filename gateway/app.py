@@ -1,0 +1,154 @@
+"""Wires config, quota, command service and front-ends into one service tree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
+from gateway.commands.comphash import ComphashCommand
+from gateway.commands.lastlog import LastlogCommand, source_from_config
+from gateway.config import Config, ConfigError
+from gateway.quota import ClientQuota
+from gateway.service import CommandService
+from gateway.tcp import LineFactory
+
+log = Logger(namespace="gateway.app")
+
+
+class ListeningService(Service):
+    """Listens on an endpoint while running; ``ready`` fires once listening."""
+
+    def __init__(self, label: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+        self.label = label
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.ready: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            address: Any = port.getHost()
+            where = f"{address.host}:{address.port}" if hasattr(address, "port") else str(address)
+            log.info("{label} listening on {where}", label=self.label, where=where)
+            return port
+
+        self.endpoint.listen(self.factory).addCallback(listening).chainDeferred(self.ready)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class ThreadPoolService(Service):
+    """Starts a thread pool with the service and stops (joins) it with it."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+def endpoint(reactor: Any, key: str, description: str) -> IStreamServerEndpoint:
+    """Parse an endpoint string, or a ConfigError naming ``key``."""
+    try:
+        found: IStreamServerEndpoint = serverFromString(reactor, description)
+        return found
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(key, f"bad endpoint {description!r}: {e}") from None
+
+
+class Gateway(MultiService):
+    """The whole daemon.  ``ready`` fires when every listener listens."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.quota = ClientQuota(config.quota.max_clients, config.quota.max_per_ip)
+        pool = ThreadPool(minthreads=0, maxthreads=config.comphash.workers, name="gateway-io")
+        ThreadPoolService(pool).setServiceParent(self)
+
+        def run_in_thread(f: Callable[[], Any]) -> Deferred[Any]:
+            return deferToThreadPool(reactor, pool, f)
+
+        self.service = CommandService([], reactor)
+        lastlog = config.lastlog
+        self.service.add(
+            LastlogCommand(
+                source_from_config(lastlog.source, run_in_thread, reactor),
+                lastlog.default_lines,
+                lastlog.max_lines,
+                lastlog.timeout,
+            )
+        )
+        comphash = config.comphash
+        self.service.add(
+            ComphashCommand(
+                comphash.allowed_roots,
+                comphash.algorithms,
+                comphash.default_algorithm,
+                comphash.chunk_size,
+                comphash.timeout,
+                run_in_thread,
+                reactor.callFromThread,
+            )
+        )
+        self.service.add(HelpCommand(lambda: self.service.commands))
+        self.service.add(StatsCommand(self.quota, reactor))
+        self.service.add(ExitCommand())
+
+        tcp = config.tcp
+        self.listeners = [
+            ListeningService(
+                "TCP",
+                endpoint(reactor, "tcp.listen", tcp.listen),
+                LineFactory(
+                    self.service, self.quota, reactor, tcp.max_line_length, tcp.idle_timeout
+                ),
+            ),
+        ]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+
+        self.exit_status = 0
+
+    def ready(self) -> Deferred[list[Any]]:
+        return gatherResults([listener.ready for listener in self.listeners], consumeErrors=True)
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready().addErrback(self._cannot_listen)
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        """A listener could not start (port taken, no permission): stop, status 1."""
+        value = failure.value
+        inner = getattr(value, "subFailure", None)
+        if inner is not None:
+            value = inner.value
+        log.critical("cannot start: {why}", why=str(value))
+        self.exit_status = 1
+        if self.reactor.running:
+            self.reactor.stop()

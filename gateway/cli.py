@@ -1,0 +1,93 @@
+"""The ``gateway`` command (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.logger import globalLogBeginner
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, load
+
+#: flag -> config key, for the common keys.
+FLAG_KEYS: dict[str, str] = {
+    "tcp": "tcp.listen",
+    "http": "http.listen",
+    "max_clients": "quota.max_clients",
+    "log_format": "log.format",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway",
+        description="Remote-admin daemon: lastlog and comphash over netcat, HTTP and WebSocket.",
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="TOML config file (default: built-in)")
+    p.add_argument("--tcp", metavar="ENDPOINT", help="line server listener, e.g. tcp:9999")
+    p.add_argument("--http", metavar="ENDPOINT", help="HTTP/WebSocket listener, e.g. tcp:8080")
+    p.add_argument("--max-clients", metavar="N", help="client quota across all transports")
+    p.add_argument("--log-format", choices=("text", "json"), help="log output format")
+    p.add_argument(
+        "--check-config", action="store_true", help="print the effective config and exit"
+    )
+    p.add_argument("--version", action="version", version=f"gateway {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    path = args.config or environ.get("GATEWAY_CONFIG") or None
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+    return load(path, environ, flags)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    reactor: Any = None,
+) -> int:
+    args = parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    try:
+        config = config_from_args(args, environ)
+    except ConfigError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(config), indent=2))
+        return 0
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    return run(config, reactor)
+
+
+def run(config: Config, reactor: Any) -> int:
+    from gateway.app import Gateway
+    from gateway.logfmt import make_observer
+
+    try:
+        gateway = Gateway(config, reactor)
+    except ConfigError as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(config.log.format, config.log.level, sys.stdout)],
+        redirectStandardIO=False,
+    )
+    reactor.callWhenRunning(gateway.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.run()
+    return gateway.exit_status
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per command; :mod:`gateway.commands.base` has the shared shape."""

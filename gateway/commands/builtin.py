@@ -1,0 +1,121 @@
+"""The small commands: ``help``, ``stats`` and ``exit``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.commands.base import Command, no_arguments, reject_unknown
+from gateway.events import Result, Sink
+from gateway.quota import TRANSPORTS, Quota
+
+
+class HelpCommand:
+    name = "help"
+    usage = "help"
+    summary = "list the commands"
+    timeout = 5.0
+    frame = None
+
+    def __init__(self, commands: Callable[[], Sequence[Command]]) -> None:
+        self._commands = commands
+
+    def parse(self, rest: str) -> Mapping[str, object]:
+        return no_arguments(self.name, rest)
+
+    def prepare(self, args: Mapping[str, object]) -> None:
+        reject_unknown(self.name, args, frozenset())
+
+    def run(self, args: None, sink: Sink) -> Deferred[Result]:
+        commands = self._commands()
+        width = max(len(c.usage) for c in commands)
+        return succeed(
+            Result(
+                command=self.name,
+                data={
+                    "commands": [
+                        {"name": c.name, "usage": c.usage, "summary": c.summary} for c in commands
+                    ]
+                },
+                text=tuple(f"{c.usage.ljust(width)}  {c.summary}" for c in commands),
+            )
+        )
+
+
+def format_duration(seconds: float) -> str:
+    total = int(seconds)
+    days, rem = divmod(total, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+class StatsCommand:
+    name = "stats"
+    usage = "stats"
+    summary = "clients in use and refused, per transport; uptime"
+    timeout = 5.0
+    frame = None
+
+    def __init__(self, quota: Quota, clock: IReactorTime) -> None:
+        self._quota = quota
+        self._clock = clock
+        self._started = clock.seconds()
+
+    def parse(self, rest: str) -> Mapping[str, object]:
+        return no_arguments(self.name, rest)
+
+    def prepare(self, args: Mapping[str, object]) -> None:
+        reject_unknown(self.name, args, frozenset())
+
+    def run(self, args: None, sink: Sink) -> Deferred[Result]:
+        snap = self._quota.snapshot()
+        uptime = self._clock.seconds() - self._started
+
+        def per(counts: Mapping[str, int]) -> str:
+            return ", ".join(f"{t} {counts[t]}" for t in TRANSPORTS)
+
+        data: dict[str, Any] = {
+            "clients": {
+                "in_use": snap.total_in_use,
+                "max": snap.max_clients,
+                "max_per_ip": snap.max_per_ip,
+                "by_transport": {
+                    t: {
+                        "in_use": snap.in_use[t],
+                        "served": snap.granted[t],
+                        "refused": snap.refused[t],
+                    }
+                    for t in TRANSPORTS
+                },
+            },
+            "uptime_seconds": round(uptime, 3),
+        }
+        text = (
+            f"clients: {snap.total_in_use}/{snap.max_clients} in use ({per(snap.in_use)})",
+            f"served: {sum(snap.granted.values())} ({per(snap.granted)})",
+            f"refused: {sum(snap.refused.values())} ({per(snap.refused)})",
+            f"uptime: {format_duration(uptime)}",
+        )
+        return succeed(Result(command=self.name, data=data, text=text))
+
+
+class ExitCommand:
+    name = "exit"
+    usage = "exit"
+    summary = "close this connection"
+    timeout = 5.0
+    frame = None
+
+    def parse(self, rest: str) -> Mapping[str, object]:
+        return {}
+
+    def prepare(self, args: Mapping[str, object]) -> None:
+        return None
+
+    def run(self, args: None, sink: Sink) -> Deferred[Result]:
+        return succeed(Result(command=self.name, close=True))

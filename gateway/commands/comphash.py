@@ -1,0 +1,243 @@
+"""``comphash [-a ALGO] <path>``: the hash of a regular file.
+
+The file is checked and opened so that nothing can block the daemon or leak
+what it must not: symlinks are resolved and the result must lie inside
+``comphash.allowed_roots`` (compared with ``os.path.commonpath``); ``/proc`` and
+``/sys`` are refused; anything that is not a regular file is refused before it
+is opened; the open is non-blocking and does not follow a final symlink, and
+the descriptor is checked again with ``fstat`` so nothing can be swapped in.
+Reading happens in chunks in a bounded thread pool and stops between chunks
+when the run is cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from gateway.commands.base import reject_unknown
+from gateway.errors import CommandError
+from gateway.events import Progress, Result, Sink
+
+#: Never hashed, wherever the allowed roots point: kernel views that look like
+#: files but are not (``/proc/self/environ`` would leak the daemon's secrets).
+PSEUDO_FILESYSTEMS: tuple[str, ...] = ("/proc", "/sys")
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+CallFromThread = Callable[..., None]
+
+
+class Cancelled(Exception):
+    """The reader was asked to stop between two chunks."""
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:
+        return False
+
+
+def check_allowed(real: str, shown: str, roots: Sequence[str]) -> None:
+    """Raise ``forbidden`` unless the resolved path ``real`` may be hashed."""
+    for pseudo in PSEUDO_FILESYSTEMS:
+        if _inside(real, pseudo):
+            raise CommandError(
+                "forbidden", f"Path is under {pseudo}, which is never hashed: {shown}"
+            )
+    if not any(_inside(real, root) for root in roots):
+        raise CommandError("forbidden", f"Path is outside the allowed roots: {shown}")
+
+
+def _os_error(e: OSError, path: str) -> CommandError:
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return CommandError("not_found", f"No such file: {path}")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return CommandError("permission_denied", f"Permission denied: {path}")
+    if e.errno == errno.ELOOP:
+        return CommandError("not_a_file", f"Not a regular file: {path} (symbolic link)")
+    return CommandError("not_a_file", f"Cannot open {path}: {e.strerror}")
+
+
+def open_regular(path: str, roots: Sequence[str]) -> tuple[int, int]:
+    """Open ``path`` for hashing; return ``(fd, size)`` or raise CommandError.
+
+    ``roots`` must be resolved absolute directories.
+    """
+    real = os.path.realpath(path)
+    check_allowed(real, path, roots)
+    try:
+        before = os.lstat(real)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    if not stat.S_ISREG(before.st_mode):
+        raise CommandError("not_a_file", f"Not a regular file: {path}")
+    try:
+        fd = os.open(real, OPEN_FLAGS)
+    except OSError as e:
+        raise _os_error(e, path) from None
+    try:
+        after = os.fstat(fd)
+        if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (
+            before.st_dev,
+            before.st_ino,
+        ):
+            raise CommandError("not_a_file", f"File changed while being opened: {path}")
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = real
+        # A parent directory swapped for a symlink between realpath and open.
+        check_allowed(opened, path, roots)
+        return fd, after.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def hash_fd(
+    fd: int,
+    algorithm: str,
+    chunk_size: int,
+    stop: threading.Event,
+    progress: Callable[[int], None] | None = None,
+    progress_every: int = 0,
+) -> tuple[str, int]:
+    """Hash the open file ``fd`` to its end; return ``(hexdigest, bytes)``.
+
+    Checks ``stop`` before each chunk and raises :class:`Cancelled` when set.
+    Calls ``progress(done)`` each ``progress_every`` bytes (0: never).
+    """
+    digest = hashlib.new(algorithm)
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    done = 0
+    next_report = progress_every
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        while True:
+            if stop.is_set():
+                raise Cancelled()
+            n = f.readinto(view)
+            if not n:
+                break
+            digest.update(view[:n])
+            done += n
+            if progress is not None and progress_every and done >= next_report:
+                progress(done)
+                next_report = done + progress_every
+    return digest.hexdigest(), done
+
+
+@dataclass(frozen=True)
+class ComphashArgs:
+    path: str
+    algorithm: str
+
+
+class ComphashCommand:
+    name = "comphash"
+    usage = "comphash [-a ALGO] <path>"
+    frame = None
+
+    def __init__(
+        self,
+        allowed_roots: Sequence[str],
+        algorithms: Sequence[str],
+        default_algorithm: str,
+        chunk_size: int,
+        timeout: float,
+        run_in_thread: RunInThread,
+        call_from_thread: CallFromThread,
+    ) -> None:
+        self.roots = tuple(os.path.realpath(r) for r in allowed_roots)
+        self.algorithms = tuple(algorithms)
+        self.default_algorithm = default_algorithm
+        self.chunk_size = chunk_size
+        self.timeout = timeout
+        self._run_in_thread = run_in_thread
+        self._call_from_thread = call_from_thread
+        self.summary = f"hash of a file (default {default_algorithm}; {', '.join(self.algorithms)})"
+
+    def parse(self, rest: str) -> Mapping[str, object]:
+        text = rest.strip()
+        head, _, tail = text.partition(" ")
+        if head in ("-a", "--algorithm"):
+            algorithm, _, path = tail.strip().partition(" ")
+            if not algorithm:
+                raise CommandError("bad_argument", f"{head} needs an algorithm name")
+            return {"algorithm": algorithm, "path": path.strip()}
+        if head.startswith("--algorithm="):
+            return {"algorithm": head.split("=", 1)[1], "path": tail.strip()}
+        return {"path": text}
+
+    def prepare(self, args: Mapping[str, object]) -> ComphashArgs:
+        reject_unknown(self.name, args, frozenset({"path", "algorithm"}))
+        path = args.get("path", "")
+        algorithm = args.get("algorithm", self.default_algorithm)
+        if not isinstance(path, str) or not isinstance(algorithm, str):
+            raise CommandError("bad_argument", "path and algorithm must be strings")
+        if not path:
+            raise CommandError("missing_argument", "Please provide a path.")
+        if "\x00" in path:
+            raise CommandError("bad_argument", "Path contains a NUL byte.")
+        if not os.path.isabs(path):
+            raise CommandError("bad_argument", f"Path must be absolute: {path}")
+        if algorithm not in self.algorithms:
+            raise CommandError(
+                "bad_argument",
+                f"Unknown algorithm: {algorithm} (allowed: {', '.join(self.algorithms)})",
+            )
+        return ComphashArgs(path=path, algorithm=algorithm)
+
+    def run(self, args: ComphashArgs, sink: Sink) -> Deferred[Result]:
+        stop = threading.Event()
+        outer: Deferred[Result] = Deferred(lambda _: stop.set())
+
+        def work() -> Result:
+            fd, size = open_regular(args.path, self.roots)
+            try:
+                self._call_from_thread(report, 0, size)
+
+                def step(done: int) -> None:
+                    self._call_from_thread(report, done, size)
+
+                every = max(self.chunk_size, size // 100)
+                hexdigest, done = hash_fd(fd, args.algorithm, self.chunk_size, stop, step, every)
+            finally:
+                os.close(fd)
+            self._call_from_thread(report, done, done)
+            return Result(
+                command=self.name,
+                data={
+                    "path": args.path,
+                    "algorithm": args.algorithm,
+                    "hex": hexdigest,
+                    "size": done,
+                },
+                text=(f"File hash is: {hexdigest}",),
+            )
+
+        def report(done: int, total: int) -> None:
+            if not outer.called:
+                sink(Progress(done, total))
+
+        def relay(result: Result | Failure) -> None:
+            if outer.called:
+                return  # cancelled meanwhile; the thread has stopped or will
+            if isinstance(result, Failure):
+                outer.errback(result)
+            else:
+                outer.callback(result)
+
+        self._run_in_thread(work).addBoth(relay)
+        return outer

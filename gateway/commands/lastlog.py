@@ -1,0 +1,297 @@
+"""``lastlog [N]``: the last N lines of the system log.
+
+Sources: a file (read backwards from its end, never whole), a command run with
+``spawnProcess`` and streamed line by line, or ``auto`` which picks the first
+of ``/var/log/syslog``, ``/var/log/messages`` and the systemd journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from gateway.commands.base import reject_unknown
+from gateway.errors import CommandError
+from gateway.events import Lines, Result, Sink
+
+T = TypeVar("T")
+RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
+
+#: Most bytes read backwards from a log file for one request.
+TAIL_MAX_BYTES = 16 * 1024 * 1024
+#: A line longer than this is cut (from a file or a child's output).
+MAX_LINE_BYTES = 64 * 1024
+AUTO_FILES: tuple[str, ...] = ("/var/log/syslog", "/var/log/messages")
+JOURNAL_ARGV: tuple[str, ...] = ("journalctl", "--no-pager", "--quiet", "-n", "{lines}")
+CHILD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _decode(raw: bytes) -> str:
+    if len(raw) > MAX_LINE_BYTES:
+        raw = raw[:MAX_LINE_BYTES]
+    return raw.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def tail_lines(
+    f: IO[bytes], n: int, block: int = 65536, max_bytes: int = TAIL_MAX_BYTES
+) -> list[str]:
+    """The last ``n`` lines of the seekable binary file ``f``, reading backwards.
+
+    Reads at most ``max_bytes`` (plus one block); a final line without a newline
+    counts as a line.
+    """
+    end = f.seek(0, os.SEEK_END)
+    pos = end
+    chunks: list[bytes] = []
+    newlines = 0
+    while pos > 0 and newlines <= n and end - pos < max_bytes:
+        size = min(block, pos)
+        pos -= size
+        f.seek(pos)
+        data = f.read(size)
+        chunks.append(data)
+        newlines += data.count(b"\n")
+    data = b"".join(reversed(chunks))
+    parts = data.split(b"\n")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    if pos > 0 and parts:
+        parts.pop(0)  # the first piece may start mid-line
+    return [_decode(p) for p in parts[-n:]]
+
+
+class LogSource(Protocol):
+    description: str
+
+    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+        """Send up to ``n`` last lines to ``sink``; fire with the source's name."""
+
+
+class FileSource:
+    def __init__(self, path: str, run_in_thread: RunInThread[Any]) -> None:
+        self.path = path
+        self.description = path
+        self._run_in_thread = run_in_thread
+
+    def _read(self, n: int) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                return tail_lines(f, n)
+        except FileNotFoundError:
+            raise CommandError("unavailable", f"Log file not found: {self.path}") from None
+        except PermissionError:
+            raise CommandError("permission_denied", f"Permission denied: {self.path}") from None
+        except IsADirectoryError:
+            raise CommandError("unavailable", f"Log source is a directory: {self.path}") from None
+        except OSError as e:
+            raise CommandError("unavailable", f"Cannot read {self.path}: {e.strerror}") from None
+
+    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+        def send(lines: list[str]) -> str:
+            if lines:
+                sink(Lines(tuple(lines)))
+            return self.path
+
+        return self._run_in_thread(lambda: self._read(n)).addCallback(send)
+
+
+class _ChildLines(ProcessProtocol):
+    """Streams a child's stdout as lines, keeps a little of its stderr."""
+
+    def __init__(self, n: int, sink: Sink, done: Deferred[str], name: str) -> None:
+        self.n = n
+        self.sink = sink
+        self.done = done
+        self.name = name
+        self.sent = 0
+        self._buffer = b""
+        self._stderr = b""
+        self.process: IProcessTransport | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.closeStdin()
+
+    def _send(self, raw: list[bytes]) -> None:
+        room = self.n - self.sent
+        if room <= 0 or self.done.called:
+            return
+        take = raw[:room]
+        self.sent += len(take)
+        self.sink(Lines(tuple(_decode(line) for line in take)))
+        if self.sent >= self.n:
+            self.kill()  # we have all we were asked for
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        if b"\n" in self._buffer:
+            *complete, self._buffer = self._buffer.split(b"\n")
+            self._send(complete)
+        if len(self._buffer) > MAX_LINE_BYTES:
+            line, self._buffer = self._buffer, b""
+            self._send([line])
+
+    def errReceived(self, data: bytes) -> None:
+        if len(self._stderr) < 4096:
+            self._stderr += data[: 4096 - len(self._stderr)]
+
+    def kill(self) -> None:
+        if self.transport is None:
+            return
+        with contextlib.suppress(ProcessExitedAlready):
+            self.transport.signalProcess("KILL")
+
+    def processEnded(self, reason: Failure) -> None:
+        if self.done.called:
+            return
+        if self._buffer:
+            self._send([self._buffer])
+            self._buffer = b""
+        failed = reason.check(ProcessTerminated) is not None and self.sent < self.n
+        if failed and not self.sent:
+            err = self._stderr.decode("utf-8", "replace").strip().splitlines()
+            detail = f": {err[0]}" if err else ""
+            status = getattr(reason.value, "exitCode", None)
+            signal = getattr(reason.value, "signal", None)
+            how = f"exit status {status}" if status is not None else f"signal {signal}"
+            self.done.errback(
+                CommandError("unavailable", f"Log command {self.name} failed ({how}){detail}")
+            )
+            return
+        assert reason.check(ProcessDone, ProcessTerminated)
+        self.done.callback(self.name)
+
+
+class CommandSource:
+    """Runs ``argv`` (``{lines}`` replaced by N) and streams its output."""
+
+    def __init__(self, argv: Sequence[str], spawner: IReactorProcess) -> None:
+        self.argv = tuple(argv)
+        self.description = shlex.join(self.argv)
+        self._spawner = spawner
+
+    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+        argv = [arg.replace("{lines}", str(n)) for arg in self.argv]
+        search = CHILD_PATH + os.pathsep + os.environ.get("PATH", "")
+        executable = shutil.which(argv[0], path=search)
+        if executable is None:
+            raise CommandError("unavailable", f"Log command not found: {argv[0]}")
+        child: _ChildLines
+
+        def cancel(d: Deferred[str]) -> None:
+            child.kill()
+
+        done: Deferred[str] = Deferred(cancel)
+        child = _ChildLines(n, sink, done, argv[0])
+        env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        try:
+            self._spawner.spawnProcess(child, executable, argv, env=env)
+        except OSError as e:
+            raise CommandError("unavailable", f"Cannot run {argv[0]}: {e.strerror}") from None
+        return done
+
+
+class AutoSource:
+    """The first of ``files`` that exists, else the journal, else ``unavailable``."""
+
+    def __init__(
+        self,
+        run_in_thread: RunInThread[Any],
+        spawner: IReactorProcess,
+        files: Sequence[str] = AUTO_FILES,
+        journal: Sequence[str] = JOURNAL_ARGV,
+    ) -> None:
+        self.description = "auto"
+        self._run_in_thread = run_in_thread
+        self._spawner = spawner
+        self._files = tuple(files)
+        self._journal = tuple(journal)
+
+    def pick(self) -> LogSource:
+        for path in self._files:
+            if os.path.exists(path):
+                return FileSource(path, self._run_in_thread)
+        if shutil.which(self._journal[0], path=CHILD_PATH):
+            return CommandSource(self._journal, self._spawner)
+        tried = ", ".join((*self._files, self._journal[0]))
+        raise CommandError("unavailable", f"No log source found (tried {tried})")
+
+    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+        return self.pick().tail(n, sink)
+
+
+def source_from_config(
+    source: str, run_in_thread: RunInThread[Any], spawner: IReactorProcess
+) -> LogSource:
+    if source == "auto":
+        return AutoSource(run_in_thread, spawner)
+    if source.startswith("command:"):
+        return CommandSource(shlex.split(source[len("command:") :]), spawner)
+    return FileSource(source, run_in_thread)
+
+
+@dataclass(frozen=True)
+class LastlogArgs:
+    lines: int
+
+
+class LastlogCommand:
+    name = "lastlog"
+    usage = "lastlog [N]"
+    frame = ("Begin lastlog", "End lastlog")
+
+    def __init__(
+        self, source: LogSource, default_lines: int, max_lines: int, timeout: float
+    ) -> None:
+        self.source = source
+        self.default_lines = default_lines
+        self.max_lines = max_lines
+        self.timeout = timeout
+        self.summary = (
+            f"last N lines of the system log (default {default_lines}, at most {max_lines})"
+        )
+
+    def parse(self, rest: str) -> Mapping[str, object]:
+        rest = rest.strip()
+        return {"lines": rest} if rest else {}
+
+    def prepare(self, args: Mapping[str, object]) -> LastlogArgs:
+        reject_unknown(self.name, args, frozenset({"lines"}))
+        value = args.get("lines", self.default_lines)
+        bad = CommandError("bad_argument", f"lines must be an integer from 1 to {self.max_lines}")
+        if isinstance(value, str):
+            if not _DIGITS.fullmatch(value) or len(value) > 12:
+                raise bad
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        if not 1 <= value <= self.max_lines:
+            raise bad
+        return LastlogArgs(lines=value)
+
+    def run(self, args: LastlogArgs, sink: Sink) -> Deferred[Result]:
+        counted: list[int] = [0]
+
+        def count(event: Any) -> None:
+            if isinstance(event, Lines):
+                counted[0] += len(event.lines)
+            sink(event)
+
+        def result(source: str) -> Result:
+            return Result(command=self.name, data={"lines": counted[0], "source": source})
+
+        return self.source.tail(args.lines, count).addCallback(result)

@@ -1,0 +1,300 @@
+"""TOML configuration -> frozen dataclasses, with environment and flag overrides.
+
+Precedence, lowest first: built-in defaults (equal to ``config/gateway.toml``),
+the config file, ``GATEWAY_<SECTION>_<KEY>`` environment variables, then
+command-line flags.  Any problem is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shlex
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "GATEWAY_"
+#: Environment variables that are not config keys.
+ENV_OTHER = frozenset({"GATEWAY_CONFIG"})
+
+
+class ConfigError(Exception):
+    """A bad configuration; ``str()`` is one line naming the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config error: {key}: {message}" if key else f"config error: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class TCPConfig:
+    listen: str = "tcp:9999:interface=127.0.0.1"
+    max_line_length: int = 4096
+    idle_timeout: float = 300.0
+
+    def check(self) -> None:
+        _positive("tcp.max_line_length", self.max_line_length)
+        _not_negative("tcp.idle_timeout", self.idle_timeout)
+        _nonempty("tcp.listen", self.listen)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    listen: str = "tcp:8080:interface=127.0.0.1"
+
+    def check(self) -> None:
+        _nonempty("http.listen", self.listen)
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    max_clients: int = 10
+    max_per_ip: int = 0
+
+    def check(self) -> None:
+        _positive("quota.max_clients", self.max_clients)
+        _not_negative("quota.max_per_ip", self.max_per_ip)
+
+
+@dataclass(frozen=True)
+class LastlogConfig:
+    source: str = "auto"
+    default_lines: int = 10
+    max_lines: int = 1000
+    timeout: float = 10.0
+
+    def check(self) -> None:
+        _positive("lastlog.max_lines", self.max_lines)
+        _positive("lastlog.default_lines", self.default_lines)
+        if self.default_lines > self.max_lines:
+            raise ConfigError("lastlog.default_lines", "must not exceed lastlog.max_lines")
+        _positive("lastlog.timeout", self.timeout)
+        source = self.source
+        if source == "auto":
+            return
+        if source.startswith("command:"):
+            try:
+                argv = shlex.split(source[len("command:") :])
+            except ValueError as e:
+                raise ConfigError("lastlog.source", f"cannot split command: {e}") from None
+            if not argv:
+                raise ConfigError("lastlog.source", "command: needs a program to run")
+            return
+        if not os.path.isabs(source):
+            raise ConfigError(
+                "lastlog.source",
+                f'must be "auto", an absolute file path or "command:<argv>", got {source!r}',
+            )
+
+
+@dataclass(frozen=True)
+class ComphashConfig:
+    allowed_roots: tuple[str, ...] = ("/",)
+    algorithms: tuple[str, ...] = ("sha1", "sha256", "sha512", "md5", "blake2b")
+    default_algorithm: str = "sha1"
+    chunk_size: int = 1024 * 1024
+    workers: int = 4
+    timeout: float = 600.0
+
+    def check(self) -> None:
+        if not self.allowed_roots:
+            raise ConfigError("comphash.allowed_roots", "must list at least one directory")
+        for root in self.allowed_roots:
+            if not os.path.isabs(root):
+                raise ConfigError("comphash.allowed_roots", f"not an absolute path: {root!r}")
+        if not self.algorithms:
+            raise ConfigError("comphash.algorithms", "must list at least one algorithm")
+        for name in self.algorithms:
+            if name not in hashlib.algorithms_available or name.startswith("shake_"):
+                raise ConfigError("comphash.algorithms", f"unsupported algorithm {name!r}")
+        if self.default_algorithm not in self.algorithms:
+            raise ConfigError("comphash.default_algorithm", "must be one of comphash.algorithms")
+        if self.chunk_size < 1024 * 1024:
+            raise ConfigError("comphash.chunk_size", "must be at least 1048576 (1 MiB)")
+        _positive("comphash.workers", self.workers)
+        _positive("comphash.timeout", self.timeout)
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    allowed_origins: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+
+    def check(self) -> None:
+        if self.format not in ("text", "json"):
+            raise ConfigError("log.format", f'must be "text" or "json", got {self.format!r}')
+        if self.level not in ("debug", "info", "warn", "error"):
+            raise ConfigError("log.level", "must be one of debug, info, warn, error")
+
+
+@dataclass(frozen=True)
+class Config:
+    tcp: TCPConfig = field(default_factory=TCPConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    lastlog: LastlogConfig = field(default_factory=LastlogConfig)
+    comphash: ComphashConfig = field(default_factory=ComphashConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).check()
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be greater than 0, got {value!r}")
+
+
+def _not_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(key, f"must be 0 or more, got {value!r}")
+
+
+def _nonempty(key: str, value: str) -> None:
+    if not value.strip():
+        raise ConfigError(key, "must not be empty")
+
+
+def _sections() -> dict[str, type[Any]]:
+    return {name: cls for name, cls in typing.get_type_hints(Config).items()}
+
+
+def _keys(section_cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _coerce(key: str, kind: Any, value: object) -> object:
+    """Check ``value`` (from TOML) against the annotated type ``kind``."""
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"unhandled config type {kind!r}")  # pragma: no cover
+
+
+def _from_text(key: str, kind: Any, text: str) -> object:
+    """Turn an environment variable or flag value into a TOML-like value."""
+    if kind is str:
+        return text
+    if typing.get_origin(kind) is tuple:
+        stripped = text.strip()
+        if stripped.startswith("["):
+            return _toml_value(key, stripped)
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    return _toml_value(key, text.strip())
+
+
+def _toml_value(key: str, text: str) -> object:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(key, f"cannot parse value {text!r}") from None
+
+
+def merge(base: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config:
+    """A new config with ``overrides`` (``{section: {key: value}}``) applied."""
+    sections = _sections()
+    changed: dict[str, Any] = {}
+    for section, values in overrides.items():
+        if section not in sections:
+            raise ConfigError(section, "unknown section")
+        if not isinstance(values, Mapping):
+            raise ConfigError(section, "expected a table")
+        keys = _keys(sections[section])
+        fields: dict[str, object] = {}
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            if key not in keys:
+                raise ConfigError(name, "unknown key")
+            fields[key] = _coerce(name, keys[key], value)
+        changed[section] = dataclasses.replace(getattr(base, section), **fields)
+    config = dataclasses.replace(base, **changed)
+    config.check()
+    return config
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"{path}: {e}") from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    """``GATEWAY_QUOTA_MAX_CLIENTS=20`` -> ``{"quota": {"max_clients": 20}}``."""
+    by_name: dict[str, tuple[str, str, Any]] = {}
+    for section, cls in _sections().items():
+        for key, kind in _keys(cls).items():
+            by_name[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, kind)
+    out: dict[str, dict[str, object]] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_OTHER:
+            continue
+        if name not in by_name:
+            raise ConfigError(name, "unknown environment variable")
+        section, key, kind = by_name[name]
+        out.setdefault(section, {})[key] = _from_text(name, kind, text)
+    return out
+
+
+def flag_overrides(flags: Mapping[str, str | None]) -> dict[str, dict[str, object]]:
+    """``{"quota.max_clients": "20"}`` (unset flags are ``None``) -> overrides."""
+    sections = _sections()
+    out: dict[str, dict[str, object]] = {}
+    for dotted, text in flags.items():
+        if text is None:
+            continue
+        section, key = dotted.split(".", 1)
+        kind = _keys(sections[section])[key]
+        out.setdefault(section, {})[key] = _from_text(dotted, kind, text)
+    return out
+
+
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Config:
+    """Defaults, then the file at ``path``, then ``environ``, then ``flags``."""
+    config = Config()
+    config.check()
+    if path is not None:
+        config = merge(config, load_file(path))
+    if environ is not None:
+        config = merge(config, env_overrides(environ))
+    if flags is not None:
+        config = merge(config, flag_overrides(flags))
+    return config

@@ -1,0 +1,53 @@
+"""What a running command hands to a front-end: small immutable events.
+
+A command produces, in order: zero or more :class:`Lines` and
+:class:`Progress` events, then exactly one :class:`Result` or :class:`Error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Output lines (without line endings), in order."""
+
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` units (bytes for a hash) processed so far."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """The final value of a command.
+
+    ``data`` is the structured answer (JSON front-ends), ``text`` the lines a
+    line-oriented front-end prints, ``close`` asks the front-end to end the
+    connection (``exit``).
+    """
+
+    command: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    text: tuple[str, ...] = ()
+    close: bool = False
+
+
+@dataclass(frozen=True)
+class Error:
+    """The command failed with a stable ``code`` (see :mod:`gateway.errors`)."""
+
+    code: str
+    message: str
+
+
+Event = Lines | Progress | Result | Error
+Sink = Callable[[Event], None]

@@ -1,0 +1,124 @@
+"""The one client quota shared by every front-end.
+
+:class:`ClientQuota` is a pure object: no reactor, no sockets.  Front-ends use
+it through the :class:`Quota` interface, whose ``acquire`` returns a Deferred so
+that a quota living elsewhere (a cluster-wide store) can answer later without
+any front-end changing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from gateway.errors import QuotaExceeded
+
+TRANSPORTS: tuple[str, ...] = ("tcp", "http", "websocket")
+
+
+@dataclass(frozen=True)
+class QuotaSnapshot:
+    """A consistent copy of the quota's counters."""
+
+    max_clients: int
+    max_per_ip: int
+    in_use: Mapping[str, int]
+    granted: Mapping[str, int]
+    refused: Mapping[str, int]
+
+    @property
+    def total_in_use(self) -> int:
+        return sum(self.in_use.values())
+
+
+class Slot:
+    """One held place in the quota.  ``release()`` gives it back exactly once."""
+
+    __slots__ = ("_quota", "peer", "transport")
+
+    def __init__(self, quota: ClientQuota, transport: str, peer: str) -> None:
+        self._quota: ClientQuota | None = quota
+        self.transport = transport
+        self.peer = peer
+
+    @property
+    def held(self) -> bool:
+        return self._quota is not None
+
+    def release(self) -> bool:
+        """Free the slot.  Returns ``True`` the first time, ``False`` after."""
+        quota, self._quota = self._quota, None
+        if quota is None:
+            return False
+        quota._release(self)
+        return True
+
+
+class Quota(Protocol):
+    """What front-ends need from a quota."""
+
+    def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
+        """A slot, or a failure with :class:`QuotaExceeded`."""
+
+    def snapshot(self) -> QuotaSnapshot: ...
+
+
+class ClientQuota:
+    """In-process quota: ``max_clients`` overall, ``max_per_ip`` per address."""
+
+    def __init__(self, max_clients: int, max_per_ip: int = 0) -> None:
+        if max_clients < 1:
+            raise ValueError("max_clients must be at least 1")
+        if max_per_ip < 0:
+            raise ValueError("max_per_ip must be 0 (off) or more")
+        self.max_clients = max_clients
+        self.max_per_ip = max_per_ip
+        self._total = 0
+        self._in_use: Counter[str] = Counter()
+        self._per_peer: Counter[str] = Counter()
+        self._granted: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+
+    def try_acquire(self, transport: str, peer: str) -> Slot:
+        """Take a slot now or raise :class:`QuotaExceeded`.  O(1)."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}")
+        if self._total >= self.max_clients:
+            self._refused[transport] += 1
+            raise QuotaExceeded()
+        if self.max_per_ip and self._per_peer[peer] >= self.max_per_ip:
+            self._refused[transport] += 1
+            raise QuotaExceeded(f"Too many connections from {peer}. Bye!")
+        self._total += 1
+        self._in_use[transport] += 1
+        self._per_peer[peer] += 1
+        self._granted[transport] += 1
+        return Slot(self, transport, peer)
+
+    def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
+        try:
+            return succeed(self.try_acquire(transport, peer))
+        except QuotaExceeded:
+            return fail()
+
+    def _release(self, slot: Slot) -> None:
+        self._total -= 1
+        self._in_use[slot.transport] -= 1
+        left = self._per_peer[slot.peer] - 1
+        if left:
+            self._per_peer[slot.peer] = left
+        else:
+            del self._per_peer[slot.peer]
+
+    def snapshot(self) -> QuotaSnapshot:
+        return QuotaSnapshot(
+            max_clients=self.max_clients,
+            max_per_ip=self.max_per_ip,
+            in_use={t: self._in_use[t] for t in TRANSPORTS},
+            granted={t: self._granted[t] for t in TRANSPORTS},
+            refused={t: self._refused[t] for t in TRANSPORTS},
+        )

@@ -1,0 +1,108 @@
+"""CommandService: the one place commands are looked up, checked, run and logged.
+
+It knows nothing of sockets.  A front-end hands in a :class:`Request` and a
+sink for events, and gets back a Deferred that fires with the outcome (``"ok"``
+or an error code) once the final :class:`Result` or :class:`Error` event has
+been sent.  Cancelling that Deferred (the client went away) stops the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.commands.base import Client, Command, Request
+from gateway.errors import INTERNAL_MESSAGE, CommandError
+from gateway.events import Error, Event, Result, Sink
+
+
+class CommandService:
+    log = Logger(namespace="gateway.service")
+
+    def __init__(self, commands: Iterable[Command], clock: IReactorTime) -> None:
+        self._commands: dict[str, Command] = {}
+        for command in commands:
+            self.add(command)
+        self._clock = clock
+
+    def add(self, command: Command) -> None:
+        if command.name in self._commands:
+            raise ValueError(f"duplicate command {command.name!r}")
+        self._commands[command.name] = command
+
+    @property
+    def commands(self) -> Sequence[Command]:
+        return tuple(self._commands.values())
+
+    def text_frame(self, name: str) -> tuple[str, str] | None:
+        command = self._commands.get(name)
+        return command.frame if command is not None else None
+
+    def _prepare(self, request: Request) -> tuple[Command, Any]:
+        command = self._commands.get(request.command)
+        if command is None:
+            raise CommandError("unknown_command", "Command not found.")
+        raw: Mapping[str, object] = (
+            command.parse(request.rest) if request.rest is not None else request.args
+        )
+        return command, command.prepare(raw)
+
+    def execute(self, request: Request, client: Client, sink: Sink) -> Deferred[str]:
+        """Run ``request`` for ``client``, sending events to ``sink``.
+
+        The Deferred never fails: it fires with ``"ok"``, an error code, or
+        ``"cancelled"`` when the caller cancelled it.
+        """
+        started = self._clock.seconds()
+        timeout = 0.0
+
+        def finish(outcome: str) -> str:
+            self.log.info(
+                "{transport} {peer} {command}: {outcome} in {duration_ms:.1f} ms",
+                transport=client.transport,
+                peer=client.peer,
+                command=request.command,
+                outcome=outcome,
+                duration_ms=(self._clock.seconds() - started) * 1000,
+            )
+            return outcome
+
+        def fail(code: str, message: str) -> str:
+            sink(Error(code, message))
+            return finish(code)
+
+        try:
+            command, args = self._prepare(request)
+        except CommandError as e:
+            d: Deferred[str] = Deferred()
+            d.callback(fail(e.code, e.message))
+            return d
+        timeout = command.timeout
+
+        def succeeded(result: Result) -> str:
+            sink(result)
+            return finish("ok")
+
+        def failed(f: Failure) -> str:
+            if f.check(CancelledError):
+                return finish("cancelled")  # the client went away: nobody to tell
+            if f.check(TimeoutError):
+                return fail("timeout", f"{command.name} timed out after {timeout:g} s")
+            if isinstance(f.value, CommandError):
+                return fail(f.value.code, f.value.message)
+            self.log.failure("command {command} failed", f, command=request.command)
+            return fail("internal", INTERNAL_MESSAGE)
+
+        running: Deferred[Result] = maybeDeferred(command.run, args, sink)
+        running.addTimeout(timeout, self._clock)
+        return running.addCallbacks(succeeded, failed)
+
+
+def collect(events: list[Event]) -> Sink:
+    """A sink that appends to ``events`` (handy for tests and batch callers)."""
+    return events.append

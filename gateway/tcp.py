@@ -1,0 +1,226 @@
+"""The line TCP front-end: what ``nc 127.0.0.1 9999`` talks to.
+
+Bytes in, command lines to the service, rendered lines out.  One command runs
+at a time per connection; lines that arrive meanwhile wait their turn (and
+reading pauses if too many wait).  The connection holds one quota slot from
+accept to close.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.commands.base import Client, Request
+from gateway.errors import QuotaExceeded
+from gateway.events import Event, Result
+from gateway.logfmt import printable
+from gateway.quota import Quota, Slot
+from gateway.service import CommandService
+from gateway.text import TextRenderer, encode_lines, error_line
+
+#: Lines waiting behind a running command before reading pauses.
+MAX_PENDING = 32
+
+
+def peer_host(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    return str(host) if host is not None else "unix"
+
+
+@implementer(IHalfCloseableProtocol)
+class LineSession(LineReceiver, TimeoutMixin):
+    delimiter = b"\n"
+    log = Logger(namespace="gateway.tcp")
+
+    def __init__(
+        self,
+        service: CommandService,
+        quota: Quota,
+        clock: IReactorTime,
+        max_line_length: int,
+        idle_timeout: float,
+    ) -> None:
+        self.service = service
+        self.quota = quota
+        self.clock = clock
+        self.MAX_LENGTH = max_line_length
+        self.idle_timeout = idle_timeout or None
+        self.peer = "unknown"
+        self.slot: Slot | None = None
+        self._pending: deque[bytes] = deque()
+        self._running: Deferred[str] | None = None
+        self._closing = False  # no more commands: exit, error, shutdown or input done
+        self._input_done = False
+        self._gone = False
+
+    # -- TimeoutMixin uses our clock, not the global reactor
+    def callLater(self, period: float, func: Any) -> IDelayedCall:
+        return self.clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.peer = peer_host(self.transport.getPeer())
+        self.log.info("Client connection from {peer}", peer=self.peer)
+        self.setTimeout(self.idle_timeout)
+        self.quota.acquire("tcp", self.peer).addCallbacks(self._granted, self._refused)
+
+    def _granted(self, slot: Slot) -> None:
+        if self._gone:
+            slot.release()
+            return
+        self.slot = slot
+        self._next()
+
+    def _refused(self, failure: Failure) -> None:
+        failure.trap(QuotaExceeded)
+        message = failure.value.message  # type: ignore[union-attr]
+        self.log.info("{message} (refused {peer})", message=message, peer=self.peer)
+        self._closing = True
+        if not self._gone:
+            self._write([message])
+            self._close()
+
+    def _write(self, lines: list[str]) -> None:
+        if lines and not self._gone and self.transport is not None:
+            self.transport.write(encode_lines(lines))
+
+    def _close(self) -> None:
+        self._closing = True
+        self._pending.clear()
+        self.setTimeout(None)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            return
+        self._pending.append(line)
+        if len(self._pending) >= MAX_PENDING and IPushProducer.providedBy(self.transport):
+            self.transport.pauseProducing()
+        self._next()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.log.info("Line too long from {peer}, closing", peer=self.peer)
+        self._write([error_line("bad_argument", "line too long")])
+        self._close()
+
+    def _next(self) -> None:
+        """Start the next waiting command, if we may."""
+        while self.slot is not None and self._running is None and self._pending:
+            if self._closing:
+                return
+            raw = self._pending.popleft()
+            if len(self._pending) == MAX_PENDING - 1 and IPushProducer.providedBy(self.transport):
+                self.transport.resumeProducing()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.log.info("CMD received from {peer}: (not UTF-8)", peer=self.peer)
+                self._write([error_line("bad_argument", "Command line is not valid UTF-8.")])
+                continue
+            self.log.info("CMD received from {peer}: {line}", peer=self.peer, line=printable(text))
+            request = Request.from_line(text)
+            if request is None:
+                continue
+            self._run(request)
+        if self._input_done and self._running is None and not self._pending:
+            self._close()
+
+    def _run(self, request: Request) -> None:
+        renderer = TextRenderer(self.service.text_frame(request.command))
+        self.setTimeout(None)  # a client waiting for a result is not idle
+
+        def sink(event: Event) -> None:
+            self._write(renderer.render(event))
+            if isinstance(event, Result) and event.close:
+                self._close()
+
+        def done(outcome: str) -> None:
+            self._running = None
+            if self._gone:
+                return
+            if not self._closing:
+                self.setTimeout(self.idle_timeout)
+            self._next()
+
+        running = self.service.execute(request, Client("tcp", self.peer), sink)
+        if running.called:  # finished at once; the loop in _next goes on
+            if not self._closing:
+                self.setTimeout(self.idle_timeout)
+            return
+        self._running = running
+        running.addCallback(done)
+
+    def timeoutConnection(self) -> None:
+        self.log.info("Closing idle connection from {peer}", peer=self.peer)
+        self._write(
+            [error_line("timeout", f"idle for {self.idle_timeout:g} s, closing the connection")]
+        )
+        self._close()
+
+    def readConnectionLost(self) -> None:
+        """The client closed its side (``nc -N``): finish what was asked, then close."""
+        self._input_done = True
+        self._next()
+
+    def writeConnectionLost(self) -> None:
+        """Never called for TCP (no such half-close notification)."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        self._closing = True
+        self._pending.clear()
+        self.setTimeout(None)
+        self.log.info("Lost client connection. Reason: {reason}", reason=reason.getErrorMessage())
+        running, self._running = self._running, None
+        if running is not None:
+            running.cancel()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+
+
+class LineFactory(ServerFactory):
+    noisy = False
+    def __init__(
+        self,
+        service: CommandService,
+        quota: Quota,
+        clock: IReactorTime,
+        max_line_length: int,
+        idle_timeout: float,
+    ) -> None:
+        self.service = service
+        self.quota = quota
+        self.clock = clock
+        self.max_line_length = max_line_length
+        self.idle_timeout = idle_timeout
+
+    def buildProtocol(self, addr: IAddress | None) -> LineSession:
+        session = LineSession(
+            self.service, self.quota, self.clock, self.max_line_length, self.idle_timeout
+        )
+        session.factory = self
+        return session

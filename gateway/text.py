@@ -1,0 +1,52 @@
+"""How events read on a line-oriented transport (netcat, WebSocket text mode).
+
+The wording of the original line server is kept: ``Command not found.``,
+``Please provide a path.``, ``An error occurred: <message>``, and
+``Begin lastlog`` / ``End lastlog`` around the lines, once per command.
+"""
+
+from __future__ import annotations
+
+from gateway.events import Error, Event, Lines, Progress, Result
+
+#: Errors whose message is printed as is, without ``An error occurred:``.
+BARE_CODES = frozenset({"unknown_command", "missing_argument", "quota_exceeded", "unauthorized"})
+
+
+def error_line(code: str, message: str) -> str:
+    return message if code in BARE_CODES else f"An error occurred: {message}"
+
+
+class TextRenderer:
+    """Turns one command's events into output lines; one renderer per run."""
+
+    def __init__(self, frame: tuple[str, str] | None = None) -> None:
+        self._frame = frame
+        self._begun = False
+
+    def _begin(self) -> list[str]:
+        if self._frame is None or self._begun:
+            return []
+        self._begun = True
+        return [self._frame[0]]
+
+    def _end(self) -> list[str]:
+        if self._frame is None or not self._begun:
+            return []
+        return [self._frame[1]]
+
+    def render(self, event: Event) -> list[str]:
+        if isinstance(event, Lines):
+            return [*self._begin(), *event.lines]
+        if isinstance(event, Result):
+            return [*self._begin(), *event.text, *self._end()]
+        if isinstance(event, Error):
+            return [error_line(event.code, event.message), *self._end()]
+        if isinstance(event, Progress):
+            return []
+        raise TypeError(f"not an event: {event!r}")
+
+
+def encode_lines(lines: list[str]) -> bytes:
+    """One ``\\n``-terminated UTF-8 block, so a batch of lines is one write."""
+    return "".join(f"{line}\n" for line in lines).encode("utf-8", "replace")

@@ -1,0 +1,51 @@
+"""twistd plugin: ``twistd -n gateway --config FILE``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    optParameters: ClassVar[list[list[str | None]]] = [
+        ["config", "c", None, "TOML config file (default: built-in)"],
+        ["tcp", None, None, "line server listener, e.g. tcp:9999"],
+        ["http", None, None, "HTTP/WebSocket listener, e.g. tcp:8080"],
+        ["max-clients", None, None, "client quota across all transports"],
+    ]
+
+    def postOptions(self) -> None:
+        from gateway.config import ConfigError, load
+
+        flags = {
+            "tcp.listen": self["tcp"],
+            "http.listen": self["http"],
+            "quota.max_clients": self["max-clients"],
+        }
+        path = self["config"] or os.environ.get("GATEWAY_CONFIG") or None
+        try:
+            self["gateway-config"] = load(path, os.environ, flags)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+@implementer(IServiceMaker, IPlugin)
+class GatewayServiceMaker:
+    tapname = "gateway"
+    description = "Remote-admin daemon: lastlog and comphash over netcat, HTTP and WebSocket."
+    options = Options
+
+    def makeService(self, options: Options) -> Any:
+        from twisted.internet import reactor
+
+        from gateway.app import Gateway
+
+        return Gateway(options["gateway-config"], reactor)
+
+
+serviceMaker = GatewayServiceMaker()
