@@ -113,7 +113,7 @@ class Gateway(MultiService):
                 comphash.chunk_size,
                 comphash.timeout,
                 run_in_thread,
-                reactor.callFromThread,
+                lambda f, *args: reactor.callFromThread(f, *args),
             )
         )
         self.service.add(HelpCommand(lambda: self.service.commands))

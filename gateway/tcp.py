@@ -204,6 +204,7 @@ class LineSession(LineReceiver, TimeoutMixin):
 
 class LineFactory(ServerFactory):
     noisy = False
+
     def __init__(
         self,
         service: CommandService,

@@ -1,0 +1,140 @@
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway import cli
+from gateway.config import Config, ConfigError, load
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTED = ROOT / "config" / "gateway.toml"
+
+
+def test_builtin_defaults_equal_the_documented_file() -> None:
+    assert load(str(DOCUMENTED)) == Config()
+
+
+def test_documented_file_lists_every_key() -> None:
+    with open(DOCUMENTED, "rb") as f:
+        documented = tomllib.load(f)
+    for section in dataclasses.fields(Config):
+        keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(documented[section.name]) == keys, section.name
+
+
+def test_design_defaults() -> None:
+    c = Config()
+    assert c.tcp.listen == "tcp:9999:interface=127.0.0.1"
+    assert c.http.listen == "tcp:8080:interface=127.0.0.1"
+    assert c.tcp.max_line_length == 4096
+    assert c.tcp.idle_timeout == 300
+    assert (c.quota.max_clients, c.quota.max_per_ip) == (10, 0)
+    assert (c.lastlog.source, c.lastlog.max_lines) == ("auto", 1000)
+    assert c.comphash.allowed_roots == ("/",)
+    assert c.comphash.algorithms == ("sha1", "sha256", "sha512", "md5", "blake2b")
+    assert c.websocket.allowed_origins == ()
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[quota]\nmax_clients = 3\nmax_per_ip = 1\n[tcp]\nlisten = "tcp:1"\n')
+    env = {"GATEWAY_QUOTA_MAX_CLIENTS": "4", "GATEWAY_COMPHASH_ALLOWED_ROOTS": "/srv, /tmp"}
+    c = load(str(path), env, {"quota.max_clients": None, "tcp.listen": "tcp:2"})
+    assert c.quota.max_clients == 4  # env over file
+    assert c.quota.max_per_ip == 1  # file over default
+    assert c.tcp.listen == "tcp:2"  # flag over file
+    assert c.comphash.allowed_roots == ("/srv", "/tmp")
+    c = load(str(path), env, {"quota.max_clients": "5"})
+    assert c.quota.max_clients == 5  # flag over env
+
+
+def test_env_lists_may_be_toml() -> None:
+    env = {
+        "GATEWAY_COMPHASH_ALGORITHMS": '["sha256", "md5"]',
+        "GATEWAY_COMPHASH_DEFAULT_ALGORITHM": "sha256",
+    }
+    c = load(None, env)
+    assert c.comphash.algorithms == ("sha256", "md5")
+    assert c.comphash.default_algorithm == "sha256"
+
+
+def test_default_algorithm_must_stay_allowed() -> None:
+    with pytest.raises(ConfigError, match="comphash.default_algorithm"):
+        load(None, {"GATEWAY_COMPHASH_ALGORITHMS": "sha256"})
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[quota]\nmax_clients = 0\n", "quota.max_clients"),
+        ('[quota]\nmax_clients = "ten"\n', "quota.max_clients"),
+        ("[quota]\nmax_client = 3\n", "quota.max_client"),
+        ("[quotas]\nmax_clients = 3\n", "quotas"),
+        ("[tcp]\nmax_line_length = -1\n", "tcp.max_line_length"),
+        ("[tcp]\nidle_timeout = true\n", "tcp.idle_timeout"),
+        ('[lastlog]\nsource = "relative.log"\n', "lastlog.source"),
+        ('[lastlog]\nsource = "command:"\n', "lastlog.source"),
+        ("[lastlog]\nmax_lines = 5\n", "lastlog.default_lines"),
+        ('[comphash]\nalgorithms = ["rot13"]\n', "comphash.algorithms"),
+        ('[comphash]\nallowed_roots = ["srv"]\n', "comphash.allowed_roots"),
+        ("[comphash]\nallowed_roots = []\n", "comphash.allowed_roots"),
+        ("[comphash]\nchunk_size = 4096\n", "comphash.chunk_size"),
+        ('[log]\nformat = "xml"\n', "log.format"),
+        ('tcp = "x"\n', "tcp"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert info.value.key == key
+    assert str(info.value).startswith(f"config error: {key}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_environment_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_QUOTA_MAX_CLIENT: unknown"):
+        load(None, {"GATEWAY_QUOTA_MAX_CLIENT": "3"})
+
+
+def test_unparsable_environment_value() -> None:
+    with pytest.raises(ConfigError, match="GATEWAY_QUOTA_MAX_CLIENTS: cannot parse"):
+        load(None, {"GATEWAY_QUOTA_MAX_CLIENTS": "many"})
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read .*nope.toml: No such file"):
+        load(str(tmp_path / "nope.toml"))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[tcp\n")
+    with pytest.raises(ConfigError, match="broken.toml"):
+        load(str(broken))
+
+
+def test_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[quota]\nmax_clients = -3\n")
+    assert cli.main(["--config", str(path)], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err == "gateway: config error: quota.max_clients: must be greater than 0, got -3\n"
+
+
+def test_cli_bad_flag_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--max-clients", "lots"], environ={}) == 2
+    assert "quota.max_clients" in capsys.readouterr().err
+
+
+def test_cli_bad_endpoint_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    code = cli.run(load(None, {}, {"tcp.listen": "carrier-pigeon:7"}), MemoryReactorClock())
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gateway: config error: tcp.listen: bad endpoint")
+
+
+def test_cli_check_config_prints_effective_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--check-config", "--max-clients", "7"], environ={}) == 0
+    assert '"max_clients": 7' in capsys.readouterr().out
