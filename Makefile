@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-test clean
+.PHONY: run test lint install install-test tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ install-test: $(BIN)/python
 run: install
 	$(BIN)/gateway $(ARGS)
 
-test: install-test
+tools:
+	sh scripts/install-tools
+
+test: tools install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -125,9 +125,7 @@ class Gateway(MultiService):
             ListeningService(
                 "TCP",
                 endpoint(reactor, "tcp.listen", tcp.listen),
-                LineFactory(
-                    self.service, self.quota, reactor, tcp.max_line_length, tcp.idle_timeout
-                ),
+                LineFactory(self.service, self.quota, reactor, tcp),
             ),
         ]
         for listener in self.listeners:

@@ -35,10 +35,12 @@ class TCPConfig:
     listen: str = "tcp:9999:interface=127.0.0.1"
     max_line_length: int = 4096
     idle_timeout: float = 300.0
+    eof_grace: float = 5.0
 
     def check(self) -> None:
         _positive("tcp.max_line_length", self.max_line_length)
         _not_negative("tcp.idle_timeout", self.idle_timeout)
+        _not_negative("tcp.eof_grace", self.eof_grace)
         _nonempty("tcp.listen", self.listen)
 
 

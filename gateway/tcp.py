@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.commands.base import Client, Request
+from gateway.config import TCPConfig
 from gateway.errors import QuotaExceeded
 from gateway.events import Event, Result
 from gateway.logfmt import printable
@@ -36,6 +37,9 @@ from gateway.text import TextRenderer, encode_lines, error_line
 
 #: Lines waiting behind a running command before reading pauses.
 MAX_PENDING = 32
+#: Seconds a closing connection keeps draining input, so that the last answer
+#: is not lost to a reset while the client is still sending.
+LINGER = 2.0
 
 
 def peer_host(address: IAddress) -> str:
@@ -49,18 +53,14 @@ class LineSession(LineReceiver, TimeoutMixin):
     log = Logger(namespace="gateway.tcp")
 
     def __init__(
-        self,
-        service: CommandService,
-        quota: Quota,
-        clock: IReactorTime,
-        max_line_length: int,
-        idle_timeout: float,
+        self, service: CommandService, quota: Quota, clock: IReactorTime, settings: TCPConfig
     ) -> None:
         self.service = service
         self.quota = quota
         self.clock = clock
-        self.MAX_LENGTH = max_line_length
-        self.idle_timeout = idle_timeout or None
+        self.MAX_LENGTH = settings.max_line_length
+        self.idle_timeout = settings.idle_timeout or None
+        self.eof_grace = settings.eof_grace
         self.peer = "unknown"
         self.slot: Slot | None = None
         self._pending: deque[bytes] = deque()
@@ -68,6 +68,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         self._closing = False  # no more commands: exit, error, shutdown or input done
         self._input_done = False
         self._gone = False
+        self._draining = False
+        self._linger: IDelayedCall | None = None
+        self._eof_timer: IDelayedCall | None = None
 
     # -- TimeoutMixin uses our clock, not the global reactor
     def callLater(self, period: float, func: Any) -> IDelayedCall:
@@ -101,11 +104,46 @@ class LineSession(LineReceiver, TimeoutMixin):
             self.transport.write(encode_lines(lines))
 
     def _close(self) -> None:
+        """Stop taking commands and close once what was written is sent.
+
+        Input still arriving is read and dropped meanwhile: closing a socket
+        with unread input resets it, and the reset can destroy the last answer
+        (``line too long``, ``Too many connections. Bye!``) before the client
+        reads it.
+        """
         self._closing = True
         self._pending.clear()
         self.setTimeout(None)
-        if self.transport is not None:
+        self._cancel_timers()
+        if self._gone or self._draining or self.transport is None:
+            return
+        self._draining = True
+        if self._input_done:  # nothing more can arrive: close both ways
             self.transport.loseConnection()
+            return
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.transport.loseConnection()
+            return
+        half_close()
+        self._linger = self.clock.callLater(LINGER, self._abort)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._linger, self._eof_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._linger = self._eof_timer = None
+
+    def _abort(self) -> None:
+        self._linger = None
+        if self.transport is not None and not self._gone:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._draining:
+            return
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -179,9 +217,28 @@ class LineSession(LineReceiver, TimeoutMixin):
         self._close()
 
     def readConnectionLost(self) -> None:
-        """The client closed its side (``nc -N``): finish what was asked, then close."""
+        """The client closed its sending side (``nc -N``, or it went away).
+
+        A full close and a half-close look the same from here, so commands
+        already received get ``eof_grace`` seconds to answer; whatever still
+        runs then is cancelled, as for a client that has left.
+        """
         self._input_done = True
+        if self._draining:
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        if self._running is not None or self._pending:
+            self._eof_timer = self.clock.callLater(self.eof_grace, self._eof_expired)
         self._next()
+
+    def _eof_expired(self) -> None:
+        self._eof_timer = None
+        self.log.info("Client {peer} closed its side; cancelling what still runs", peer=self.peer)
+        running, self._running = self._running, None
+        self._close()
+        if running is not None:
+            running.cancel()
 
     def writeConnectionLost(self) -> None:
         """Never called for TCP (no such half-close notification)."""
@@ -193,6 +250,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         self._closing = True
         self._pending.clear()
         self.setTimeout(None)
+        self._cancel_timers()
         self.log.info("Lost client connection. Reason: {reason}", reason=reason.getErrorMessage())
         running, self._running = self._running, None
         if running is not None:
@@ -206,22 +264,14 @@ class LineFactory(ServerFactory):
     noisy = False
 
     def __init__(
-        self,
-        service: CommandService,
-        quota: Quota,
-        clock: IReactorTime,
-        max_line_length: int,
-        idle_timeout: float,
+        self, service: CommandService, quota: Quota, clock: IReactorTime, settings: TCPConfig
     ) -> None:
         self.service = service
         self.quota = quota
         self.clock = clock
-        self.max_line_length = max_line_length
-        self.idle_timeout = idle_timeout
+        self.settings = settings
 
     def buildProtocol(self, addr: IAddress | None) -> LineSession:
-        session = LineSession(
-            self.service, self.quota, self.clock, self.max_line_length, self.idle_timeout
-        )
+        session = LineSession(self.service, self.quota, self.clock, self.settings)
         session.factory = self
         return session

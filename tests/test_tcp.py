@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.config import TCPConfig
 from gateway.events import Result
 from gateway.quota import ClientQuota, Slot
 from gateway.service import CommandService
@@ -43,7 +44,7 @@ class Harness:
         self.service.add(StatsCommand(snap_quota, self.clock))
         self.service.add(ExitCommand())
         self.service.add(self.stub)
-        self.factory = LineFactory(self.service, self.quota, self.clock, 4096, 300.0)
+        self.factory = LineFactory(self.service, self.quota, self.clock, TCPConfig())
 
     def connect(self, host: str = "127.0.0.1") -> tuple[LineSession, StringTransport]:
         session = self.factory.buildProtocol(IPv4Address("TCP", host, 40000))
@@ -222,9 +223,31 @@ def test_half_close_finishes_then_closes(h: Harness) -> None:
     session.dataReceived(b"stub\ntest\n")
     session.readConnectionLost()
     assert not t.disconnecting
+    h.clock.advance(4.9)
     h.stub.runs[0].callback(Result("stub", text=("done",)))
     assert output(t) == ["working", "done", "Command not found."]
     assert t.disconnecting
+    h.clock.advance(10)
+    assert h.stub.cancelled == 0
+
+
+def test_half_close_with_nothing_left_closes_at_once(h: Harness) -> None:
+    session, t = h.connect()
+    session.dataReceived(b"help\n")
+    session.readConnectionLost()
+    assert t.disconnecting
+
+
+def test_closed_client_cancels_what_still_runs_after_the_grace(h: Harness) -> None:
+    session, t = h.connect()
+    session.dataReceived(b"stub\nhelp\n")
+    session.readConnectionLost()
+    h.clock.advance(5)
+    assert h.stub.cancelled == 1
+    assert output(t) == ["working"]  # help never ran
+    assert t.disconnecting
+    session.connectionLost(Failure(ConnectionDone()))
+    assert h.quota.snapshot().total_in_use == 0
 
 
 class SlowQuota:

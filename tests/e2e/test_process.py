@@ -1,0 +1,110 @@
+"""Starting, configuring and stopping the real daemon, three ways."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import BIN, nc
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[comphash]\nalgorithms = ["sha1", "crc32"]\n')
+    done = subprocess.run(
+        [BIN / "gateway", "--config", bad], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr == "gateway: config error: comphash.algorithms: unsupported algorithm 'crc32'\n"
+    )
+    assert done.stdout == ""
+
+
+def test_bad_environment_value_exits_2() -> None:
+    done = subprocess.run(
+        [BIN / "gateway"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"GATEWAY_QUOTA_MAX_CLIENTS": "0", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr == "gateway: config error: quota.max_clients: must be greater than 0, got 0\n"
+    )
+
+
+def test_port_in_use_is_a_clear_error_and_exit_1(start_gateway: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        gw = start_gateway(
+            argv=[str(BIN / "gateway"), "--tcp", f"tcp:{port}:interface=127.0.0.1"], wait=False
+        )
+        assert gw.proc.wait(30) == 1
+        gw.wait_for(rf"cannot start: .*{port}.*[Aa]ddress already in use")
+
+
+def test_sigterm_exits_0(start_gateway: Any, nc_path: str) -> None:
+    gw = start_gateway()
+    assert nc(gw.tcp_port, b"test\n") == "Command not found.\n"
+    assert gw.stop() == 0
+
+
+def test_python_m_gateway_with_json_logs(start_gateway: Any, nc_path: str) -> None:
+    gw = start_gateway(argv=[sys.executable, "-m", "gateway", "--log-format", "json"], wait=False)
+    gw.started()
+    assert (
+        nc(gw.tcp_port, b"lastlog nope\n")
+        == "An error occurred: lines must be an integer from 1 to 1000\n"
+    )
+    gw.wait_for(r'"outcome": "bad_argument"')
+    assert gw.stop() == 0
+    records = gw.json_lines()  # every line is one JSON object
+    command = next(r for r in records if r.get("command") == "lastlog")
+    assert command["transport"] == "tcp"
+    assert command["peer"] == "127.0.0.1"
+    assert command["outcome"] == "bad_argument"
+    assert isinstance(command["duration_ms"], float)
+    assert command["level"] == "info"
+    assert command["message"].startswith("tcp 127.0.0.1 lastlog: bad_argument in ")
+    assert json.dumps(records)
+
+
+def test_twistd_plugin(start_gateway: Any, nc_path: str, tmp_path: Path) -> None:
+    gw = start_gateway(
+        argv=[str(BIN / "twistd"), "--nodaemon", "--pidfile=", "gateway"], wait=False
+    )
+    gw.started()
+    assert nc(gw.tcp_port, b"help\n").startswith("lastlog [N]")
+    # twistd shuts down cleanly, then ends itself with the signal it received
+    # (so a supervisor sees "terminated by SIGTERM", which systemd counts as success)
+    assert gw.stop() in (0, -signal.SIGTERM)
+    gw.wait_for(r"Server Shut Down\.")
+
+
+def test_twistd_bad_config_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[quota]\nmax_clients = 0\n")
+    done = subprocess.run(
+        [BIN / "twistd", "--nodaemon", "--pidfile=", "gateway", "--config", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert (
+        "config error: quota.max_clients: must be greater than 0, got 0"
+        in done.stdout + done.stderr
+    )
