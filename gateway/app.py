@@ -140,6 +140,13 @@ class Gateway(MultiService):
         super().startService()
         self.ready().addErrback(self._cannot_listen)
 
+    def stopService(self) -> Deferred[None]:
+        # Before the thread pool joins its threads: a hash in progress must
+        # stop between chunks rather than read to the end of its file.
+        self.service.cancel_all()
+        d: Deferred[None] = super().stopService()
+        return d
+
     def _cannot_listen(self, failure: Failure) -> None:
         """A listener could not start (port taken, no permission): stop, status 1."""
         value = failure.value

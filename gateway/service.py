@@ -26,6 +26,7 @@ class CommandService:
 
     def __init__(self, commands: Iterable[Command], clock: IReactorTime) -> None:
         self._commands: dict[str, Command] = {}
+        self._running: set[Deferred[str]] = set()
         for command in commands:
             self.add(command)
         self._clock = clock
@@ -100,7 +101,25 @@ class CommandService:
 
         running: Deferred[Result] = maybeDeferred(command.run, args, sink)
         running.addTimeout(timeout, self._clock)
-        return running.addCallbacks(succeeded, failed)
+        outcome = running.addCallbacks(succeeded, failed)
+        if not outcome.called:
+            self._running.add(outcome)
+            outcome.addBoth(self._finished, outcome)
+        return outcome
+
+    def _finished(self, outcome: str, d: Deferred[str]) -> str:
+        self._running.discard(d)
+        return outcome
+
+    @property
+    def running(self) -> int:
+        """How many commands are in flight."""
+        return len(self._running)
+
+    def cancel_all(self) -> None:
+        """Stop every command in flight (shutdown): children killed, reads stopped."""
+        for d in list(self._running):
+            d.cancel()
 
 
 def collect(events: list[Event]) -> Sink:

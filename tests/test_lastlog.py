@@ -224,7 +224,12 @@ def test_auto_source_prefers_files_then_journal(tmp_path: Path) -> None:
     auto = AutoSource(run_now, FakeSpawner(), files=[str(tmp_path / "syslog"), str(second)])
     picked = auto.pick()
     assert isinstance(picked, FileSource) and picked.path == str(second)
-    auto = AutoSource(run_now, FakeSpawner(), files=[str(tmp_path / "nope")], journal=["true"])
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    auto = AutoSource(run_now, FakeSpawner(), [str(tmp_path / "nope")], ["true"], [str(journal)])
+    with pytest.raises(CommandError, match="No log source found"):
+        auto.pick()  # journalctl is there, but the journal is empty
+    (journal / "machine-id").mkdir()
     assert isinstance(auto.pick(), CommandSource)
 
 

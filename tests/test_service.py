@@ -204,3 +204,24 @@ def test_structured_request_skips_line_parsing() -> None:
     stub = Stub()
     events, _ = execute(CommandService([stub], Clock()), Request("stub", args={"rest": "fail"}))
     assert events == [Error("not_found", "No such file: /x")]
+
+
+def test_cancel_all_stops_what_runs() -> None:
+    stub = Stub()
+    service = CommandService([stub, ExitCommand()], Clock())
+    _, first = execute(service, Request("stub", rest=""))
+    _, second = execute(service, Request("stub", rest=""))
+    execute(service, Request("exit", rest=""))  # finished at once: not tracked
+    assert service.running == 2
+    service.cancel_all()
+    assert stub.cancelled == 2
+    assert (first, second) == (["cancelled"], ["cancelled"])
+    assert service.running == 0
+
+
+def test_finished_commands_are_forgotten() -> None:
+    stub = Stub()
+    service = CommandService([stub], Clock())
+    execute(service, Request("stub", rest=""))
+    stub.runs[0].callback(Result("stub"))
+    assert service.running == 0

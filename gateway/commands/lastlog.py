@@ -35,6 +35,8 @@ TAIL_MAX_BYTES = 16 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024
 AUTO_FILES: tuple[str, ...] = ("/var/log/syslog", "/var/log/messages")
 JOURNAL_ARGV: tuple[str, ...] = ("journalctl", "--no-pager", "--quiet", "-n", "{lines}")
+#: Where the systemd journal keeps its files (persistent, volatile).
+JOURNAL_DIRS: tuple[str, ...] = ("/var/log/journal", "/run/log/journal")
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -205,8 +207,20 @@ class CommandSource:
         return done
 
 
+def _has_entries(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
+
+
 class AutoSource:
-    """The first of ``files`` that exists, else the journal, else ``unavailable``."""
+    """The first of ``files`` that exists, else the journal, else ``unavailable``.
+
+    The journal counts only when ``journalctl`` is installed and one of
+    ``journal_dirs`` holds something (an empty journal is no log source).
+    """
 
     def __init__(
         self,
@@ -214,18 +228,22 @@ class AutoSource:
         spawner: IReactorProcess,
         files: Sequence[str] = AUTO_FILES,
         journal: Sequence[str] = JOURNAL_ARGV,
+        journal_dirs: Sequence[str] = JOURNAL_DIRS,
     ) -> None:
         self.description = "auto"
         self._run_in_thread = run_in_thread
         self._spawner = spawner
         self._files = tuple(files)
         self._journal = tuple(journal)
+        self._journal_dirs = tuple(journal_dirs)
 
     def pick(self) -> LogSource:
         for path in self._files:
             if os.path.exists(path):
                 return FileSource(path, self._run_in_thread)
-        if shutil.which(self._journal[0], path=CHILD_PATH):
+        if shutil.which(self._journal[0], path=CHILD_PATH) and any(
+            _has_entries(d) for d in self._journal_dirs
+        ):
             return CommandSource(self._journal, self._spawner)
         tried = ", ".join((*self._files, self._journal[0]))
         raise CommandError("unavailable", f"No log source found (tried {tried})")

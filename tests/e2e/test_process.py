@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,28 @@ def test_twistd_bad_config_is_refused(tmp_path: Path) -> None:
         "config error: quota.max_clients: must be greater than 0, got 0"
         in done.stdout + done.stderr
     )
+
+
+def test_sigterm_during_a_long_hash_stops_promptly(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(64 * 1024**3)  # sparse: minutes of hashing
+    gw = start_gateway(f'[comphash]\nallowed_roots = ["{tmp_path}"]\n')
+    client = subprocess.Popen(
+        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert client.stdin is not None
+        client.stdin.write(f"comphash {big}\n".encode())
+        client.stdin.flush()
+        gw.wait_for(r"CMD received from 127\.0\.0\.1: comphash")
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert gw.stop(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        gw.wait_for(r"tcp 127\.0\.0\.1 comphash: cancelled")
+    finally:
+        client.kill()
+        client.wait()
