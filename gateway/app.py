@@ -25,6 +25,9 @@ from gateway.tcp import LineFactory
 
 log = Logger(namespace="gateway.app")
 
+#: Threads reading log files backwards (each read is short and bounded).
+LOG_READERS = 2
+
 
 class ListeningService(Service):
     """Listens on an endpoint while running; ``ready`` fires once listening."""
@@ -88,17 +91,15 @@ class Gateway(MultiService):
         self.config = config
         self.reactor = reactor
         self.quota = ClientQuota(config.quota.max_clients, config.quota.max_per_ip)
-        pool = ThreadPool(minthreads=0, maxthreads=config.comphash.workers, name="gateway-io")
-        ThreadPoolService(pool).setServiceParent(self)
-
-        def run_in_thread(f: Callable[[], Any]) -> Deferred[Any]:
-            return deferToThreadPool(reactor, pool, f)
+        # Two pools, so that log reads never queue behind long hashes.
+        read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
+        read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
 
         self.service = CommandService([], reactor)
         lastlog = config.lastlog
         self.service.add(
             LastlogCommand(
-                source_from_config(lastlog.source, run_in_thread, reactor),
+                source_from_config(lastlog.source, read_log, reactor),
                 lastlog.default_lines,
                 lastlog.max_lines,
                 lastlog.timeout,
@@ -112,7 +113,7 @@ class Gateway(MultiService):
                 comphash.default_algorithm,
                 comphash.chunk_size,
                 comphash.timeout,
-                run_in_thread,
+                read_file,
                 lambda f, *args: reactor.callFromThread(f, *args),
             )
         )
@@ -132,6 +133,16 @@ class Gateway(MultiService):
             listener.setServiceParent(self)
 
         self.exit_status = 0
+
+    def _thread_pool(self, name: str, size: int) -> Callable[[Callable[[], Any]], Deferred[Any]]:
+        """A pool started and stopped with the daemon; returns its runner."""
+        pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+        ThreadPoolService(pool).setServiceParent(self)
+
+        def run_in_thread(f: Callable[[], Any]) -> Deferred[Any]:
+            return deferToThreadPool(self.reactor, pool, f)
+
+        return run_in_thread
 
     def ready(self) -> Deferred[list[Any]]:
         return gatherResults([listener.ready for listener in self.listeners], consumeErrors=True)

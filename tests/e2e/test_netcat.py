@@ -331,3 +331,29 @@ def test_hundred_clients_against_a_quota_of_ten(start_gateway: Any, nc_path: str
     served = re.fullmatch(r"served: (\d+) \(tcp (\d+), http 0, websocket 0\)", lines[1])
     assert served is not None and served.group(1) == served.group(2)
     assert int(served.group(1)) >= 10 + 1
+
+
+def test_lastlog_answers_while_hashes_fill_the_pool(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(64 * 1024**3)  # sparse: minutes of hashing
+    log = write_log(tmp_path)
+    gw = start_gateway(
+        f'[comphash]\nallowed_roots = ["{tmp_path}"]\nworkers = 1\n[lastlog]\nsource = "{log}"\n'
+    )
+    hasher = subprocess.Popen(
+        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert hasher.stdin is not None
+        hasher.stdin.write(f"comphash {big}\n".encode())
+        hasher.stdin.flush()
+        gw.wait_for(r"CMD received from 127\.0\.0\.1: comphash")
+        out = nc(gw.tcp_port, b"lastlog 1\n", timeout=10)  # the hash pool is full
+        assert out.splitlines()[1] == "Aug 29 15:02:29 lab cron[4945]: entry 29"
+        assert nc(gw.tcp_port, b"help\n", timeout=10).startswith("lastlog [N]")
+    finally:
+        hasher.kill()
+        hasher.wait()
