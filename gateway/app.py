@@ -9,7 +9,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +18,9 @@ from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config, ConfigError
+from gateway.http import RestAPI
+from gateway.httpserver import GuardedSite
+from gateway.openapi import document
 from gateway.quota import ClientQuota
 from gateway.service import CommandService
 from gateway.tcp import LineFactory
@@ -32,7 +34,7 @@ LOG_READERS = 2
 class ListeningService(Service):
     """Listens on an endpoint while running; ``ready`` fires once listening."""
 
-    def __init__(self, label: str, endpoint: IStreamServerEndpoint, factory: Factory) -> None:
+    def __init__(self, label: str, endpoint: IStreamServerEndpoint, factory: Any) -> None:
         self.label = label
         self.endpoint = endpoint
         self.factory = factory
@@ -122,11 +124,17 @@ class Gateway(MultiService):
         self.service.add(ExitCommand())
 
         tcp = config.tcp
+        api = RestAPI(self.service, self.quota, config.http, lambda: document(config))
         self.listeners = [
             ListeningService(
                 "TCP",
                 endpoint(reactor, "tcp.listen", tcp.listen),
                 LineFactory(self.service, self.quota, reactor, tcp),
+            ),
+            ListeningService(
+                "HTTP",
+                endpoint(reactor, "http.listen", config.http.listen),
+                GuardedSite(api.resource(), config.http, reactor),
             ),
         ]
         for listener in self.listeners:

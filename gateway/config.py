@@ -47,9 +47,20 @@ class TCPConfig:
 @dataclass(frozen=True)
 class HTTPConfig:
     listen: str = "tcp:8080:interface=127.0.0.1"
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 65536
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    retry_after: int = 5
 
     def check(self) -> None:
         _nonempty("http.listen", self.listen)
+        if self.max_header_bytes < 1024:
+            raise ConfigError("http.max_header_bytes", "must be at least 1024")
+        _not_negative("http.max_body_bytes", self.max_body_bytes)
+        _positive("http.request_timeout", self.request_timeout)
+        _positive("http.idle_timeout", self.idle_timeout)
+        _not_negative("http.retry_after", self.retry_after)
 
 
 @dataclass(frozen=True)

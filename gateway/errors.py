@@ -23,6 +23,12 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "unavailable": 503,
     "timeout": 504,
     "internal": 500,
+    # HTTP-level refusals (the request never reached a command)
+    "method_not_allowed": 405,
+    "request_timeout": 408,
+    "too_large": 413,
+    "uri_too_long": 414,
+    "headers_too_large": 431,
 }
 
 INTERNAL_MESSAGE: Final = "Internal error (details in the server log only)"

@@ -31,14 +31,20 @@ class Result:
     """The final value of a command.
 
     ``data`` is the structured answer (JSON front-ends), ``text`` the lines a
-    line-oriented front-end prints, ``close`` asks the front-end to end the
-    connection (``exit``).
+    line-oriented front-end prints, ``body`` the lines of a plain-text HTTP
+    answer when they differ from ``text``, ``close`` asks the front-end to end
+    the connection (``exit``).
     """
 
     command: str
     data: Mapping[str, Any] = field(default_factory=dict)
     text: tuple[str, ...] = ()
+    body: tuple[str, ...] | None = None
     close: bool = False
+
+    @property
+    def plain(self) -> tuple[str, ...]:
+        return self.text if self.body is None else self.body
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from twisted.python.failure import Failure
 from gateway.commands.base import Client, Command, Request
 from gateway.errors import INTERNAL_MESSAGE, CommandError
 from gateway.events import Error, Event, Result, Sink
+from gateway.logfmt import printable
+from gateway.metrics import CommandMetrics
 
 
 class CommandService:
@@ -27,14 +29,17 @@ class CommandService:
     def __init__(self, commands: Iterable[Command], clock: IReactorTime) -> None:
         self._commands: dict[str, Command] = {}
         self._running: set[Deferred[str]] = set()
+        self.metrics = CommandMetrics()
         for command in commands:
             self.add(command)
         self._clock = clock
+        self.started = clock.seconds()
 
     def add(self, command: Command) -> None:
         if command.name in self._commands:
             raise ValueError(f"duplicate command {command.name!r}")
         self._commands[command.name] = command
+        self.metrics.known.add(command.name)
 
     @property
     def commands(self) -> Sequence[Command]:
@@ -63,13 +68,15 @@ class CommandService:
         timeout = 0.0
 
         def finish(outcome: str) -> str:
+            seconds = self._clock.seconds() - started
+            self.metrics.record(request.command, outcome, seconds)
             self.log.info(
                 "{transport} {peer} {command}: {outcome} in {duration_ms:.1f} ms",
                 transport=client.transport,
                 peer=client.peer,
-                command=request.command,
+                command=printable(request.command, 40),
                 outcome=outcome,
-                duration_ms=(self._clock.seconds() - started) * 1000,
+                duration_ms=seconds * 1000,
             )
             return outcome
 
@@ -110,6 +117,9 @@ class CommandService:
     def _finished(self, outcome: str, d: Deferred[str]) -> str:
         self._running.discard(d)
         return outcome
+
+    def uptime(self) -> float:
+        return self._clock.seconds() - self.started
 
     @property
     def running(self) -> int:

@@ -9,6 +9,7 @@ from gateway.commands.comphash import (
     Cancelled,
     ComphashArgs,
     ComphashCommand,
+    checksum_line,
     hash_fd,
     open_regular,
 )
@@ -124,6 +125,7 @@ def test_hash_matches_hashlib_with_progress(root: Path, algorithm: str) -> None:
         command="comphash",
         data={"path": str(big), "algorithm": algorithm, "hex": hexdigest, "size": len(data)},
         text=(f"File hash is: {hexdigest}",),
+        body=(f"{hexdigest}  {big}",),
     )
     assert events[0] == Progress(0, len(data))
     assert events[-1] == Progress(len(data), len(data))
@@ -318,3 +320,15 @@ def test_file_swapped_after_the_check_is_refused(
         "not_a_file",
         f"File changed while being opened: {root}/hello.txt",
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("/srv/a b", "ab12  /srv/a b"),
+        ("/srv/back\\slash", "\\ab12  /srv/back\\\\slash"),
+        ("/srv/new\nline", "\\ab12  /srv/new\\nline"),
+    ],
+)
+def test_checksum_line_is_what_sha1sum_prints(path: str, line: str) -> None:
+    assert checksum_line("ab12", path) == line

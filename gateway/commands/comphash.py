@@ -138,6 +138,18 @@ def hash_fd(
     return digest.hexdigest(), done
 
 
+def checksum_line(hexdigest: str, path: str) -> str:
+    """``<hex>  <path>``, as ``sha1sum`` prints it (so ``sha1sum -c`` reads it).
+
+    Like coreutils, a path holding a backslash or newline is escaped and the
+    line starts with a backslash.
+    """
+    if "\\" in path or "\n" in path or "\r" in path:
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+        return f"\\{hexdigest}  {escaped}"
+    return f"{hexdigest}  {path}"
+
+
 @dataclass(frozen=True)
 class ComphashArgs:
     path: str
@@ -225,6 +237,7 @@ class ComphashCommand:
                     "size": done,
                 },
                 text=(f"File hash is: {hexdigest}",),
+                body=(checksum_line(hexdigest, args.path),),
             )
 
         def report(done: int, total: int) -> None:

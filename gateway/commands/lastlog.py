@@ -310,6 +310,6 @@ class LastlogCommand:
             sink(event)
 
         def result(source: str) -> Result:
-            return Result(command=self.name, data={"lines": counted[0], "source": source})
+            return Result(command=self.name, data={"count": counted[0], "source": source})
 
         return self.source.tail(args.lines, count).addCallback(result)

@@ -1,0 +1,343 @@
+"""The REST front-end: Klein routes on ``twisted.web``.
+
+Thin, like the line server: a route turns a query into a :class:`Request`,
+takes a quota slot for command routes, and writes the service's events as
+they come (``text/plain`` for curl, JSON on ``Accept: application/json`` or
+``?format=json``).  Errors are ``error: <message>`` or RFC 9457
+``application/problem+json`` with the stable code and its HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request as IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from gateway.commands.base import Client, Request
+from gateway.config import HTTPConfig
+from gateway.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
+from gateway.events import Error, Event, Lines, Result
+from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
+from gateway.metrics import render as render_metrics
+from gateway.quota import Quota, Slot
+from gateway.service import CommandService
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def peer_of(request: IRequest) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", "unix"))
+
+
+def _single_args(request: IRequest) -> dict[str, str]:
+    """The query as ``{name: value}``; a repeated name or non-UTF-8 is refused."""
+    out: dict[str, str] = {}
+    raw: Mapping[bytes, list[bytes]] = request.args or {}
+    for key, values in raw.items():
+        try:
+            name = key.decode("utf-8")
+            decoded = [v.decode("utf-8") for v in values]
+        except UnicodeDecodeError:
+            raise CommandError("bad_argument", "The query is not valid UTF-8.") from None
+        if len(decoded) != 1:
+            raise CommandError("bad_argument", f"Parameter {name!r} given more than once.")
+        out[name] = decoded[0]
+    return out
+
+
+def wants_json(request: IRequest) -> bool:
+    """``?format=json|text`` decides; else the Accept header does."""
+    raw: Mapping[bytes, list[bytes]] = request.args or {}
+    fmt = raw.get(b"format")
+    if fmt:
+        return fmt[-1] == b"json"
+    accept = (request.getHeader("accept") or "").lower()
+    return "json" in accept and "text/plain" not in accept
+
+
+def query(request: IRequest, allowed: Iterable[str]) -> dict[str, str]:
+    """Command arguments from the query; unknown names are refused."""
+    args = _single_args(request)
+    fmt = args.pop("format", None)
+    if fmt not in (None, "json", "text"):
+        raise CommandError("bad_argument", "format must be json or text")
+    allowed = set(allowed)
+    for name in args:
+        if name not in allowed:
+            raise CommandError("bad_argument", f"Unknown parameter: {name}")
+    return args
+
+
+class ResponseWriter:
+    """Writes one command's events to one HTTP response, as they arrive.
+
+    ``lines_key`` names the JSON array that streamed lines go into (the
+    answer then is ``{"lines": [...], <result fields>}``).
+    """
+
+    def __init__(self, request: IRequest, as_json: bool, lines_key: str | None = None) -> None:
+        self.request = request
+        self.as_json = as_json
+        self.lines_key = lines_key
+        self.started = False
+        self.gone = False
+        self._first_item = True
+        request.notifyFinish().addErrback(self._lost)
+
+    def _lost(self, failure: Failure) -> None:
+        self.gone = True
+
+    def _start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        r = self.request
+        r.setResponseCode(200)
+        r.setHeader("content-type", JSON if self.as_json else TEXT)
+        r.setHeader("x-accel-buffering", "no")  # stream through nginx too
+        r.setHeader("cache-control", "no-store")
+        r.setHeader("x-content-type-options", "nosniff")
+        if self.as_json and self.lines_key:
+            r.write(b'{"%s":[' % self.lines_key.encode())
+
+    def __call__(self, event: Event) -> None:
+        if self.gone:
+            return
+        if isinstance(event, Lines):
+            self._start()
+            self._lines(event.lines)
+        elif isinstance(event, Result):
+            self._start()
+            self._result(event)
+        elif isinstance(event, Error):
+            self._error(event)
+
+    def _lines(self, lines: tuple[str, ...]) -> None:
+        if not lines:
+            return
+        if not self.as_json:
+            self.request.write("".join(f"{line}\n" for line in lines).encode())
+            return
+        items = ",".join(json.dumps(line, ensure_ascii=False) for line in lines)
+        self.request.write((items if self._first_item else "," + items).encode())
+        self._first_item = False
+
+    def _result(self, result: Result) -> None:
+        if not self.as_json:
+            if result.plain:
+                self.request.write("".join(f"{line}\n" for line in result.plain).encode())
+            return
+        body = json.dumps(dict(result.data), ensure_ascii=False)
+        if self.lines_key:
+            rest = body[1:]  # the fields after the lines array
+            self.request.write(("]" + ("," + rest if rest != "}" else "}")).encode())
+        else:
+            self.request.write(body.encode())
+
+    def _error(self, error: Error) -> None:
+        if not self.started:
+            self.started = True
+            write_error(self.request, error.code, error.message, self.as_json)
+            return
+        # Too late for a status code: finish the body so the failure shows.
+        if self.as_json:
+            problem = json.dumps({"code": error.code, "message": error.message})
+            tail = f'],"error":{problem}}}' if self.lines_key else ""
+            self.request.write(tail.encode())
+        else:
+            self.request.write(f"error: {error.message}\n".encode())
+
+
+def write_error(
+    request: IRequest,
+    code: str,
+    message: str,
+    as_json: bool,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    status = HTTP_STATUS[code]
+    request.setResponseCode(status)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    request.setHeader("cache-control", "no-store")
+    request.setHeader("x-content-type-options", "nosniff")
+    if as_json:
+        request.setHeader("content-type", PROBLEM)
+        problem = {
+            "type": "about:blank",
+            "title": HTTPStatus(status).phrase,
+            "status": status,
+            "detail": message,
+            "code": code,
+        }
+        body = json.dumps(problem, ensure_ascii=False).encode()
+    else:
+        request.setHeader("content-type", TEXT)
+        body = f"error: {message}\n".encode()
+    request.setHeader("content-length", str(len(body)))
+    request.write(body)
+
+
+class RestAPI:
+    app = Klein()
+    log = Logger(namespace="gateway.http")
+
+    def __init__(
+        self,
+        service: CommandService,
+        quota: Quota,
+        settings: HTTPConfig,
+        openapi: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self.service = service
+        self.quota = quota
+        self.settings = settings
+        self._openapi = openapi
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- command routes: one quota slot each while they run
+
+    @app.route("/lastlog", methods=["GET"])
+    def lastlog(self, request: IRequest) -> Deferred[None] | bytes:
+        return self._command(request, "lastlog", ("lines",), lines_key="lines")
+
+    @app.route("/comphash", methods=["GET"])
+    def comphash(self, request: IRequest) -> Deferred[None] | bytes:
+        return self._command(request, "comphash", ("path", "algorithm"))
+
+    def _command(
+        self, request: IRequest, name: str, allowed: tuple[str, ...], lines_key: str | None = None
+    ) -> Deferred[None] | bytes:
+        as_json = wants_json(request)
+        try:
+            args = query(request, allowed)
+        except CommandError as e:
+            write_error(request, e.code, e.message, as_json)
+            return b""
+        peer = peer_of(request)
+        slot: Slot | None = None
+        running: Deferred[str] | None = None
+
+        def cancel(d: Deferred[None]) -> None:
+            # The client went away: stop the command, give the slot back.
+            if running is not None:
+                running.cancel()
+            if slot is not None:
+                slot.release()
+
+        done: Deferred[None] = Deferred(cancel)
+
+        def granted(got: Slot) -> None:
+            nonlocal slot, running
+            if done.called:  # cancelled while the quota was answering
+                got.release()
+                return
+            slot = got
+            writer = ResponseWriter(request, as_json, lines_key)
+            running = self.service.execute(Request(name, args=args), Client("http", peer), writer)
+            running.addCallback(finished)
+
+        def finished(outcome: str) -> None:
+            if slot is not None:
+                slot.release()
+            if not done.called:
+                done.callback(None)
+
+        def refused(failure: Failure) -> None:
+            if done.called:
+                return
+            error = failure.value
+            if isinstance(error, QuotaExceeded):
+                retry = {"retry-after": str(self.settings.retry_after)}
+                write_error(request, error.code, error.message, as_json, retry)
+            else:
+                self.log.failure("quota failed", failure)
+                write_error(request, "internal", INTERNAL_MESSAGE, as_json)
+            done.callback(None)
+
+        self.quota.acquire("http", peer).addCallbacks(granted, refused)
+        return done
+
+    # -- routes that take no slot: monitoring keeps working when the quota is full
+
+    @app.route("/commands", methods=["GET"])
+    def commands(self, request: IRequest) -> Deferred[None] | bytes:
+        return self._unmetered(request, "help")
+
+    @app.route("/stats", methods=["GET"])
+    def stats(self, request: IRequest) -> Deferred[None] | bytes:
+        return self._unmetered(request, "stats")
+
+    def _unmetered(self, request: IRequest, name: str) -> Deferred[None] | bytes:
+        as_json = wants_json(request)
+        try:
+            query(request, ())
+        except CommandError as e:
+            write_error(request, e.code, e.message, as_json)
+            return b""
+        writer = ResponseWriter(request, as_json)
+        client = Client("http", peer_of(request))
+        return self.service.execute(Request(name), client, writer).addCallback(lambda _: None)
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        request.setHeader("cache-control", "no-store")
+        if wants_json(request):
+            request.setHeader("content-type", JSON)
+            return b'{"status":"ok"}'
+        request.setHeader("content-type", TEXT)
+        return b"ok\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> bytes:
+        request.setHeader("content-type", METRICS_TYPE)
+        request.setHeader("cache-control", "no-store")
+        text = render_metrics(
+            self.quota.snapshot(), self.service.metrics, self.service.running, self.service.uptime()
+        )
+        return text.encode()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        request.setHeader("content-type", JSON)
+        return json.dumps(self._openapi(), indent=2).encode()
+
+    # -- errors: the same two formats everywhere, never a traceback
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Any, failure: Failure) -> bytes:
+        path = request.path.decode("utf-8", "replace")
+        write_error(request, "not_found", f"No such route: {path}", wants_json(request))
+        return b""
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: Any, failure: Failure) -> bytes:
+        methods = sorted(getattr(failure.value, "valid_methods", None) or ["GET", "HEAD"])
+        method = request.method.decode("ascii", "replace")
+        write_error(
+            request,
+            "method_not_allowed",
+            f"Method {method} is not allowed here (allowed: {', '.join(methods)})",
+            wants_json(request),
+            {"allow": ", ".join(methods)},
+        )
+        return b""
+
+    @app.handle_errors(Exception)
+    def internal(self, request: Any, failure: Failure) -> bytes:
+        self.log.failure("route failed", failure)
+        write_error(request, "internal", INTERNAL_MESSAGE, wants_json(request))
+        return b""

@@ -1,0 +1,452 @@
+"""The REST routes in memory (StubTreq), every route and every error."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from gateway.commands.base import Client, Request
+from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
+from gateway.commands.comphash import ComphashCommand
+from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.config import Config, HTTPConfig
+from gateway.errors import CommandError
+from gateway.events import Lines, Sink
+from gateway.http import RestAPI
+from gateway.openapi import document
+from gateway.quota import ClientQuota
+from gateway.service import CommandService
+
+from .fakes import call_now, run_now
+from .openapi_check import check_answer
+
+BASE = "http://127.0.0.1:8080"
+
+
+class ControlledSource:
+    """A log source whose answer the test gives."""
+
+    description = "controlled"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Sink, Deferred[str]]] = []
+        self.cancelled = 0
+
+    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+        def cancel(d: Deferred[str]) -> None:
+            self.cancelled += 1
+
+        d: Deferred[str] = Deferred(cancel)
+        self.calls.append((n, sink, d))
+        return d
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, max_clients: int = 10, source: Any = None) -> None:
+        self.clock = Clock()
+        self.quota = ClientQuota(max_clients)
+        self.root = tmp_path / "data"
+        self.root.mkdir(exist_ok=True)
+        self.log = tmp_path / "syslog"
+        self.log.write_text("".join(f"entry {i}\n" for i in range(50)))
+        self.source = source or FileSource(str(self.log), run_now)
+        self.service = CommandService([], self.clock)
+        self.service.add(LastlogCommand(self.source, 10, 1000, 10.0))
+        self.service.add(
+            ComphashCommand(
+                [str(self.root), "/dev"],
+                ["sha1", "sha256", "md5"],
+                "sha1",
+                1 << 20,
+                60.0,
+                run_now,
+                call_now,
+            )
+        )
+        self.service.add(HelpCommand(lambda: self.service.commands))
+        self.service.add(StatsCommand(self.quota, self.clock))
+        self.service.add(ExitCommand())
+        config = Config()
+        self.doc = document(config)
+        self.api = RestAPI(self.service, self.quota, HTTPConfig(), lambda: self.doc)
+        self.treq = StubTreq(self.api.resource())
+
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET"
+    ) -> tuple[int, dict[str, str], bytes]:
+        d = self.treq.request(method, BASE + path, headers=headers)
+        results: list[Any] = []
+        d.addBoth(results.append)
+        assert results, f"{method} {path}: no answer"
+        response = results[0]
+        body: list[bytes] = []
+        self.treq.content(response).addCallback(body.append)
+        assert body, f"{method} {path}: body not finished"
+        headers_out = {
+            k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()
+        }
+        if method == "GET" and path.split("?")[0] in self.doc["paths"]:
+            check_answer(
+                self.doc, path.split("?")[0], response.code, headers_out["content-type"], body[0]
+            )
+        return response.code, headers_out, body[0]
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+JSON = {"Accept": "application/json"}
+
+
+# -- lastlog
+
+
+def test_lastlog_text_is_just_the_lines(h: Harness) -> None:
+    code, headers, body = h.get("/lastlog?lines=3")
+    assert code == 200
+    assert body == b"entry 47\nentry 48\nentry 49\n"
+    assert headers["content-type"] == "text/plain; charset=utf-8"
+    assert headers["x-accel-buffering"] == "no"
+
+
+def test_lastlog_default_is_ten_lines(h: Harness) -> None:
+    assert h.get("/lastlog")[2].count(b"\n") == 10
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"), [("/lastlog?lines=2&format=json", None), ("/lastlog?lines=2", JSON)]
+)
+def test_lastlog_json(h: Harness, path: str, headers: Any) -> None:
+    code, out_headers, body = h.get(path, headers)
+    assert code == 200
+    assert out_headers["content-type"] == "application/json"
+    assert json.loads(body) == {"lines": ["entry 48", "entry 49"], "count": 2, "source": str(h.log)}
+
+
+def test_format_text_wins_over_accept(h: Harness) -> None:
+    assert h.get("/lastlog?lines=1&format=text", JSON)[2] == b"entry 49\n"
+
+
+@pytest.mark.parametrize("lines", ["abc", "0", "-1", "99999999", "1.5", ""])
+def test_lastlog_bad_lines(h: Harness, lines: str) -> None:
+    code, headers, body = h.get(f"/lastlog?lines={lines}")
+    assert (code, body) == (400, b"error: lines must be an integer from 1 to 1000\n")
+    code, headers, body = h.get(f"/lastlog?lines={lines}", JSON)
+    assert code == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body) == {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "lines must be an integer from 1 to 1000",
+        "code": "bad_argument",
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("?colour=red", "Unknown parameter: colour"),
+        ("?lines=1&lines=2", "Parameter 'lines' given more than once."),
+        ("?format=xml", "format must be json or text"),
+        ("?lines=%ff", "The query is not valid UTF-8."),
+    ],
+)
+def test_bad_queries(h: Harness, query: str, message: str) -> None:
+    assert h.get("/lastlog" + query)[:3:2] == (400, f"error: {message}\n".encode())
+
+
+def test_lastlog_unavailable(tmp_path: Path) -> None:
+    h = Harness(tmp_path, source=FileSource(str(tmp_path / "missing.log"), run_now))
+    code, _, body = h.get("/lastlog", JSON)
+    assert code == 503
+    assert json.loads(body)["code"] == "unavailable"
+    assert json.loads(body)["detail"] == f"Log file not found: {tmp_path}/missing.log"
+
+
+def test_lastlog_streams_before_it_finishes(tmp_path: Path) -> None:
+    source = ControlledSource()
+    h = Harness(tmp_path, source=source)
+    d = h.treq.get(BASE + "/lastlog?lines=3")
+    _, sink, done = source.calls[0]
+    sink(Lines(("first",)))
+    h.treq.flush()
+    responses: list[Any] = []
+    d.addCallback(responses.append)
+    assert responses and responses[0].code == 200  # headers sent with the first line
+    chunks: list[bytes] = []
+    from treq import collect
+
+    finished: list[Any] = []
+    collect(responses[0], chunks.append).addBoth(finished.append)
+    h.treq.flush()
+    assert chunks == [b"first\n"] and not finished
+    sink(Lines(("second",)))
+    done.callback("controlled")
+    h.treq.flush()
+    assert b"".join(chunks) == b"first\nsecond\n" and finished
+
+
+def test_error_after_lines_is_appended(tmp_path: Path) -> None:
+    source = ControlledSource()
+    h = Harness(tmp_path, source=source)
+    d = h.treq.get(BASE + "/lastlog?format=json")
+    _, sink, done = source.calls[0]
+    sink(Lines(("one",)))
+    done.errback(CommandError("unavailable", "log rotated away"))
+    h.treq.flush()
+    response: list[Any] = []
+    d.addCallback(h.treq.json_content).addCallback(response.append)
+    assert response == [
+        {"lines": ["one"], "error": {"code": "unavailable", "message": "log rotated away"}}
+    ]
+
+
+def test_client_leaving_stops_the_command_and_frees_the_slot(tmp_path: Path) -> None:
+    source = ControlledSource()
+    h = Harness(tmp_path, source=source)
+    d = h.treq.get(BASE + "/lastlog")
+    assert h.quota.snapshot().in_use["http"] == 1
+    d.addErrback(lambda f: None)
+    d.cancel()  # the client hangs up
+    h.treq.flush()
+    assert source.cancelled == 1
+    assert h.quota.snapshot().total_in_use == 0
+
+
+def test_lastlog_timeout_is_504(tmp_path: Path) -> None:
+    source = ControlledSource()
+    h = Harness(tmp_path, source=source)
+    d = h.treq.get(BASE + "/lastlog", headers=JSON)
+    h.clock.advance(10)
+    h.treq.flush()
+    response: list[Any] = []
+    d.addCallback(lambda r: (r.code, h.treq.json_content(r))).addCallback(response.append)
+    code, body = response[0]
+    assert code == 504
+    assert body.result["detail"] == "lastlog timed out after 10 s"
+    assert source.cancelled == 1
+    assert h.quota.snapshot().total_in_use == 0
+
+
+# -- comphash
+
+
+def test_comphash_is_sha1sum_format(h: Harness) -> None:
+    target = h.root / "my file.txt"
+    target.write_bytes(b"hello\n")
+    code, _, body = h.get(f"/comphash?path={h.root}/my%20file.txt")
+    assert code == 200
+    assert body == f"{hashlib.sha1(b'hello' + bytes([10])).hexdigest()}  {target}\n".encode()
+
+
+def test_comphash_json_and_algorithm(h: Harness) -> None:
+    target = h.root / "f"
+    target.write_bytes(b"x")
+    code, _, body = h.get(f"/comphash?path={target}&algorithm=sha256&format=json")
+    assert code == 200
+    assert json.loads(body) == {
+        "path": str(target),
+        "algorithm": "sha256",
+        "hex": hashlib.sha256(b"x").hexdigest(),
+        "size": 1,
+    }
+
+
+def comphash_cases(root: Path, tmp: Path) -> list[tuple[str, int, str, str]]:
+    os.mkfifo(root / "fifo")
+    (tmp / "outside").write_text("x")
+    return [
+        ("", 400, "missing_argument", "Please provide a path."),
+        ("?path=", 400, "missing_argument", "Please provide a path."),
+        ("?path=relative/x", 400, "bad_argument", "Path must be absolute: relative/x"),
+        (
+            f"?path={root}/../outside",
+            403,
+            "forbidden",
+            f"Path is outside the allowed roots: {root}/../outside",
+        ),
+        (
+            f"?path={tmp}/outside",
+            403,
+            "forbidden",
+            f"Path is outside the allowed roots: {tmp}/outside",
+        ),
+        (f"?path={root}", 400, "not_a_file", f"Not a regular file: {root}"),
+        ("?path=/dev/zero", 400, "not_a_file", "Not a regular file: /dev/zero"),
+        (f"?path={root}/fifo", 400, "not_a_file", f"Not a regular file: {root}/fifo"),
+        (f"?path={root}/nope", 404, "not_found", f"No such file: {root}/nope"),
+        (
+            f"?path={root}/f&algorithm=crc32",
+            400,
+            "bad_argument",
+            "Unknown algorithm: crc32 (allowed: sha1, sha256, md5)",
+        ),
+        ("?path=/etc/hostname&mode=fast", 400, "bad_argument", "Unknown parameter: mode"),
+    ]
+
+
+def test_comphash_errors(h: Harness, tmp_path: Path) -> None:
+    for query, status, code, message in comphash_cases(h.root, tmp_path):
+        got = h.get("/comphash" + query)
+        assert got[0] == status and got[2] == f"error: {message}\n".encode(), query
+        status_json, headers, body = h.get("/comphash" + query, JSON)
+        problem = json.loads(body)
+        assert (status_json, problem["code"], problem["detail"]) == (status, code, message), query
+        assert headers["content-type"] == "application/problem+json"
+    assert h.quota.snapshot().total_in_use == 0
+
+
+# -- quota
+
+
+def test_over_quota_is_503_with_retry_after(tmp_path: Path) -> None:
+    source = ControlledSource()
+    h = Harness(tmp_path, max_clients=1, source=source)
+    pending = h.treq.get(BASE + "/lastlog")
+    code, headers, body = h.get("/lastlog")
+    assert (code, body) == (503, b"error: Too many connections. Bye!\n")
+    assert headers["retry-after"] == "5"
+    code, headers, body = h.get("/comphash?path=/etc/hostname", JSON)
+    assert code == 503 and json.loads(body)["code"] == "quota_exceeded"
+    # monitoring keeps working while the quota is full
+    for path in ("/healthz", "/metrics", "/stats", "/openapi.json", "/commands"):
+        assert h.get(path)[0] == 200, path
+    assert h.quota.snapshot().refused["http"] == 2
+    source.calls[0][2].callback("controlled")
+    h.treq.flush()
+    assert pending.called
+    assert h.quota.snapshot().total_in_use == 0
+    assert h.get("/comphash?path=/dev/zero")[0] == 400  # served again, not refused
+
+
+# -- the other routes
+
+
+def test_commands(h: Harness) -> None:
+    code, _, body = h.get("/commands?format=json")
+    assert [c["name"] for c in json.loads(body)["commands"]] == [
+        "lastlog",
+        "comphash",
+        "help",
+        "stats",
+        "exit",
+    ]
+    assert h.get("/commands")[2].startswith(b"lastlog [N]")
+
+
+def test_stats(h: Harness) -> None:
+    h.get("/lastlog")
+    code, _, body = h.get("/stats", JSON)
+    stats = json.loads(body)
+    assert stats["clients"]["in_use"] == 0  # /stats itself takes no slot
+    assert stats["clients"]["by_transport"]["http"]["served"] == 1
+    assert h.get("/stats")[2].startswith(b"clients: 0/10 in use")
+
+
+def test_healthz(h: Harness) -> None:
+    assert h.get("/healthz")[::2] == (200, b"ok\n")
+    assert json.loads(h.get("/healthz", JSON)[2]) == {"status": "ok"}
+
+
+def test_metrics_parse_as_prometheus(h: Harness) -> None:
+    h.get("/lastlog")
+    h.get("/lastlog?lines=abc")
+    h.get("/comphash")
+    code, headers, body = h.get("/metrics")
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("gateway_commands_total", (("command", "lastlog"), ("outcome", "ok")))] == 1
+    assert (
+        samples[("gateway_commands_total", (("command", "lastlog"), ("outcome", "bad_argument")))]
+        == 1
+    )
+    assert samples[("gateway_clients_served_total", (("transport", "http"),))] == 3
+    assert samples[("gateway_clients_in_use", (("transport", "http"),))] == 0
+    assert families["gateway_command_duration_seconds"].type == "histogram"
+    assert samples[("gateway_command_duration_seconds_count", (("command", "lastlog"),))] == 2
+
+
+def test_unknown_commands_share_one_metrics_label(h: Harness) -> None:
+    for i in range(5):
+        h.service.execute(Request(f"junk{i}"), Client("tcp", "x"), lambda e: None)
+    body = h.get("/metrics")[2].decode()
+    assert 'command="unknown",outcome="unknown_command"} 5' in body
+    assert "junk" not in body
+
+
+def test_openapi_lists_every_route(h: Harness) -> None:
+    code, headers, body = h.get("/openapi.json")
+    doc = json.loads(body)
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {
+        "/lastlog",
+        "/comphash",
+        "/commands",
+        "/stats",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+    }
+    from jsonschema import Draft202012Validator
+
+    for path in doc["paths"].values():  # every schema in it is itself valid
+        for response in path["get"]["responses"].values():
+            for media in response.get("content", {}).values():
+                Draft202012Validator.check_schema(media["schema"])
+
+
+def test_unknown_route_is_404_in_both_formats(h: Harness) -> None:
+    assert h.get("/nope")[::2] == (404, b"error: No such route: /nope\n")
+    code, headers, body = h.get("/nope", JSON)
+    assert (code, json.loads(body)["code"]) == (404, "not_found")
+
+
+def test_wrong_method_is_405_with_allow(h: Harness) -> None:
+    code, headers, body = h.get("/lastlog", method="POST")
+    assert code == 405
+    assert headers["allow"] == "GET, HEAD"
+    assert body == b"error: Method POST is not allowed here (allowed: GET, HEAD)\n"
+
+
+def test_route_failure_is_500_without_traceback(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+
+    class BrokenQuota(ClientQuota):
+        def acquire(self, transport: str, peer: str) -> Any:
+            raise RuntimeError("secret internals")
+
+    h.api.quota = BrokenQuota(1)
+    code, _, body = h.get("/lastlog", JSON)
+    assert code == 500
+    assert json.loads(body)["detail"] == "Internal error (details in the server log only)"
+    assert b"secret" not in body and b"Traceback" not in body
+
+
+def test_command_crash_is_500_without_traceback(tmp_path: Path) -> None:
+    class Crashing:
+        description = "crash"
+
+        def tail(self, n: int, sink: Sink) -> Deferred[str]:
+            raise RuntimeError("secret internals")
+
+    h = Harness(tmp_path, source=Crashing())
+    code, _, body = h.get("/lastlog")
+    assert (code, body) == (500, b"error: Internal error (details in the server log only)\n")
