@@ -62,6 +62,7 @@ class Gateway:
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
         self.tcp_port = 0
+        self.http_port = 0
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -90,7 +91,11 @@ class Gateway:
 
     def started(self) -> Gateway:
         self.tcp_port = int(self.wait_for(r"TCP listening on 127\.0\.0\.1:(\d+)").group(1))
+        self.http_port = int(self.wait_for(r"HTTP listening on 127\.0\.0\.1:(\d+)").group(1))
         return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
 
     def json_lines(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.lines]
@@ -139,3 +144,27 @@ def nc(port: int, data: bytes, timeout: float = 15.0, half_close: bool = True) -
     args = [require_tool("nc"), *(["-N"] if half_close else []), "127.0.0.1", str(port)]
     done = subprocess.run(args, input=data, capture_output=True, timeout=timeout, check=False)
     return done.stdout.decode("utf-8", "replace")
+
+
+@pytest.fixture
+def curl_path() -> str:
+    return require_tool("curl")
+
+
+def curl(url: str, *options: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+    """GET ``url`` with the real curl: ``(status, headers, body)``."""
+    done = subprocess.run(
+        [require_tool("curl"), "-sS", "-D", "/dev/stderr", "-o", "-", *options, url],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    head = done.stderr.decode("latin-1").replace("\r", "")
+    blocks = [b for b in head.split("\n\n") if b.startswith("HTTP/")]
+    assert blocks, f"curl failed: {head}"
+    status_line, *header_lines = blocks[-1].splitlines()
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, done.stdout
