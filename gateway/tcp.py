@@ -8,10 +8,8 @@ accept to close.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -26,14 +24,13 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.commands.base import Client, Request
+from gateway.commands.base import Client
 from gateway.config import TCPConfig
+from gateway.conversation import LineConversation
 from gateway.errors import QuotaExceeded
-from gateway.events import Event, Result
-from gateway.logfmt import printable
 from gateway.quota import Quota, Slot
 from gateway.service import CommandService
-from gateway.text import TextRenderer, encode_lines, error_line
+from gateway.text import encode_lines, error_line
 
 #: Lines waiting behind a running command before reading pauses.
 MAX_PENDING = 32
@@ -63,9 +60,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.eof_grace = settings.eof_grace
         self.peer = "unknown"
         self.slot: Slot | None = None
-        self._pending: deque[bytes] = deque()
-        self._running: Deferred[str] | None = None
-        self._closing = False  # no more commands: exit, error, shutdown or input done
+        self.conversation: LineConversation | None = None
+        self._paused = False
+        self._closing = False  # no more commands: exit, error, refusal or timeout
         self._input_done = False
         self._gone = False
         self._draining = False
@@ -80,6 +77,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         assert self.transport is not None
         self.peer = peer_host(self.transport.getPeer())
         self.log.info("Client connection from {peer}", peer=self.peer)
+        self.conversation = LineConversation(
+            self.service, Client("tcp", self.peer), self._write, self._close, self._changed
+        )
         self.setTimeout(self.idle_timeout)
         self.quota.acquire("tcp", self.peer).addCallbacks(self._granted, self._refused)
 
@@ -88,13 +88,13 @@ class LineSession(LineReceiver, TimeoutMixin):
             slot.release()
             return
         self.slot = slot
-        self._next()
+        assert self.conversation is not None
+        self.conversation.start()
 
     def _refused(self, failure: Failure) -> None:
         failure.trap(QuotaExceeded)
         message = failure.value.message  # type: ignore[union-attr]
         self.log.info("{message} (refused {peer})", message=message, peer=self.peer)
-        self._closing = True
         if not self._gone:
             self._write([message])
             self._close()
@@ -102,6 +102,28 @@ class LineSession(LineReceiver, TimeoutMixin):
     def _write(self, lines: list[str]) -> None:
         if lines and not self._gone and self.transport is not None:
             self.transport.write(encode_lines(lines))
+
+    def _changed(self) -> None:
+        """The conversation moved on: manage reading, idleness and a finished client."""
+        conversation = self.conversation
+        if conversation is None or self._gone or self._closing:
+            return
+        if self._paused and conversation.waiting < MAX_PENDING:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        elif (
+            not self._paused
+            and conversation.waiting >= MAX_PENDING
+            and IPushProducer.providedBy(self.transport)
+        ):
+            self._paused = True
+            self.transport.pauseProducing()
+        if conversation.busy:
+            self.setTimeout(None)  # a client waiting for an answer is not idle
+        elif self._input_done:
+            self._close()
+        else:
+            self.setTimeout(self.idle_timeout)
 
     def _close(self) -> None:
         """Stop taking commands and close once what was written is sent.
@@ -112,12 +134,15 @@ class LineSession(LineReceiver, TimeoutMixin):
         reads it.
         """
         self._closing = True
-        self._pending.clear()
+        if self.conversation is not None:
+            self.conversation.closed = True
         self.setTimeout(None)
         self._cancel_timers()
         if self._gone or self._draining or self.transport is None:
             return
         self._draining = True
+        if self._paused:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
         if self._input_done:  # nothing more can arrive: close both ways
             self.transport.loseConnection()
             return
@@ -146,68 +171,15 @@ class LineSession(LineReceiver, TimeoutMixin):
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
-        if self._closing:
+        if self._closing or self.conversation is None:
             return
         self.resetTimeout()
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            return
-        self._pending.append(line)
-        if len(self._pending) >= MAX_PENDING and IPushProducer.providedBy(self.transport):
-            self.transport.pauseProducing()
-        self._next()
+        self.conversation.submit(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("Line too long from {peer}, closing", peer=self.peer)
         self._write([error_line("bad_argument", "line too long")])
         self._close()
-
-    def _next(self) -> None:
-        """Start the next waiting command, if we may."""
-        while self.slot is not None and self._running is None and self._pending:
-            if self._closing:
-                return
-            raw = self._pending.popleft()
-            if len(self._pending) == MAX_PENDING - 1 and IPushProducer.providedBy(self.transport):
-                self.transport.resumeProducing()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                self.log.info("CMD received from {peer}: (not UTF-8)", peer=self.peer)
-                self._write([error_line("bad_argument", "Command line is not valid UTF-8.")])
-                continue
-            self.log.info("CMD received from {peer}: {line}", peer=self.peer, line=printable(text))
-            request = Request.from_line(text)
-            if request is None:
-                continue
-            self._run(request)
-        if self._input_done and self._running is None and not self._pending:
-            self._close()
-
-    def _run(self, request: Request) -> None:
-        renderer = TextRenderer(self.service.text_frame(request.command))
-        self.setTimeout(None)  # a client waiting for a result is not idle
-
-        def sink(event: Event) -> None:
-            self._write(renderer.render(event))
-            if isinstance(event, Result) and event.close:
-                self._close()
-
-        def done(outcome: str) -> None:
-            self._running = None
-            if self._gone:
-                return
-            if not self._closing:
-                self.setTimeout(self.idle_timeout)
-            self._next()
-
-        running = self.service.execute(request, Client("tcp", self.peer), sink)
-        if running.called:  # finished at once; the loop in _next goes on
-            if not self._closing:
-                self.setTimeout(self.idle_timeout)
-            return
-        self._running = running
-        running.addCallback(done)
 
     def timeoutConnection(self) -> None:
         self.log.info("Closing idle connection from {peer}", peer=self.peer)
@@ -228,17 +200,16 @@ class LineSession(LineReceiver, TimeoutMixin):
             if self.transport is not None:
                 self.transport.loseConnection()
             return
-        if self._running is not None or self._pending:
+        if self.conversation is not None and self.conversation.busy:
             self._eof_timer = self.clock.callLater(self.eof_grace, self._eof_expired)
-        self._next()
+        self._changed()
 
     def _eof_expired(self) -> None:
         self._eof_timer = None
         self.log.info("Client {peer} closed its side; cancelling what still runs", peer=self.peer)
-        running, self._running = self._running, None
+        if self.conversation is not None:
+            self.conversation.stop()
         self._close()
-        if running is not None:
-            running.cancel()
 
     def writeConnectionLost(self) -> None:
         """Never called for TCP (no such half-close notification)."""
@@ -248,13 +219,11 @@ class LineSession(LineReceiver, TimeoutMixin):
             return
         self._gone = True
         self._closing = True
-        self._pending.clear()
         self.setTimeout(None)
         self._cancel_timers()
         self.log.info("Lost client connection. Reason: {reason}", reason=reason.getErrorMessage())
-        running, self._running = self._running, None
-        if running is not None:
-            running.cancel()
+        if self.conversation is not None:
+            self.conversation.stop()
         if self.slot is not None:
             self.slot.release()
             self.slot = None
