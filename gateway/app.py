@@ -18,12 +18,13 @@ from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config, ConfigError
-from gateway.http import RestAPI
+from gateway.http import Console, RestAPI, console_dir
 from gateway.httpserver import GuardedSite
 from gateway.openapi import document
 from gateway.quota import ClientQuota
 from gateway.service import CommandService
 from gateway.tcp import LineFactory
+from gateway.websocket import GatewayWebSocketFactory, websocket_resource
 
 log = Logger(namespace="gateway.app")
 
@@ -124,7 +125,21 @@ class Gateway(MultiService):
         self.service.add(ExitCommand())
 
         tcp = config.tcp
-        api = RestAPI(self.service, self.quota, config.http, lambda: document(config))
+        sockets = GatewayWebSocketFactory(
+            self.service,
+            self.quota,
+            config.websocket,
+            reactor,
+            secure=config.http.listen.startswith("ssl:"),
+        )
+        api = RestAPI(
+            self.service,
+            self.quota,
+            config.http,
+            lambda: document(config),
+            websocket=websocket_resource(sockets),
+            console=Console.load(console_dir()),
+        )
         self.listeners = [
             ListeningService(
                 "TCP",

@@ -135,9 +135,50 @@ class ComphashConfig:
 @dataclass(frozen=True)
 class WebSocketConfig:
     allowed_origins: tuple[str, ...] = ()
+    max_message_bytes: int = 65536
+    max_frame_bytes: int = 65536
+    max_in_flight: int = 8
+    auto_ping_interval: float = 30.0
+    auto_ping_timeout: float = 10.0
+    open_handshake_timeout: float = 10.0
+    close_handshake_timeout: float = 5.0
 
     def check(self) -> None:
-        pass
+        for origin in self.allowed_origins:
+            if origin not in ("*", "null") and parse_origin(origin) is None:
+                raise ConfigError(
+                    "websocket.allowed_origins",
+                    f'not an origin (scheme://host[:port], "*" or "null"): {origin!r}',
+                )
+        _positive("websocket.max_message_bytes", self.max_message_bytes)
+        _positive("websocket.max_frame_bytes", self.max_frame_bytes)
+        _positive("websocket.max_in_flight", self.max_in_flight)
+        _not_negative("websocket.auto_ping_interval", self.auto_ping_interval)
+        _not_negative("websocket.auto_ping_timeout", self.auto_ping_timeout)
+        _positive("websocket.open_handshake_timeout", self.open_handshake_timeout)
+        _positive("websocket.close_handshake_timeout", self.close_handshake_timeout)
+
+
+def parse_origin(origin: str) -> tuple[str, str, int] | None:
+    """``"http://Host:80"`` -> ``("http", "host", 80)``; ``None`` if not an origin.
+
+    Default ports are written out, so ``http://h`` and ``http://h:80`` are the
+    same origin, as a browser treats them.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    defaults = {"http": 80, "https": 443}
+    if scheme not in defaults or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else defaults[scheme]
 
 
 @dataclass(frozen=True)

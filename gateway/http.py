@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -189,6 +190,56 @@ def write_error(
     request.write(body)
 
 
+class Console:
+    """The browser console's files, read once at start-up and served from memory."""
+
+    TYPES: ClassVar[dict[str, str]] = {
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".svg": "image/svg+xml",
+    }
+    #: The page may talk to its own origin only, run only its own script, and
+    #: may not be framed by another site.
+    POLICY = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+    def __init__(self, files: Mapping[str, tuple[str, bytes]]) -> None:
+        self.files = dict(files)
+
+    @classmethod
+    def load(cls, directory: Path) -> Console:
+        files = {}
+        for path in sorted(directory.iterdir()):
+            kind = cls.TYPES.get(path.suffix)
+            if kind is not None and path.is_file():
+                files[path.name] = (kind, path.read_bytes())
+        if "index.html" not in files:
+            raise FileNotFoundError(f"no index.html in {directory}")
+        return cls(files)
+
+    def render(self, request: IRequest, name: str) -> bytes:
+        kind, body = self.files[name]
+        request.setHeader("content-type", kind)
+        request.setHeader("content-length", str(len(body)))
+        request.setHeader("cache-control", "no-cache")
+        request.setHeader("x-content-type-options", "nosniff")
+        request.setHeader("content-security-policy", self.POLICY)
+        request.setHeader("referrer-policy", "no-referrer")
+        return body
+
+
+def console_dir() -> Path:
+    """``web/`` next to the package (a checkout), or inside it (an installed wheel)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "web", package.parent / "web"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    raise FileNotFoundError("the console's files (web/index.html) are missing")
+
+
 class RestAPI:
     app = Klein()
     log = Logger(namespace="gateway.http")
@@ -199,11 +250,15 @@ class RestAPI:
         quota: Quota,
         settings: HTTPConfig,
         openapi: Callable[[], Mapping[str, Any]],
+        websocket: Any = None,
+        console: Console | None = None,
     ) -> None:
         self.service = service
         self.quota = quota
         self.settings = settings
         self._openapi = openapi
+        self._websocket = websocket
+        self._console = console
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -314,6 +369,29 @@ class RestAPI:
     def openapi(self, request: IRequest) -> bytes:
         request.setHeader("content-type", JSON)
         return json.dumps(self._openapi(), indent=2).encode()
+
+    # -- the WebSocket and the browser console
+
+    @app.route("/ws")
+    def websocket(self, request: IRequest) -> Any:
+        if self._websocket is None:
+            raise NotFound()
+        return self._websocket
+
+    @app.route("/", methods=["GET"])
+    def index(self, request: IRequest) -> bytes:
+        return self._static(request, "index.html")
+
+    @app.route("/<string:name>", methods=["GET"])
+    def static(self, request: IRequest, name: str) -> bytes:
+        if name == "index.html":
+            raise NotFound()  # one address for the page: /
+        return self._static(request, name)
+
+    def _static(self, request: IRequest, name: str) -> bytes:
+        if self._console is None or name not in self._console.files:
+            raise NotFound()
+        return self._console.render(request, name)
 
     # -- errors: the same two formats everywhere, never a traceback
 

@@ -1,0 +1,199 @@
+"""The WebSocket front-end: ``/ws`` on the HTTP site, with Autobahn.
+
+Two subprotocols.  ``gateway.text`` (or none): each text frame is a command
+line and each output line comes back as one text frame, exactly the text the
+line server sends.  ``gateway.v1.json``: see :mod:`gateway.wsjson`.  A
+connection holds one quota slot from handshake to close; over quota the
+handshake completes and the server closes with 1013 and the reason
+``Too many connections. Bye!``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.commands.base import Client
+from gateway.config import WebSocketConfig, parse_origin
+from gateway.conversation import LineConversation
+from gateway.errors import QuotaExceeded
+from gateway.quota import Quota, Slot
+from gateway.service import CommandService
+from gateway.text import error_line
+from gateway.wsjson import JSONConversation, reply
+
+TEXT = "gateway.text"
+JSON = "gateway.v1.json"
+SUBPROTOCOLS = (TEXT, JSON)
+CLOSE_NORMAL = 1000
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+def origin_allowed(
+    origin: str | None, host: str | None, secure: bool, allowed: Sequence[str]
+) -> bool:
+    """May a page from ``origin`` open a WebSocket to us (reached as ``host``)?
+
+    No ``Origin`` header: not a browser, so no cross-site hijacking to fear.
+    The console's own origin (our scheme, ``host`` and port) is always
+    allowed; ``allowed`` adds more (``"*"`` any, ``"null"`` the null origin).
+    """
+    if not origin:
+        return True
+    if origin.strip() == "null":
+        return "null" in allowed
+    if "*" in allowed:
+        return True
+    theirs = parse_origin(origin)
+    if theirs is None:
+        return False
+    own = parse_origin(f"{'https' if secure else 'http'}://{host}") if host else None
+    return theirs == own or any(parse_origin(a) == theirs for a in allowed)
+
+
+class GatewayWebSocket(WebSocketServerProtocol):
+    log = Logger(namespace="gateway.websocket")
+    factory: GatewayWebSocketFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = TEXT
+        self.peer_host = "unknown"
+        self.slot: Slot | None = None
+        self.conversation: LineConversation | JSONConversation | None = None
+        self._gone = False
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        settings = self.factory.settings
+        host = request.headers.get("host")
+        if not origin_allowed(request.origin, host, self.factory.secure, settings.allowed_origins):
+            self.log.info("Refused WebSocket from origin {origin}", origin=request.origin)
+            raise ConnectionDeny(403, "Origin not allowed")
+        offered = request.protocols or []
+        for name in (JSON, TEXT):
+            if name in offered:
+                self.mode = name
+                return name
+        if offered:
+            raise ConnectionDeny(400, f"Unsupported subprotocol; use {TEXT} or {JSON}")
+        return None
+
+    def onOpen(self) -> None:
+        assert self.transport is not None
+        self.peer_host = str(getattr(self.transport.getPeer(), "host", "unix"))
+        self.log.info(
+            "WebSocket connection from {peer} ({mode})", peer=self.peer_host, mode=self.mode
+        )
+        client = Client("websocket", self.peer_host)
+        service = self.factory.service
+        if self.mode == JSON:
+            self.conversation = JSONConversation(
+                service, client, self._deliver, self._finish, self.factory.settings.max_in_flight
+            )
+        else:
+            self.conversation = LineConversation(service, client, self._send_lines, self._finish)
+        self.factory.quota.acquire("websocket", self.peer_host).addCallbacks(
+            self._granted, self._refused
+        )
+
+    def _granted(self, slot: Slot) -> None:
+        if self._gone:
+            slot.release()
+            return
+        self.slot = slot
+        assert self.conversation is not None
+        self.conversation.start()
+
+    def _refused(self, failure: Failure) -> None:
+        failure.trap(QuotaExceeded)
+        message = failure.value.message  # type: ignore[union-attr]
+        self.log.info("{message} (refused WebSocket {peer})", message=message, peer=self.peer_host)
+        if not self._gone:
+            # sendClose() only takes 1000 or 3000-4999; 1013 is the registered code.
+            self.sendCloseFrame(code=CLOSE_TRY_AGAIN_LATER, reasonUtf8=message.encode()[:123])
+
+    def _deliver(self, text: str) -> None:
+        if not self._gone:
+            self.sendMessage(text.encode("utf-8"), isBinary=False)
+
+    def _send_lines(self, lines: list[str]) -> None:
+        for line in lines:
+            self._deliver(line)
+
+    def _finish(self) -> None:
+        """``exit``: a normal close."""
+        if not self._gone:
+            self.sendClose(CLOSE_NORMAL)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        conversation = self.conversation
+        if conversation is None or self._gone:
+            return
+        if isBinary:
+            message = "Binary frames are not supported; send text."
+            if isinstance(conversation, JSONConversation):
+                self._deliver(reply(None, "error", code="bad_argument", message=message))
+            else:
+                self._deliver(error_line("bad_argument", message))
+            return
+        text = payload.decode("utf-8")  # Autobahn has checked it is UTF-8
+        if isinstance(conversation, JSONConversation):
+            conversation.receive(text)
+        else:
+            for line in text.split("\n"):
+                conversation.submit(line)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        if self.conversation is not None:
+            self.log.info(
+                "Lost WebSocket connection from {peer}: {code} {reason}",
+                peer=self.peer_host,
+                code=code,
+                reason=reason or "",
+            )
+            self.conversation.stop()
+        if self.slot is not None:
+            self.slot.release()
+            self.slot = None
+
+
+class GatewayWebSocketFactory(WebSocketServerFactory):
+    protocol = GatewayWebSocket  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        service: CommandService,
+        quota: Quota,
+        settings: WebSocketConfig,
+        reactor: IReactorTime,
+        secure: bool = False,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.service = service
+        self.quota = quota
+        self.settings = settings
+        self.secure = secure
+        self.setProtocolOptions(
+            maxFramePayloadSize=settings.max_frame_bytes,
+            maxMessagePayloadSize=settings.max_message_bytes,
+            autoPingInterval=settings.auto_ping_interval,
+            autoPingTimeout=settings.auto_ping_timeout,
+            openHandshakeTimeout=settings.open_handshake_timeout,
+            closeHandshakeTimeout=settings.close_handshake_timeout,
+            # Origins are checked in onConnect, against the Host the client used.
+            allowNullOrigin=True,
+        )
+
+
+def websocket_resource(factory: GatewayWebSocketFactory) -> Any:
+    return WebSocketResource(factory)

@@ -1,0 +1,214 @@
+"""The ``gateway.v1.json`` WebSocket subprotocol, without any WebSocket.
+
+Requests::
+
+    {"id": 7, "command": "comphash", "args": {"path": "/etc/hostname"}}
+    {"id": 7, "line": "comphash /etc/hostname"}
+    {"id": 7, "cancel": true}
+
+Replies carry the request's ``id``::
+
+    {"id": 7, "type": "line", "text": "..."}
+    {"id": 7, "type": "progress", "done": N, "total": M}
+    {"id": 7, "type": "result", "result": {...}}
+    {"id": 7, "type": "error", "code": "...", "message": "..."}
+    {"id": 7, "type": "cancelled"}
+
+A message that cannot be understood gets an ``error`` reply (with ``"id":
+null`` when it has no usable id); the connection stays open.  Several
+commands may run at once, up to a limit per connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from gateway.commands.base import Client, Request
+from gateway.events import Error, Event, Lines, Progress, Result
+from gateway.logfmt import printable
+from gateway.service import CommandService
+
+Id = int | str
+FIELDS = frozenset({"id", "command", "args", "line", "cancel"})
+
+
+class MessageError(Exception):
+    def __init__(self, id: Id | None, message: str, code: str = "bad_argument") -> None:
+        super().__init__(message)
+        self.id = id
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Run:
+    id: Id
+    request: Request
+    text: str  # what the client asked, for the log
+
+
+@dataclass(frozen=True)
+class Cancel:
+    id: Id
+
+
+def parse(text: str) -> Run | Cancel:
+    """One client message -> what to do, or :class:`MessageError`."""
+    try:
+        message = json.loads(text)
+    except ValueError as e:
+        raise MessageError(None, f"Malformed JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise MessageError(None, "A message must be a JSON object.")
+    if "id" not in message:
+        raise MessageError(None, "Missing id.")
+    id = message["id"]
+    if (
+        isinstance(id, bool)
+        or not isinstance(id, (int, str))
+        or (isinstance(id, str) and not 0 < len(id) <= 64)
+    ):
+        raise MessageError(None, "id must be an integer or a string of 1 to 64 characters.")
+    unknown = sorted(set(message) - FIELDS)
+    if unknown:
+        raise MessageError(id, f"Unknown field: {unknown[0]}")
+    if "cancel" in message:
+        if message["cancel"] is not True or set(message) != {"id", "cancel"}:
+            raise MessageError(id, 'A cancel message is {"id": ..., "cancel": true}.')
+        return Cancel(id)
+    if "line" in message:
+        line = message["line"]
+        if not isinstance(line, str) or set(message) != {"id", "line"}:
+            raise MessageError(id, "line must be a string, alone with id.")
+        request = Request.from_line(line)
+        if request is None:
+            raise MessageError(id, "The line is empty.")
+        return Run(id, request, line)
+    command = message.get("command")
+    if not isinstance(command, str) or not command:
+        raise MessageError(id, "A message needs command, line or cancel.")
+    args = message.get("args", {})
+    if not isinstance(args, dict) or not all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in args.values()
+    ):
+        raise MessageError(id, "args must be an object of strings and integers.")
+    return Run(id, Request(command.lower(), args=args), command)
+
+
+def reply(id: Id | None, type: str, **fields: Any) -> str:
+    return json.dumps({"id": id, "type": type, **fields}, ensure_ascii=False)
+
+
+def event_replies(id: Id, event: Event) -> list[str]:
+    if isinstance(event, Lines):
+        return [reply(id, "line", text=line) for line in event.lines]
+    if isinstance(event, Progress):
+        return [reply(id, "progress", done=event.done, total=event.total)]
+    if isinstance(event, Result):
+        return [reply(id, "result", result=dict(event.data))]
+    if isinstance(event, Error):
+        return [reply(id, "error", code=event.code, message=event.message)]
+    raise TypeError(f"not an event: {event!r}")
+
+
+class JSONConversation:
+    """Commands with ids, several at once, over any message transport."""
+
+    log = Logger(namespace="gateway.websocket")
+
+    def __init__(
+        self,
+        service: CommandService,
+        client: Client,
+        send: Callable[[str], None],
+        close: Callable[[], None],
+        max_in_flight: int,
+    ) -> None:
+        self.service = service
+        self.client = client
+        self._send = send
+        self._close = close
+        self.max_in_flight = max_in_flight
+        self.running: dict[Id, Deferred[str]] = {}
+        self._waiting: list[str] = []
+        self._started = False
+        self.closed = False
+
+    def start(self) -> None:
+        self._started = True
+        waiting, self._waiting = self._waiting, []
+        for text in waiting:
+            self.receive(text)
+
+    def receive(self, text: str) -> None:
+        if self.closed:
+            return
+        if not self._started:
+            self._waiting.append(text)
+            return
+        try:
+            action = parse(text)
+        except MessageError as e:
+            self.log.info("Bad message from {peer}: {why}", peer=self.client.peer, why=e.message)
+            self._send(reply(e.id, "error", code=e.code, message=e.message))
+            return
+        if isinstance(action, Cancel):
+            self._cancel(action.id)
+        else:
+            self._run(action)
+
+    def _cancel(self, id: Id) -> None:
+        running = self.running.pop(id, None)
+        if running is None:
+            message = f"No command with id {json.dumps(id)} is running."
+            self._send(reply(id, "error", code="bad_argument", message=message))
+            return
+        running.cancel()
+        self._send(reply(id, "cancelled"))
+
+    def _run(self, run: Run) -> None:
+        if run.id in self.running:
+            message = f"A command with id {json.dumps(run.id)} is already running."
+            self._send(reply(run.id, "error", code="bad_argument", message=message))
+            return
+        if len(self.running) >= self.max_in_flight:
+            message = f"Too many commands running at once (at most {self.max_in_flight})."
+            self._send(reply(run.id, "error", code="bad_argument", message=message))
+            return
+        self.log.info(
+            "CMD received from {peer}: {line}", peer=self.client.peer, line=printable(run.text)
+        )
+
+        def sink(event: Event) -> None:
+            if self.closed:
+                return
+            for text in event_replies(run.id, event):
+                self._send(text)
+            if isinstance(event, Result) and event.close:
+                self.stop()
+                self._close()
+
+        running = self.service.execute(run.request, self.client, sink)
+        if running.called:
+            return
+        self.running[run.id] = running
+
+        def done(outcome: str) -> None:
+            if self.running.get(run.id) is running:
+                del self.running[run.id]
+
+        running.addCallback(done)
+
+    def stop(self) -> None:
+        """The connection is ending: cancel everything still running."""
+        self.closed = True
+        self._waiting.clear()
+        running, self.running = self.running, {}
+        for d in running.values():
+            d.cancel()

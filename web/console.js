@@ -1,0 +1,411 @@
+// The gateway browser console: speaks gateway.v1.json over /ws.
+// Plain script, no build step, no network but this page's own origin.
+"use strict";
+
+(function () {
+  const SUBPROTOCOL = "gateway.v1.json";
+  const TRY_AGAIN_LATER = 1013;
+  const REFUSED_RETRY_S = 5;
+  const BACKOFF_S = [1, 2, 4, 8, 15, 30];
+  const MAX_BLOCKS = 200;
+  const HISTORY_KEY = "gateway.history";
+
+  const $ = (id) => document.getElementById(id);
+  const output = $("output");
+  const input = $("command");
+  const statusBox = $("status");
+  const statusText = $("status-text");
+  const reconnectButton = $("reconnect");
+
+  let socket = null;
+  let nextId = 1;
+  let attempt = 0;
+  let retryTimer = null;
+  let countdownTimer = null;
+  let stopped = false; // the user typed exit: no automatic reconnect
+  const running = new Map(); // id -> block
+
+  // -- history (kept for this tab's session)
+  let history = [];
+  try {
+    history = JSON.parse(sessionStorage.getItem(HISTORY_KEY) || "[]");
+  } catch (e) {
+    history = [];
+  }
+  let cursor = history.length;
+  let draft = "";
+
+  function remember(line) {
+    if (history[history.length - 1] !== line) history.push(line);
+    if (history.length > 100) history = history.slice(-100);
+    cursor = history.length;
+    try {
+      sessionStorage.setItem(HISTORY_KEY, JSON.stringify(history));
+    } catch (e) {
+      /* storage full or disabled: history stays in memory */
+    }
+  }
+
+  // -- little DOM helpers (text only: nothing from the server becomes markup)
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function atBottom() {
+    return output.scrollHeight - output.scrollTop - output.clientHeight < 40;
+  }
+
+  function keepScrolled(wasAtBottom) {
+    if (wasAtBottom) output.scrollTop = output.scrollHeight;
+  }
+
+  function append(node) {
+    const stick = atBottom();
+    output.appendChild(node);
+    const blocks = output.querySelectorAll(".cmd, .notice");
+    for (let i = 0; i < blocks.length - MAX_BLOCKS; i++) blocks[i].remove();
+    keepScrolled(stick);
+  }
+
+  function notice(text, bad) {
+    append(el("p", bad ? "notice bad" : "notice", text));
+  }
+
+  // -- connection state
+  function setStatus(state, text) {
+    statusBox.dataset.state = state;
+    statusText.textContent = text;
+    reconnectButton.hidden = state === "connected" || state === "connecting";
+  }
+
+  function clearTimers() {
+    clearTimeout(retryTimer);
+    clearInterval(countdownTimer);
+    retryTimer = countdownTimer = null;
+  }
+
+  function scheduleReconnect(seconds, state, why) {
+    clearTimers();
+    let left = seconds;
+    const show = () => setStatus(state, `${why} — retrying in ${left} s`);
+    show();
+    countdownTimer = setInterval(() => {
+      left -= 1;
+      if (left > 0) show();
+    }, 1000);
+    retryTimer = setTimeout(connect, seconds * 1000);
+  }
+
+  function connect() {
+    clearTimers();
+    stopped = false;
+    if (socket && socket.readyState <= WebSocket.OPEN) return;
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    setStatus("connecting", "Connecting…");
+    let opened = false;
+    const ws = new WebSocket(`${scheme}//${location.host}/ws`, SUBPROTOCOL);
+    socket = ws;
+    ws.onopen = () => {
+      opened = true;
+    };
+    ws.onmessage = (event) => {
+      if (!opened) return;
+      if (statusBox.dataset.state !== "connected") {
+        attempt = 0;
+        setStatus("connected", "Connected");
+      }
+      let reply;
+      try {
+        reply = JSON.parse(event.data);
+      } catch (e) {
+        notice(`Unreadable message from the server: ${String(event.data).slice(0, 200)}`, true);
+        return;
+      }
+      handle(reply);
+    };
+    ws.onclose = (event) => {
+      if (socket !== ws) return;
+      socket = null;
+      for (const block of running.values()) finish(block, "error", "connection lost");
+      running.clear();
+      if (event.code === TRY_AGAIN_LATER) {
+        const reason = event.reason || "Too many connections";
+        notice(`Refused by the server: ${reason}`, true);
+        scheduleReconnect(REFUSED_RETRY_S, "refused", "Too many connections");
+        return;
+      }
+      if (stopped) {
+        setStatus("disconnected", "Session closed");
+        return;
+      }
+      const wait = BACKOFF_S[Math.min(attempt, BACKOFF_S.length - 1)];
+      attempt += 1;
+      scheduleReconnect(wait, "disconnected", opened ? "Disconnected" : "Cannot connect");
+    };
+    // A connection that opens and is then refused (quota) sends nothing;
+    // call it connected only once the server has answered something or
+    // stayed open for a moment.
+    setTimeout(() => {
+      if (socket === ws && ws.readyState === WebSocket.OPEN && statusBox.dataset.state !== "connected") {
+        attempt = 0;
+        setStatus("connected", "Connected");
+      }
+    }, 400);
+  }
+
+  // -- commands
+  function newBlock(line) {
+    const block = el("section", "cmd");
+    block.dataset.state = "running";
+    const head = el("header");
+    head.appendChild(el("span", "line-in", line));
+    const badge = el("span", "badge", "running");
+    head.appendChild(badge);
+    const cancel = el("button", "cancel", "cancel");
+    cancel.type = "button";
+    cancel.title = "Cancel this command (Ctrl+C)";
+    head.appendChild(cancel);
+    block.appendChild(head);
+    const pre = el("pre");
+    block.appendChild(pre);
+    const foot = el("div", "foot");
+    block.appendChild(foot);
+    block._parts = { badge, cancel, pre, foot, progress: null };
+    append(block);
+    return block;
+  }
+
+  function finish(block, state, label) {
+    block.dataset.state = state;
+    block._parts.badge.textContent = label;
+    block._parts.cancel.remove();
+    if (block._parts.progress) block._parts.progress.remove();
+  }
+
+  function run(line) {
+    line = line.trim();
+    if (!line) return;
+    remember(line);
+    if (!socket || socket.readyState !== WebSocket.OPEN) {
+      notice(`Not connected — “${line}” was not sent.`, true);
+      return;
+    }
+    const id = nextId++;
+    const block = newBlock(line);
+    block._parts.cancel.addEventListener("click", () => {
+      cancel(id);
+      input.focus();
+    });
+    running.set(id, block);
+    if (/^exit\b/i.test(line)) stopped = true;
+    socket.send(JSON.stringify({ id, line }));
+  }
+
+  function cancel(id) {
+    if (socket && socket.readyState === WebSocket.OPEN && running.has(id)) {
+      socket.send(JSON.stringify({ id, cancel: true }));
+    }
+  }
+
+  function cancelNewest() {
+    const ids = [...running.keys()];
+    if (ids.length) cancel(ids[ids.length - 1]);
+  }
+
+  function formatBytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) {
+      n /= 1024;
+      i++;
+    }
+    return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+  }
+
+  function showProgress(block, done, total) {
+    const parts = block._parts;
+    if (!parts.progress) {
+      const box = el("div", "progress");
+      const track = el("div", "track");
+      track.setAttribute("role", "progressbar");
+      track.setAttribute("aria-valuemin", "0");
+      track.setAttribute("aria-valuemax", "100");
+      const fill = el("div", "fill");
+      track.appendChild(fill);
+      box.appendChild(track);
+      const label = el("span", "label");
+      box.appendChild(label);
+      block.insertBefore(box, parts.foot);
+      parts.progress = box;
+      parts.fill = fill;
+      parts.track = track;
+      parts.label = label;
+    }
+    const pct = total ? Math.min(100, (100 * done) / total) : 100;
+    parts.fill.style.width = `${pct.toFixed(1)}%`;
+    parts.track.setAttribute("aria-valuenow", pct.toFixed(0));
+    parts.label.textContent = `${formatBytes(done)} of ${formatBytes(total)} (${pct.toFixed(0)}%)`;
+  }
+
+  function copyButton(text) {
+    const button = el("button", "copy", "Copy");
+    button.type = "button";
+    button.addEventListener("click", async () => {
+      let ok = false;
+      try {
+        await navigator.clipboard.writeText(text);
+        ok = true;
+      } catch (e) {
+        const area = el("textarea");
+        area.value = text;
+        document.body.appendChild(area);
+        area.select();
+        ok = document.execCommand("copy");
+        area.remove();
+      }
+      button.textContent = ok ? "Copied" : "Copy failed";
+      setTimeout(() => (button.textContent = "Copy"), 1500);
+      input.focus();
+    });
+    return button;
+  }
+
+  function table(rows) {
+    const t = el("table", "kv");
+    for (const [key, value] of rows) {
+      const tr = el("tr");
+      tr.appendChild(el("td", "", key));
+      tr.appendChild(el("td", "", value));
+      t.appendChild(tr);
+    }
+    return t;
+  }
+
+  function showResult(block, result) {
+    const parts = block._parts;
+    if (typeof result.hex === "string") {
+      const row = el("div", "hash");
+      row.appendChild(el("span", "algo", result.algorithm || "hash"));
+      row.appendChild(el("code", "hex", result.hex));
+      row.appendChild(copyButton(result.hex));
+      block.insertBefore(row, parts.foot);
+      parts.foot.textContent = `${result.path} · ${formatBytes(result.size || 0)}`;
+    } else if (Array.isArray(result.commands)) {
+      block.insertBefore(table(result.commands.map((c) => [c.usage, c.summary])), parts.foot);
+    } else if (result.clients) {
+      const c = result.clients;
+      const rows = [["clients", `${c.in_use} of ${c.max} in use`]];
+      for (const [name, t] of Object.entries(c.by_transport || {})) {
+        rows.push([name, `${t.in_use} in use · ${t.served} served · ${t.refused} refused`]);
+      }
+      rows.push(["uptime", `${Math.round(result.uptime_seconds)} s`]);
+      block.insertBefore(table(rows), parts.foot);
+    } else if (typeof result.count === "number") {
+      const lines = result.count === 1 ? "line" : "lines";
+      parts.foot.textContent = `${result.count} ${lines} from ${result.source}`;
+    }
+  }
+
+  function handle(reply) {
+    const block = running.get(reply.id);
+    if (!block) {
+      if (reply.type === "error") notice(`${reply.message} (${reply.code})`, true);
+      return;
+    }
+    const parts = block._parts;
+    const stick = atBottom();
+    switch (reply.type) {
+      case "line":
+        parts.pre.appendChild(document.createTextNode(`${reply.text}\n`));
+        break;
+      case "progress":
+        showProgress(block, reply.done, reply.total);
+        break;
+      case "result":
+        running.delete(reply.id);
+        finish(block, "ok", "done");
+        showResult(block, reply.result || {});
+        break;
+      case "error": {
+        running.delete(reply.id);
+        finish(block, "error", "error");
+        const line = el("div", "error");
+        line.appendChild(el("code", "", reply.code));
+        line.appendChild(document.createTextNode(reply.message));
+        block.insertBefore(line, parts.foot);
+        break;
+      }
+      case "cancelled":
+        running.delete(reply.id);
+        finish(block, "cancelled", "cancelled");
+        break;
+      default:
+        break;
+    }
+    keepScrolled(stick);
+  }
+
+  // -- keyboard and buttons
+  $("prompt").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const line = input.value;
+    input.value = "";
+    draft = "";
+    run(line);
+  });
+
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowUp") {
+      if (cursor === history.length) draft = input.value;
+      if (cursor > 0) {
+        cursor -= 1;
+        input.value = history[cursor];
+      }
+      event.preventDefault();
+    } else if (event.key === "ArrowDown") {
+      if (cursor < history.length) {
+        cursor += 1;
+        input.value = cursor === history.length ? draft : history[cursor];
+      }
+      event.preventDefault();
+    } else if (event.key === "Escape") {
+      input.value = "";
+      cursor = history.length;
+    } else if (
+      event.ctrlKey &&
+      event.key.toLowerCase() === "c" &&
+      input.selectionStart === input.selectionEnd // with a selection, Ctrl+C copies
+    ) {
+      cancelNewest();
+      event.preventDefault();
+    } else if (event.ctrlKey && event.key.toLowerCase() === "l") {
+      clearOutput();
+      event.preventDefault();
+    }
+  });
+
+  function clearOutput() {
+    for (const node of [...output.children]) {
+      if (!(node._parts && [...running.values()].includes(node))) node.remove();
+    }
+    input.focus();
+  }
+
+  $("clear").addEventListener("click", clearOutput);
+  for (const button of document.querySelectorAll("[data-run]")) {
+    button.addEventListener("click", () => {
+      run(button.dataset.run);
+      input.focus();
+    });
+  }
+  reconnectButton.addEventListener("click", () => {
+    attempt = 0;
+    connect();
+    input.focus();
+  });
+
+  connect();
+})();
