@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from gateway import __version__
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
@@ -171,6 +172,18 @@ class Gateway(MultiService):
         return gatherResults([listener.ready for listener in self.listeners], consumeErrors=True)
 
     def startService(self) -> None:
+        from importlib.metadata import version
+
+        import autobahn.websocket
+
+        nvx = "on" if getattr(autobahn.websocket, "USES_NVX", False) else "off"
+        log.info(
+            "gateway {version}: Autobahn {autobahn}, native WebSocket helpers (NVX) {nvx}"
+            " (AUTOBAHN_USE_NVX=0 turns them off)",
+            version=__version__,
+            autobahn=version("autobahn"),
+            nvx=nvx,
+        )
         super().startService()
         self.ready().addErrback(self._cannot_listen)
 

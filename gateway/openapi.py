@@ -194,6 +194,38 @@ def document(config: Config) -> dict[str, Any]:
                     },
                 }
             },
+            "/": {
+                get: {
+                    "summary": "The browser console (its script and style sheet are beside it)",
+                    "operationId": "console",
+                    "responses": {
+                        "200": {
+                            "description": "The console page",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors("405"),
+                    },
+                }
+            },
+            "/ws": {
+                get: {
+                    "summary": "WebSocket: subprotocols gateway.text and gateway.v1.json",
+                    "description": (
+                        "Upgrade to a WebSocket. gateway.text (or no subprotocol): one command "
+                        "line per text frame, one output line per frame. gateway.v1.json: "
+                        '{"id", "line"} or {"id", "command", "args"} requests, replies typed '
+                        "line, progress, result, error, cancelled. Holds one quota slot until "
+                        "closed; over quota the server closes with 1013. Browser origins other "
+                        "than the console's own are refused (403) unless allowed."
+                    ),
+                    "operationId": "websocket",
+                    "responses": {
+                        "101": {"description": "Switching to the WebSocket protocol"},
+                        "400": {"description": "Not a WebSocket handshake"},
+                        "403": {"description": "Origin not allowed"},
+                    },
+                }
+            },
             "/openapi.json": {
                 get: {
                     "summary": "This document",

@@ -192,6 +192,9 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             closeHandshakeTimeout=settings.close_handshake_timeout,
             # Origins are checked in onConnect, against the Host the client used.
             allowNullOrigin=True,
+            # On a protocol error (a message too big, ...) close with its code
+            # (1009, ...) so the client learns why, rather than just dropping.
+            failByDrop=False,
         )
 
 

@@ -22,7 +22,7 @@ from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import Config, HTTPConfig
 from gateway.errors import CommandError
 from gateway.events import Lines, Sink
-from gateway.http import RestAPI
+from gateway.http import Console, RestAPI, console_dir
 from gateway.openapi import document
 from gateway.quota import ClientQuota
 from gateway.service import CommandService
@@ -78,7 +78,14 @@ class Harness:
         self.service.add(ExitCommand())
         config = Config()
         self.doc = document(config)
-        self.api = RestAPI(self.service, self.quota, HTTPConfig(), lambda: self.doc)
+        self.api = RestAPI(
+            self.service,
+            self.quota,
+            HTTPConfig(),
+            lambda: self.doc,
+            websocket=None,
+            console=Console.load(console_dir()),
+        )
         self.treq = StubTreq(self.api.resource())
 
     def get(
@@ -404,12 +411,14 @@ def test_openapi_lists_every_route(h: Harness) -> None:
         "/healthz",
         "/metrics",
         "/openapi.json",
+        "/",
+        "/ws",
     }
     from jsonschema import Draft202012Validator
 
     for path in doc["paths"].values():  # every schema in it is itself valid
         for response in path["get"]["responses"].values():
-            for media in response.get("content", {}).values():
+            for media in response.get("content", {}).values():  # (/ws has no body)
                 Draft202012Validator.check_schema(media["schema"])
 
 
@@ -450,3 +459,37 @@ def test_command_crash_is_500_without_traceback(tmp_path: Path) -> None:
     h = Harness(tmp_path, source=Crashing())
     code, _, body = h.get("/lastlog")
     assert (code, body) == (500, b"error: Internal error (details in the server log only)\n")
+
+
+# -- the console's files
+
+
+def test_console_page_and_assets(h: Harness) -> None:
+    code, headers, body = h.get("/")
+    assert code == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert b'<script src="console.js"></script>' in body
+    policy = headers["content-security-policy"]
+    assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    for name, kind in [
+        ("console.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ]:
+        code, headers, body = h.get("/" + name)
+        assert code == 200 and headers["content-type"].startswith(kind) and body, name
+
+
+def test_console_files_only(h: Harness) -> None:
+    assert h.get("/index.html")[0] == 404
+    assert h.get("/..%2fpyproject.toml")[0] == 404
+    assert h.get("/README.md")[0] == 404
+
+
+def test_console_page_mentions_only_its_own_files(h: Harness) -> None:
+    import re
+
+    body = h.get("/")[2].decode()
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', body):
+        assert "//" not in ref, ref  # no CDN, works offline
+        assert h.get("/" + ref)[0] == 200, ref

@@ -1,0 +1,206 @@
+"""The browser console in headless Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import BIN, require_tool
+from .test_netcat import read_line
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# sha1 of 4 GiB of zero bytes (head -c 4G /dev/zero | sha1sum)
+ZEROS_4G = "1bf99ee9f374e58e201e4dda4f474e570eb77229"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_tool("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert errors == [], errors  # no script error on the page
+
+
+def run(page: Any, line: str) -> None:
+    page.fill("#command", line)
+    page.press("#command", "Enter")
+
+
+def test_console_runs_commands(page: Any, start_gateway: Any, tmp_path: Path) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("".join(f"Nov 25 10:00:{i:02d} lab app[1]: event {i}\n" for i in range(40)))
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(4 * 1024**3)
+    gw = start_gateway(f'[lastlog]\nsource = "{log}"\n[comphash]\nallowed_roots = ["{tmp_path}"]\n')
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    assert page.text_content("#status-text") == "Connected"
+
+    run(page, "lastlog 3")
+    block = page.locator(".cmd").last
+    block.locator(".badge", has_text="done").wait_for(timeout=10_000)
+    assert block.locator("pre").inner_text().splitlines() == [
+        f"Nov 25 10:00:{i:02d} lab app[1]: event {i}" for i in (37, 38, 39)
+    ]
+    assert block.locator(".foot").inner_text() == f"3 lines from {log}"
+
+    run(page, f"comphash {big}")
+    block = page.locator(".cmd").last
+    block.locator(".progress .fill").wait_for(timeout=10_000)  # the bar while it hashes
+    assert "of 4.0 GiB" in block.locator(".progress").inner_text()
+    block.locator(".hash .hex").wait_for(timeout=60_000)
+    assert block.locator(".hash .hex").inner_text() == ZEROS_4G
+    block.locator("button.copy").click()
+    block.locator("button.copy", has_text="Copied").wait_for(timeout=2_000)
+    assert page.evaluate("navigator.clipboard.readText()") == ZEROS_4G
+
+    run(page, f"comphash {tmp_path}/nope")
+    error = page.locator(".cmd").last
+    error.locator(".badge", has_text="error").wait_for(timeout=10_000)
+    assert error.locator(".error code").inner_text() == "not_found"
+    assert error.locator(".error").inner_text().endswith(f"No such file: {tmp_path}/nope")
+    color = error.locator(".error").evaluate("e => getComputedStyle(e).color")
+    assert color in ("rgb(248, 81, 73)", "rgb(207, 34, 46)")  # errors stand out in red
+
+    page.focus("#command")  # history: the last command comes back with Up
+    page.press("#command", "ArrowUp")
+    assert page.input_value("#command") == f"comphash {tmp_path}/nope"
+    page.press("#command", "ArrowUp")
+    assert page.input_value("#command") == f"comphash {big}"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+
+    page.keyboard.press("Control+l")  # clear
+    assert page.locator(".cmd").count() == 0
+
+
+def test_console_cancels_a_running_hash(page: Any, start_gateway: Any, tmp_path: Path) -> None:
+    big = tmp_path / "huge.img"
+    with open(big, "wb") as f:
+        f.truncate(64 * 1024**3)
+    gw = start_gateway(f'[comphash]\nallowed_roots = ["{tmp_path}"]\n')
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    run(page, f"comphash {big}")
+    block = page.locator(".cmd").last
+    block.locator(".progress .fill").wait_for(timeout=10_000)
+    page.press("#command", "Control+c")
+    block.locator(".badge", has_text="cancelled").wait_for(timeout=10_000)
+    gw.wait_for(r"websocket 127\.0\.0\.1 comphash: cancelled")
+
+
+def test_console_shows_the_quota_refusal_then_gets_in(
+    page: Any, start_gateway: Any, nc_path: str
+) -> None:
+    gw = start_gateway("[quota]\nmax_clients = 1\n")
+    holder = subprocess.Popen(
+        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdin is not None
+        holder.stdin.write(b"test\n")
+        holder.stdin.flush()
+        assert read_line(holder, 10) == b"Command not found.\n"
+        page.goto(gw.url("/"))
+        page.wait_for_selector('#status[data-state="refused"]', timeout=10_000)
+        assert page.text_content("#status-text").startswith("Too many connections — retrying in ")
+        assert page.locator(".notice.bad").first.inner_text() == (
+            "Refused by the server: Too many connections. Bye!"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "console-refused.png"))
+    finally:
+        holder.kill()
+        holder.wait()
+    page.wait_for_selector('#status[data-state="connected"]', timeout=15_000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_console_goes_red_and_reconnects(page: Any, start_gateway: Any) -> None:
+    port = free_port()
+    argv = [str(BIN / "gateway"), "--http", f"tcp:{port}:interface=127.0.0.1"]
+    gw = start_gateway(argv=argv)
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    assert gw.stop() == 0  # the gateway goes away
+    page.wait_for_selector('#status[data-state="disconnected"]', timeout=10_000)
+    assert page.text_content("#status-text").startswith("Disconnected — retrying in ")
+    color = page.eval_on_selector("#status .dot", "e => getComputedStyle(e).backgroundColor")
+    assert color in ("rgb(248, 81, 73)", "rgb(207, 34, 46)")  # red, dark or light theme
+    run(page, "help")
+    assert page.locator(".notice.bad").last.inner_text() == "Not connected — “help” was not sent."
+    gw2 = start_gateway(argv=argv)  # back on the same port
+    page.wait_for_selector('#status[data-state="connected"]', timeout=20_000)
+    run(page, "help")
+    page.locator(".cmd .badge", has_text="done").last.wait_for(timeout=10_000)
+    assert gw2.http_port == port
+
+
+def test_console_at_phone_width(browser: Any, start_gateway: Any) -> None:
+    gw = start_gateway()
+    context = browser.new_context(viewport={"width": 375, "height": 700}, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(gw.url("/"))
+        page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+        run(page, "help")
+        page.locator(".cmd .badge", has_text="done").wait_for(timeout=10_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scroll
+        assert page.is_visible("#command") and page.is_visible("#run")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "console-phone.png"))
+    finally:
+        context.close()
+
+
+def test_console_is_usable_from_the_keyboard_alone(page: Any, start_gateway: Any) -> None:
+    gw = start_gateway()
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    assert page.evaluate("document.activeElement.id") == "command"  # typing goes to the prompt
+    page.keyboard.type("stats")
+    page.keyboard.press("Enter")
+    page.locator(".cmd .badge", has_text="done").wait_for(timeout=10_000)
+    assert "clients" in page.locator(".cmd table").inner_text()
+    page.keyboard.press("Shift+Tab")  # reach the buttons without a mouse
+    focused = page.evaluate("document.activeElement.tagName + ':' + document.activeElement.id")
+    assert focused.startswith("BUTTON") or focused.startswith("MAIN")

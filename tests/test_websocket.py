@@ -1,0 +1,385 @@
+"""The WebSocket front-end in memory: a real Autobahn client against the server
+protocol over ``twisted.test.iosim``, plus the pure parts (origins, messages)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.test import iosim
+
+from gateway.commands.base import Client
+from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
+from gateway.commands.comphash import ComphashCommand
+from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.config import WebSocketConfig
+from gateway.events import Result
+from gateway.quota import ClientQuota
+from gateway.service import CommandService
+from gateway.websocket import GatewayWebSocketFactory, origin_allowed
+from gateway.wsjson import Cancel, JSONConversation, MessageError, Run, parse
+
+from .fakes import call_now, run_now
+from .test_service import Stub
+
+# -- origins
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "secure", "allowed", "expected"),
+    [
+        (None, "127.0.0.1:8080", False, (), True),  # not a browser
+        ("", "127.0.0.1:8080", False, (), True),
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", False, (), True),  # the console itself
+        ("http://LOCALHOST:8080", "localhost:8080", False, (), True),
+        ("http://127.0.0.1", "127.0.0.1:80", False, (), True),  # default port written out
+        ("http://127.0.0.1:80", "127.0.0.1", False, (), True),
+        ("https://gw.example", "gw.example:443", True, (), True),
+        ("http://gw.example", "gw.example", True, (), False),  # scheme differs
+        ("http://127.0.0.1:9000", "127.0.0.1:8080", False, (), False),  # port differs
+        ("http://evil.example", "127.0.0.1:8080", False, (), False),
+        ("http://127.0.0.1:8080.evil.example", "127.0.0.1:8080", False, (), False),
+        ("null", "127.0.0.1:8080", False, (), False),
+        ("null", "127.0.0.1:8080", False, ("null",), True),
+        ("http://admin.example", "127.0.0.1:8080", False, ("http://admin.example:80",), True),
+        ("https://admin.example", "127.0.0.1:8080", False, ("http://admin.example",), False),
+        ("http://anything.example", "127.0.0.1:8080", False, ("*",), True),
+        ("not an origin", "127.0.0.1:8080", False, (), False),
+        ("http://127.0.0.1:8080/path", "127.0.0.1:8080", False, (), False),
+    ],
+)
+def test_origin_allowed(
+    origin: str | None, host: str, secure: bool, allowed: tuple[str, ...], expected: bool
+) -> None:
+    assert origin_allowed(origin, host, secure, allowed) is expected
+
+
+# -- gateway.v1.json messages
+
+
+@pytest.mark.parametrize(
+    ("text", "id", "message"),
+    [
+        ("{nope", None, "Malformed JSON: "),
+        ("[1, 2]", None, "A message must be a JSON object."),
+        ('{"line": "help"}', None, "Missing id."),
+        ('{"id": true, "line": "help"}', None, "id must be an integer or a string"),
+        ('{"id": [], "line": "help"}', None, "id must be an integer or a string"),
+        ('{"id": "", "line": "help"}', None, "id must be an integer or a string"),
+        ('{"id": 1, "line": "help", "colour": 1}', 1, "Unknown field: colour"),
+        ('{"id": 1}', 1, "A message needs command, line or cancel."),
+        ('{"id": 1, "line": 5}', 1, "line must be a string"),
+        ('{"id": 1, "line": "  "}', 1, "The line is empty."),
+        ('{"id": 1, "cancel": false}', 1, "A cancel message is"),
+        ('{"id": 1, "cancel": true, "line": "x"}', 1, "A cancel message is"),
+        ('{"id": 1, "command": "lastlog", "args": [1]}', 1, "args must be an object"),
+        ('{"id": 1, "command": "lastlog", "args": {"lines": null}}', 1, "args must be an object"),
+    ],
+)
+def test_bad_messages(text: str, id: object, message: str) -> None:
+    with pytest.raises(MessageError) as info:
+        parse(text)
+    assert info.value.id == id
+    assert info.value.message.startswith(message)
+
+
+def test_good_messages() -> None:
+    run = parse('{"id": 7, "command": "comphash", "args": {"path": "/etc/hostname"}}')
+    assert isinstance(run, Run) and run.id == 7
+    assert (run.request.command, dict(run.request.args)) == ("comphash", {"path": "/etc/hostname"})
+    run = parse('{"id": "a", "line": "comphash /my file"}')
+    assert isinstance(run, Run) and (run.request.command, run.request.rest) == (
+        "comphash",
+        "/my file",
+    )
+    assert parse('{"id": 7, "cancel": true}') == Cancel(7)
+
+
+def make_conversation(
+    max_in_flight: int = 3,
+) -> tuple[JSONConversation, Stub, list[dict[str, Any]], list[str]]:
+    stub = Stub(timeout=1000)
+    service = CommandService([stub, ExitCommand()], Clock())
+    sent: list[dict[str, Any]] = []
+    closed: list[str] = []
+    c = JSONConversation(
+        service,
+        Client("websocket", "h"),
+        lambda t: sent.append(json.loads(t)),
+        lambda: closed.append("x"),
+        max_in_flight,
+    )
+    c.start()
+    return c, stub, sent, closed
+
+
+def test_several_in_flight_with_ids_and_cancel() -> None:
+    c, stub, sent, _ = make_conversation()
+    c.receive('{"id": 1, "line": "stub"}')
+    c.receive('{"id": 2, "line": "stub"}')
+    assert sent == [
+        {"id": 1, "type": "line", "text": "working"},
+        {"id": 2, "type": "line", "text": "working"},
+    ]
+    c.receive('{"id": 1, "cancel": true}')
+    assert stub.cancelled == 1 and sent[-1] == {"id": 1, "type": "cancelled"}
+    stub.runs[1].callback(Result("stub", {"n": 2}))
+    assert sent[-1] == {"id": 2, "type": "result", "result": {"n": 2}}
+    assert c.running == {}
+
+
+def test_conversation_errors_keep_the_connection() -> None:
+    c, stub, sent, closed = make_conversation(max_in_flight=1)
+    c.receive("garbage")
+    assert sent[-1]["id"] is None and sent[-1]["type"] == "error"
+    c.receive('{"id": 1, "line": "stub"}')
+    c.receive('{"id": 1, "line": "stub"}')
+    assert sent[-1] == {
+        "id": 1,
+        "type": "error",
+        "code": "bad_argument",
+        "message": "A command with id 1 is already running.",
+    }
+    c.receive('{"id": 2, "line": "stub"}')
+    assert sent[-1]["message"] == "Too many commands running at once (at most 1)."
+    c.receive('{"id": 9, "cancel": true}')
+    assert sent[-1]["message"] == "No command with id 9 is running."
+    c.receive('{"id": 1, "cancel": true}')
+    c.receive('{"id": 3, "command": "nope"}')
+    assert sent[-1] == {
+        "id": 3,
+        "type": "error",
+        "code": "unknown_command",
+        "message": "Command not found.",
+    }
+    assert not closed
+
+
+def test_exit_closes_and_stop_cancels() -> None:
+    c, stub, sent, closed = make_conversation()
+    c.receive('{"id": 1, "line": "stub"}')
+    c.receive('{"id": 2, "command": "exit"}')
+    assert sent[-1] == {"id": 2, "type": "result", "result": {}}
+    assert closed == ["x"] and stub.cancelled == 1
+
+
+def test_messages_wait_for_the_quota() -> None:
+    stub = Stub(timeout=1000)
+    sent: list[str] = []
+    c = JSONConversation(
+        CommandService([stub], Clock()), Client("websocket", "h"), sent.append, lambda: None, 4
+    )
+    c.receive('{"id": 1, "line": "stub"}')
+    assert sent == []
+    c.start()
+    assert len(sent) == 1
+
+
+# -- the real protocol, in memory
+
+
+class Recorder(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.opened.append(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.messages.append(payload.decode())
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.closed.append((code, reason))
+
+
+class Harness:
+    def __init__(
+        self, tmp_path: Path, max_clients: int = 10, settings: WebSocketConfig | None = None
+    ) -> None:
+        self.clock = Clock()
+        self.quota = ClientQuota(max_clients)
+        log = tmp_path / "syslog"
+        log.write_text("".join(f"entry {i}\n" for i in range(20)))
+        self.root = tmp_path
+        self.stub = Stub(timeout=1000)
+        self.service = CommandService([], self.clock)
+        self.service.add(LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0))
+        self.service.add(
+            ComphashCommand([str(tmp_path)], ["sha1"], "sha1", 1 << 20, 60.0, run_now, call_now)
+        )
+        self.service.add(HelpCommand(lambda: self.service.commands))
+        self.service.add(StatsCommand(self.quota, self.clock))
+        self.service.add(ExitCommand())
+        self.service.add(self.stub)
+        self.factory = GatewayWebSocketFactory(
+            self.service, self.quota, settings or WebSocketConfig(), self.clock
+        )
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, protocols: list[str] | None = None, origin: str | None = None) -> Any:
+        client_factory = WebSocketClientFactory(
+            "ws://127.0.0.1:8080/ws", protocols=protocols, origin=origin, reactor=self.clock
+        )
+        client_factory.protocol = Recorder
+        client_factory.opened, client_factory.messages, client_factory.closed = [], [], []
+        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
+        server_t = iosim.FakeTransport(
+            server, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        client_t = iosim.FakeTransport(client, isServer=False)
+        pump = iosim.connect(server, server_t, client, client_t, greet=False)
+        self.pumps.append(pump)
+        self.flush()
+        client_factory.client = client
+        client_factory.server = server
+        return client_factory
+
+    def flush(self) -> None:
+        for _ in range(5):
+            for pump in self.pumps:
+                pump.flush()
+            self.clock.advance(0)
+
+    def send(self, conn: Any, text: str | bytes, binary: bool = False) -> None:
+        conn.client.sendMessage(text.encode() if isinstance(text, str) else text, isBinary=binary)
+        self.flush()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_text_mode_speaks_like_netcat(h: Harness) -> None:
+    conn = h.connect(["gateway.text"])
+    assert conn.opened and conn.client.websocket_protocol_in_use == "gateway.text"
+    h.send(conn, "test")
+    h.send(conn, "lastlog 2")
+    h.send(conn, "comphash")
+    assert conn.messages == [
+        "Command not found.",
+        "Begin lastlog",
+        "entry 18",
+        "entry 19",
+        "End lastlog",
+        "Please provide a path.",
+    ]
+    h.send(conn, "exit")
+    assert conn.closed == [(1000, None)]
+    assert h.quota.snapshot().total_in_use == 0
+
+
+def test_no_subprotocol_is_text_mode(h: Harness) -> None:
+    conn = h.connect()
+    assert conn.client.websocket_protocol_in_use is None
+    h.send(conn, "nope")
+    assert conn.messages == ["Command not found."]
+
+
+def test_json_mode(h: Harness, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    conn = h.connect(["gateway.v1.json"])
+    h.send(conn, json.dumps({"id": 1, "command": "lastlog", "args": {"lines": 1}}))
+    h.send(conn, json.dumps({"id": "b", "line": f"comphash {tmp_path}/f"}))
+    replies = [json.loads(m) for m in conn.messages]
+    assert replies[0] == {"id": 1, "type": "line", "text": "entry 19"}
+    assert replies[1] == {
+        "id": 1,
+        "type": "result",
+        "result": {"count": 1, "source": str(tmp_path / "syslog")},
+    }
+    assert {"id": "b", "type": "progress", "done": 1, "total": 1} in replies
+    assert (
+        replies[-1]["type"] == "result"
+        and replies[-1]["result"]["hex"] == "11f6ad8ec52a2984abaafd7c3b516503785c2072"
+    )
+
+
+def test_json_errors_keep_the_connection(h: Harness) -> None:
+    conn = h.connect(["gateway.v1.json"])
+    h.send(conn, "{broken")
+    h.send(conn, '{"line": "help"}')
+    h.send(conn, '{"id": 1, "line": "lastlog abc"}')
+    h.send(conn, b"\x00\x01", binary=True)
+    replies = [json.loads(m) for m in conn.messages]
+    assert [r["type"] for r in replies] == ["error"] * 4
+    assert replies[1]["message"] == "Missing id."
+    assert replies[2] == {
+        "id": 1,
+        "type": "error",
+        "code": "bad_argument",
+        "message": "lines must be an integer from 1 to 1000",
+    }
+    assert replies[3]["message"] == "Binary frames are not supported; send text."
+    assert not conn.closed
+
+
+def test_binary_frame_in_text_mode(h: Harness) -> None:
+    conn = h.connect(["gateway.text"])
+    h.send(conn, b"\xff", binary=True)
+    assert conn.messages == ["An error occurred: Binary frames are not supported; send text."]
+
+
+def test_over_quota_closes_with_1013(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_clients=1)
+    first = h.connect(["gateway.text"])
+    second = h.connect(["gateway.text"])
+    assert second.opened  # the handshake completed...
+    assert second.closed == [(1013, "Too many connections. Bye!")]  # ...then the refusal
+    assert h.quota.snapshot().refused["websocket"] == 1
+    h.send(first, "exit")
+    assert h.quota.snapshot().total_in_use == 0
+
+
+def test_foreign_origin_is_refused(h: Harness) -> None:
+    conn = h.connect(["gateway.text"], origin="http://evil.example")
+    assert not conn.opened
+    assert h.quota.snapshot().granted["websocket"] == 0
+
+
+def test_own_origin_is_accepted(h: Harness) -> None:
+    conn = h.connect(["gateway.v1.json"], origin="http://127.0.0.1:8080")
+    assert conn.opened
+
+
+def test_unknown_subprotocol_is_refused(h: Harness) -> None:
+    conn = h.connect(["chat.v2"])
+    assert not conn.opened
+
+
+def test_closing_mid_command_cancels_and_frees_the_slot(h: Harness) -> None:
+    conn = h.connect(["gateway.v1.json"])
+    h.send(conn, '{"id": 1, "line": "stub"}')
+    assert h.quota.snapshot().in_use["websocket"] == 1
+    conn.client.sendClose(1000)
+    h.flush()
+    assert h.stub.cancelled == 1
+    assert h.quota.snapshot().total_in_use == 0
+
+
+def test_dropped_connection_frees_the_slot(h: Harness) -> None:
+    conn = h.connect(["gateway.text"])
+    h.send(conn, "stub")
+    conn.client.transport.loseConnection()
+    h.flush()
+    assert h.stub.cancelled == 1
+    assert h.quota.snapshot().total_in_use == 0
+
+
+def test_message_size_limit(tmp_path: Path) -> None:
+    h = Harness(tmp_path, settings=WebSocketConfig(max_message_bytes=1000, max_frame_bytes=1000))
+    conn = h.connect(["gateway.text"])
+    h.send(conn, "x" * 5000)
+    assert conn.closed and conn.closed[0][0] == 1009  # message too big
+    assert h.quota.snapshot().total_in_use == 0
+
+
+def test_cancel_over_the_wire(h: Harness) -> None:
+    conn = h.connect(["gateway.v1.json"])
+    h.send(conn, '{"id": 5, "line": "stub"}')
+    h.send(conn, '{"id": 5, "cancel": true}')
+    assert json.loads(conn.messages[-1]) == {"id": 5, "type": "cancelled"}
+    assert h.stub.cancelled == 1
