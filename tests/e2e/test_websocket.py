@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -174,3 +177,67 @@ def test_works_without_autobahn_native_helpers(start_gateway: Any) -> None:
         assert json.loads(ws.recv(10))["code"] == "unknown_command"
         ws.send(json.dumps({"id": 2, "line": "help ünïcödé"}))
         assert json.loads(ws.recv(10))["message"] == "help takes no arguments"
+
+
+def raw_handshake(port: int) -> socket.socket:
+    """A WebSocket opened by hand, so the test decides what (not) to answer."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s
+
+
+def masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + body
+
+
+def frames_until_closed(s: socket.socket, limit: float) -> tuple[list[int], float]:
+    """Opcodes received until the server closes the TCP connection, and when."""
+    started = time.monotonic()
+    s.settimeout(limit)
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    opcodes = []
+    while len(data) >= 2:
+        opcodes.append(data[0] & 0x0F)
+        length = data[1] & 0x7F
+        data = data[2 + length :]
+    return opcodes, time.monotonic() - started
+
+
+def test_a_client_that_never_answers_pings_is_dropped(start_gateway: Any) -> None:
+    gw = start_gateway("[websocket]\nauto_ping_interval = 0.5\nauto_ping_timeout = 0.5\n")
+    with raw_handshake(gw.http_port) as s:
+        opcodes, took = frames_until_closed(s, 10)
+    assert 0x9 in opcodes  # the server pinged
+    assert took < 5  # and gave up on the silent client (the default would wait 40 s)
+    deadline = time.monotonic() + 5
+    while json.loads(curl(gw.url("/stats?format=json"))[2])["clients"]["in_use"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_close_handshake_timeout(start_gateway: Any) -> None:
+    gw = start_gateway("[websocket]\nclose_handshake_timeout = 0.5\n")
+    with raw_handshake(gw.http_port) as s:
+        s.sendall(masked_text_frame("exit"))
+        opcodes, took = frames_until_closed(s, 10)  # we never answer the close frame
+    assert took < 3  # the default, 5 s, would not do
+    gw.wait_for(r"closing handshake timeout")
