@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__
+from gateway.auth import Authenticator
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
@@ -95,6 +96,14 @@ class Gateway(MultiService):
         self.config = config
         self.reactor = reactor
         self.quota = ClientQuota(config.quota.max_clients, config.quota.max_per_ip)
+        auth_config = config.auth
+        self.auth = Authenticator(
+            auth_config.all_tokens(),
+            reactor,
+            auth_config.max_failures,
+            auth_config.failure_window,
+            auth_config.lockout,
+        )
         # Two pools, so that log reads never queue behind long hashes.
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
         read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
@@ -132,6 +141,8 @@ class Gateway(MultiService):
             config.websocket,
             reactor,
             secure=config.http.listen.startswith("ssl:"),
+            auth=self.auth,
+            login_timeout=auth_config.login_timeout,
         )
         api = RestAPI(
             self.service,
@@ -140,12 +151,16 @@ class Gateway(MultiService):
             lambda: document(config),
             websocket=websocket_resource(sockets),
             console=Console.load(console_dir()),
+            auth=self.auth,
+            metrics_need_token=auth_config.metrics,
         )
         self.listeners = [
             ListeningService(
                 "TCP",
                 endpoint(reactor, "tcp.listen", tcp.listen),
-                LineFactory(self.service, self.quota, reactor, tcp),
+                LineFactory(
+                    self.service, self.quota, reactor, tcp, self.auth, auth_config.login_timeout
+                ),
             ),
             ListeningService(
                 "HTTP",

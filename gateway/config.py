@@ -19,7 +19,7 @@ from typing import Any
 
 ENV_PREFIX = "GATEWAY_"
 #: Environment variables that are not config keys.
-ENV_OTHER = frozenset({"GATEWAY_CONFIG"})
+ENV_OTHER = frozenset({"GATEWAY_CONFIG", "GATEWAY_TOKEN"})
 
 
 class ConfigError(Exception):
@@ -182,6 +182,57 @@ def parse_origin(origin: str) -> tuple[str, str, int] | None:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    tokens: tuple[str, ...] = ()
+    token_file: str = ""
+    metrics: bool = True
+    max_failures: int = 5
+    failure_window: float = 60.0
+    lockout: float = 300.0
+    login_timeout: float = 10.0
+
+    def check(self) -> None:
+        _not_negative("auth.login_timeout", self.login_timeout)
+        for token in self.tokens:
+            check_token("auth.tokens", token)
+        if self.token_file and not os.path.isabs(self.token_file):
+            raise ConfigError("auth.token_file", "must be an absolute path")
+        _positive("auth.max_failures", self.max_failures)
+        _positive("auth.failure_window", self.failure_window)
+        _positive("auth.lockout", self.lockout)
+
+    def all_tokens(self) -> tuple[str, ...]:
+        """``tokens`` plus those in ``token_file`` (read now)."""
+        if not self.token_file:
+            return self.tokens
+        try:
+            with open(self.token_file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise ConfigError(
+                "auth.token_file", f"cannot read {self.token_file}: {e.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError("auth.token_file", "is not UTF-8 text") from None
+        found = [line.strip() for line in lines]
+        found = [t for t in found if t and not t.startswith("#")]
+        for token in found:
+            check_token("auth.token_file", token)
+        return (*self.tokens, *found)
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def check_token(key: str, token: str) -> None:
+    # Never echo the token in the message.
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(key, f"a token must be at least {MIN_TOKEN_LENGTH} characters")
+    if any(c.isspace() for c in token) or not token.isprintable():
+        raise ConfigError(key, "a token must not contain spaces or control characters")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -201,6 +252,7 @@ class Config:
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def check(self) -> None:
@@ -233,6 +285,21 @@ def _keys(section_cls: type[Any]) -> dict[str, Any]:
 
 def _coerce(key: str, kind: Any, value: object) -> object:
     """Check ``value`` (from TOML) against the annotated type ``kind``."""
+    if "token" in key.lower():  # never echo what may be a secret
+        try:
+            return _coerce_value(key, kind, value)
+        except ConfigError:
+            raise ConfigError(key, f"expected {_kind_name(kind)}") from None
+    return _coerce_value(key, kind, value)
+
+
+def _kind_name(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "a list of strings"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[kind]
+
+
+def _coerce_value(key: str, kind: Any, value: object) -> object:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"expected an integer, got {value!r}")
@@ -337,6 +404,13 @@ def flag_overrides(flags: Mapping[str, str | None]) -> dict[str, dict[str, objec
     return out
 
 
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a dict, tokens hidden (for printing)."""
+    out = dataclasses.asdict(config)
+    out["auth"]["tokens"] = ["***"] * len(config.auth.tokens)
+    return out
+
+
 def load(
     path: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -349,6 +423,12 @@ def load(
         config = merge(config, load_file(path))
     if environ is not None:
         config = merge(config, env_overrides(environ))
+        token = environ.get("GATEWAY_TOKEN")
+        if token:
+            check_token("GATEWAY_TOKEN", token)
+            config = dataclasses.replace(
+                config, auth=dataclasses.replace(config.auth, tokens=(*config.auth.tokens, token))
+            )
     if flags is not None:
         config = merge(config, flag_overrides(flags))
     return config

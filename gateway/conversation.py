@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from gateway.auth import REQUIRED, Authenticator
 from gateway.commands.base import Client, Request
+from gateway.errors import CommandError
 from gateway.events import Event, Result
-from gateway.logfmt import printable
+from gateway.logfmt import printable, redact
 from gateway.service import CommandService
 from gateway.text import TextRenderer, error_line
 
@@ -32,15 +37,25 @@ class LineConversation:
         write: Callable[[list[str]], None],
         close: Callable[[], None],
         changed: Callable[[], None] = lambda: None,
+        auth: Authenticator | None = None,
+        login_timeout: float = 0.0,
     ) -> None:
-        """``changed`` is called whenever ``busy`` or ``waiting`` may have changed."""
+        """``changed`` is called whenever ``busy`` or ``waiting`` may have changed.
+
+        With an enabled ``auth``, the first line must be ``auth <token>``, within
+        ``login_timeout`` seconds (0: no limit).
+        """
         self.service = service
         self.client = client
         self._write = write
         self._close = close
         self._changed = changed
+        self._auth = auth if auth is not None and auth.enabled else None
+        self.authenticated = self._auth is None
+        self._login_timeout = login_timeout
+        self._login_timer: IDelayedCall | None = None
         self._pending: deque[bytes | str] = deque()
-        self._running: Deferred[str] | None = None
+        self._running: Deferred[Any] | None = None
         self._started = False
         self.closed = False
 
@@ -56,7 +71,21 @@ class LineConversation:
     def start(self) -> None:
         """Begin running commands (once the client holds its quota slot)."""
         self._started = True
+        if not self.authenticated and self._login_timeout:
+            self._login_timer = self.service.clock.callLater(self._login_timeout, self._too_late)
         self._next()
+
+    def _too_late(self) -> None:
+        self._login_timer = None
+        if self.authenticated or self.closed:
+            return
+        self._write([error_line("unauthorized", REQUIRED)])
+        self._end()
+
+    def _end(self) -> None:
+        self.closed = True
+        self._pending.clear()
+        self._close()
 
     def submit(self, line: bytes | str) -> None:
         """Queue one command line (bytes are decoded as UTF-8 when its turn comes)."""
@@ -73,6 +102,8 @@ class LineConversation:
         """The client is gone: drop what waits, cancel what runs."""
         self.closed = True
         self._pending.clear()
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
         running, self._running = self._running, None
         if running is not None:
             running.cancel()
@@ -88,11 +119,53 @@ class LineConversation:
                     self.log.info("CMD received from {peer}: (not UTF-8)", peer=peer)
                     self._write([error_line("bad_argument", "Command line is not valid UTF-8.")])
                     continue
-            self.log.info("CMD received from {peer}: {line}", peer=peer, line=printable(raw))
+            self.log.info(
+                "CMD received from {peer}: {line}", peer=peer, line=printable(redact(raw))
+            )
+            if redact(raw) != raw:
+                self._authenticate(raw)
+                continue
+            if not self.authenticated:
+                self._write([error_line("unauthorized", REQUIRED)])
+                continue
             request = Request.from_line(raw)
             if request is not None:
                 self._run(request)
         self._changed()
+
+    def _authenticate(self, line: str) -> None:
+        words = line.split()
+        presented = words[1] if len(words) == 2 and words[0].lower() == "auth" else None
+        if self._auth is None:
+            self._write(["Authentication is off: no token is needed."])
+            return
+        if self.authenticated:
+            self._write(["Already authenticated."])
+            return
+        try:
+            self._auth.check(self.client.peer, presented)
+        except CommandError as e:
+            answer = error_line(e.code, e.message)
+            if e.code == "rate_limited":
+                self._write([answer])
+                self._end()
+                return
+            # Hold the answer back, longer after each failure: guessing is slow.
+            delay = self._auth.delay(self.client.peer)
+            wait: Deferred[None] = deferLater(self.service.clock, delay, self._write, [answer])
+            self._running = wait
+
+            def done(_: object) -> None:
+                if self._running is wait:
+                    self._running = None
+                    self._next()
+
+            wait.addBoth(done)
+            return
+        self.authenticated = True
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._write(["Authenticated."])
 
     def _run(self, request: Request) -> None:
         renderer = TextRenderer(self.service.text_frame(request.command))

@@ -20,6 +20,7 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "permission_denied": 403,
     "unauthorized": 401,
     "quota_exceeded": 503,
+    "rate_limited": 429,
     "unavailable": 503,
     "timeout": 504,
     "internal": 500,

@@ -17,11 +17,13 @@ from typing import Any, ClassVar
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from gateway.auth import Authenticator, bearer
 from gateway.commands.base import Client, Request
 from gateway.config import HTTPConfig
 from gateway.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
@@ -252,6 +254,8 @@ class RestAPI:
         openapi: Callable[[], Mapping[str, Any]],
         websocket: Any = None,
         console: Console | None = None,
+        auth: Authenticator | None = None,
+        metrics_need_token: bool = True,
     ) -> None:
         self.service = service
         self.quota = quota
@@ -259,6 +263,29 @@ class RestAPI:
         self._openapi = openapi
         self._websocket = websocket
         self._console = console
+        self.auth = auth
+        self.metrics_need_token = metrics_need_token
+
+    def _denied(self, request: IRequest, as_json: bool) -> Deferred[None] | None:
+        """``None`` if the request may go on; else the (delayed) 401 or 429 answer."""
+        auth = self.auth
+        if auth is None or not auth.enabled:
+            return None
+        peer = peer_of(request)
+        presented = bearer(request.getHeader("authorization"))
+        try:
+            auth.check(peer, presented)
+            return None
+        except CommandError as e:
+            if e.code == "rate_limited":
+                headers = {"retry-after": str(max(1, round(auth.locked(peer))))}
+            else:
+                headers = {"www-authenticate": 'Bearer realm="gateway"'}
+            # A wrong token is answered slowly, more slowly each time.
+            delay = auth.delay(peer) if presented is not None else 0.0
+            return deferLater(
+                self.service.clock, delay, write_error, request, e.code, e.message, as_json, headers
+            )
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -277,6 +304,9 @@ class RestAPI:
         self, request: IRequest, name: str, allowed: tuple[str, ...], lines_key: str | None = None
     ) -> Deferred[None] | bytes:
         as_json = wants_json(request)
+        denied = self._denied(request, as_json)
+        if denied is not None:
+            return denied
         try:
             args = query(request, allowed)
         except CommandError as e:
@@ -338,6 +368,9 @@ class RestAPI:
 
     def _unmetered(self, request: IRequest, name: str) -> Deferred[None] | bytes:
         as_json = wants_json(request)
+        denied = self._denied(request, as_json)
+        if denied is not None:
+            return denied
         try:
             query(request, ())
         except CommandError as e:
@@ -357,7 +390,11 @@ class RestAPI:
         return b"ok\n"
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: IRequest) -> bytes:
+    def metrics(self, request: IRequest) -> Deferred[None] | bytes:
+        if self.metrics_need_token:
+            denied = self._denied(request, wants_json(request))
+            if denied is not None:
+                return denied
         request.setHeader("content-type", METRICS_TYPE)
         request.setHeader("cache-control", "no-store")
         text = render_metrics(

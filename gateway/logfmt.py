@@ -19,6 +19,13 @@ from zope.interface import implementer
 _CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
 
 
+def redact(line: str) -> str:
+    """A command line fit for the log: an ``auth`` line never shows its token."""
+    if line.lstrip()[:5].lower() in ("auth", "auth "):
+        return "auth ***"
+    return line
+
+
 def printable(text: str, limit: int = 200) -> str:
     """``text`` with control characters escaped and cut to ``limit`` (for logs)."""
     if len(text) > limit:

@@ -118,6 +118,10 @@ class CommandService:
         self._running.discard(d)
         return outcome
 
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
     def uptime(self) -> float:
         return self._clock.seconds() - self.started
 

@@ -24,6 +24,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.auth import Authenticator
 from gateway.commands.base import Client
 from gateway.config import TCPConfig
 from gateway.conversation import LineConversation
@@ -50,11 +51,19 @@ class LineSession(LineReceiver, TimeoutMixin):
     log = Logger(namespace="gateway.tcp")
 
     def __init__(
-        self, service: CommandService, quota: Quota, clock: IReactorTime, settings: TCPConfig
+        self,
+        service: CommandService,
+        quota: Quota,
+        clock: IReactorTime,
+        settings: TCPConfig,
+        auth: Authenticator | None = None,
+        login_timeout: float = 0.0,
     ) -> None:
         self.service = service
         self.quota = quota
         self.clock = clock
+        self.auth = auth
+        self.login_timeout = login_timeout
         self.MAX_LENGTH = settings.max_line_length
         self.idle_timeout = settings.idle_timeout or None
         self.eof_grace = settings.eof_grace
@@ -78,7 +87,13 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.peer = peer_host(self.transport.getPeer())
         self.log.info("Client connection from {peer}", peer=self.peer)
         self.conversation = LineConversation(
-            self.service, Client("tcp", self.peer), self._write, self._close, self._changed
+            self.service,
+            Client("tcp", self.peer),
+            self._write,
+            self._close,
+            self._changed,
+            self.auth,
+            self.login_timeout,
         )
         self.setTimeout(self.idle_timeout)
         self.quota.acquire("tcp", self.peer).addCallbacks(self._granted, self._refused)
@@ -233,14 +248,24 @@ class LineFactory(ServerFactory):
     noisy = False
 
     def __init__(
-        self, service: CommandService, quota: Quota, clock: IReactorTime, settings: TCPConfig
+        self,
+        service: CommandService,
+        quota: Quota,
+        clock: IReactorTime,
+        settings: TCPConfig,
+        auth: Authenticator | None = None,
+        login_timeout: float = 0.0,
     ) -> None:
         self.service = service
         self.quota = quota
         self.clock = clock
         self.settings = settings
+        self.auth = auth
+        self.login_timeout = login_timeout
 
     def buildProtocol(self, addr: IAddress | None) -> LineSession:
-        session = LineSession(self.service, self.quota, self.clock, self.settings)
+        session = LineSession(
+            self.service, self.quota, self.clock, self.settings, self.auth, self.login_timeout
+        )
         session.factory = self
         return session

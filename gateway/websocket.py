@@ -20,10 +20,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.auth import Authenticator, bearer
 from gateway.commands.base import Client
 from gateway.config import WebSocketConfig, parse_origin
 from gateway.conversation import LineConversation
-from gateway.errors import QuotaExceeded
+from gateway.errors import CommandError, QuotaExceeded
 from gateway.quota import Quota, Slot
 from gateway.service import CommandService
 from gateway.text import error_line
@@ -69,6 +70,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.slot: Slot | None = None
         self.conversation: LineConversation | JSONConversation | None = None
         self._gone = False
+        self._preauthenticated = False
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         settings = self.factory.settings
@@ -76,6 +78,16 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if not origin_allowed(request.origin, host, self.factory.secure, settings.allowed_origins):
             self.log.info("Refused WebSocket from origin {origin}", origin=request.origin)
             raise ConnectionDeny(403, "Origin not allowed")
+        auth = self.factory.auth
+        header = request.headers.get("authorization")
+        if auth is not None and auth.enabled and header is not None:
+            # A client that can set headers (not a browser) may log in here.
+            try:
+                peer = str(getattr(self.transport.getPeer(), "host", "unix"))  # type: ignore[union-attr]
+                auth.check(peer, bearer(header))
+            except CommandError as e:
+                raise ConnectionDeny(401 if e.code == "unauthorized" else 429, e.message) from None
+            self._preauthenticated = True
         offered = request.protocols or []
         for name in (JSON, TEXT):
             if name in offered:
@@ -92,13 +104,27 @@ class GatewayWebSocket(WebSocketServerProtocol):
             "WebSocket connection from {peer} ({mode})", peer=self.peer_host, mode=self.mode
         )
         client = Client("websocket", self.peer_host)
-        service = self.factory.service
+        factory = self.factory
+        auth = None if self._preauthenticated else factory.auth
         if self.mode == JSON:
             self.conversation = JSONConversation(
-                service, client, self._deliver, self._finish, self.factory.settings.max_in_flight
+                factory.service,
+                client,
+                self._deliver,
+                self._finish,
+                factory.settings.max_in_flight,
+                auth,
+                factory.login_timeout,
             )
         else:
-            self.conversation = LineConversation(service, client, self._send_lines, self._finish)
+            self.conversation = LineConversation(
+                factory.service,
+                client,
+                self._deliver_lines,
+                self._finish,
+                auth=auth,
+                login_timeout=factory.login_timeout,
+            )
         self.factory.quota.acquire("websocket", self.peer_host).addCallbacks(
             self._granted, self._refused
         )
@@ -123,7 +149,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if not self._gone:
             self.sendMessage(text.encode("utf-8"), isBinary=False)
 
-    def _send_lines(self, lines: list[str]) -> None:
+    def _deliver_lines(self, lines: list[str]) -> None:
         for line in lines:
             self._deliver(line)
 
@@ -177,12 +203,16 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         settings: WebSocketConfig,
         reactor: IReactorTime,
         secure: bool = False,
+        auth: Authenticator | None = None,
+        login_timeout: float = 0.0,
     ) -> None:
         super().__init__(reactor=reactor)
         self.service = service
         self.quota = quota
         self.settings = settings
         self.secure = secure
+        self.auth = auth
+        self.login_timeout = login_timeout
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_frame_bytes,
             maxMessagePayloadSize=settings.max_message_bytes,

@@ -5,6 +5,7 @@ Requests::
     {"id": 7, "command": "comphash", "args": {"path": "/etc/hostname"}}
     {"id": 7, "line": "comphash /etc/hostname"}
     {"id": 7, "cancel": true}
+    {"id": 7, "auth": "<token>"}      (first, when the gateway has tokens)
 
 Replies carry the request's ``id``::
 
@@ -27,15 +28,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from gateway.auth import REQUIRED, Authenticator
 from gateway.commands.base import Client, Request
+from gateway.errors import CommandError
 from gateway.events import Error, Event, Lines, Progress, Result
 from gateway.logfmt import printable
 from gateway.service import CommandService
 
 Id = int | str
-FIELDS = frozenset({"id", "command", "args", "line", "cancel"})
+FIELDS = frozenset({"id", "command", "args", "line", "cancel", "auth"})
 
 
 class MessageError(Exception):
@@ -58,7 +62,16 @@ class Cancel:
     id: Id
 
 
-def parse(text: str) -> Run | Cancel:
+@dataclass(frozen=True)
+class Auth:
+    id: Id
+    token: str
+
+    def __repr__(self) -> str:
+        return f"Auth(id={self.id!r}, token='***')"
+
+
+def parse(text: str) -> Run | Cancel | Auth:
     """One client message -> what to do, or :class:`MessageError`."""
     try:
         message = json.loads(text)
@@ -78,6 +91,11 @@ def parse(text: str) -> Run | Cancel:
     unknown = sorted(set(message) - FIELDS)
     if unknown:
         raise MessageError(id, f"Unknown field: {unknown[0]}")
+    if "auth" in message:
+        token = message["auth"]
+        if not isinstance(token, str) or set(message) != {"id", "auth"}:
+            raise MessageError(id, 'An auth message is {"id": ..., "auth": "<token>"}.')
+        return Auth(id, token)
     if "cancel" in message:
         if message["cancel"] is not True or set(message) != {"id", "cancel"}:
             raise MessageError(id, 'A cancel message is {"id": ..., "cancel": true}.')
@@ -129,12 +147,18 @@ class JSONConversation:
         send: Callable[[str], None],
         close: Callable[[], None],
         max_in_flight: int,
+        auth: Authenticator | None = None,
+        login_timeout: float = 0.0,
     ) -> None:
         self.service = service
         self.client = client
         self._send = send
         self._close = close
         self.max_in_flight = max_in_flight
+        self._auth = auth if auth is not None and auth.enabled else None
+        self.authenticated = self._auth is None
+        self._login_timeout = login_timeout
+        self._login_timer: IDelayedCall | None = None
         self.running: dict[Id, Deferred[str]] = {}
         self._waiting: list[str] = []
         self._started = False
@@ -142,9 +166,18 @@ class JSONConversation:
 
     def start(self) -> None:
         self._started = True
+        if not self.authenticated and self._login_timeout:
+            self._login_timer = self.service.clock.callLater(self._login_timeout, self._too_late)
         waiting, self._waiting = self._waiting, []
         for text in waiting:
             self.receive(text)
+
+    def _too_late(self) -> None:
+        self._login_timer = None
+        if not self.authenticated and not self.closed:
+            self._send(reply(None, "error", code="unauthorized", message=REQUIRED))
+            self.stop()
+            self._close()
 
     def receive(self, text: str) -> None:
         if self.closed:
@@ -158,10 +191,40 @@ class JSONConversation:
             self.log.info("Bad message from {peer}: {why}", peer=self.client.peer, why=e.message)
             self._send(reply(e.id, "error", code=e.code, message=e.message))
             return
-        if isinstance(action, Cancel):
+        if isinstance(action, Auth):
+            self._authenticate(action)
+        elif not self.authenticated:
+            self._send(reply(action.id, "error", code="unauthorized", message=REQUIRED))
+        elif isinstance(action, Cancel):
             self._cancel(action.id)
         else:
             self._run(action)
+
+    def _authenticate(self, action: Auth) -> None:
+        self.log.info("CMD received from {peer}: auth ***", peer=self.client.peer)
+        if self._auth is None or self.authenticated:
+            self._send(reply(action.id, "result", result={"authenticated": True}))
+            return
+        try:
+            self._auth.check(self.client.peer, action.token)
+        except CommandError as e:
+            answer = reply(action.id, "error", code=e.code, message=e.message)
+            if e.code == "rate_limited":
+                self._send(answer)
+                self.stop()
+                self._close()
+                return
+            delay = self._auth.delay(self.client.peer)
+            self.service.clock.callLater(delay, self._send_unless_closed, answer)
+            return
+        self.authenticated = True
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._send(reply(action.id, "result", result={"authenticated": True}))
+
+    def _send_unless_closed(self, text: str) -> None:
+        if not self.closed:
+            self._send(text)
 
     def _cancel(self, id: Id) -> None:
         running = self.running.pop(id, None)
@@ -208,6 +271,8 @@ class JSONConversation:
     def stop(self) -> None:
         """The connection is ending: cancel everything still running."""
         self.closed = True
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
         self._waiting.clear()
         running, self.running = self.running, {}
         for d in running.values():

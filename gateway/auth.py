@@ -1,0 +1,122 @@
+"""Token authentication, and slowing down then locking out whoever keeps guessing.
+
+Pure: a clock is passed in.  Tokens are compared in constant time, all of them
+every time, so neither the token nor which one matched leaks through timing.
+A token never appears in a message this module produces.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.errors import CommandError
+
+REQUIRED = "Authentication required."
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    first: float = 0.0
+    locked_until: float = 0.0
+
+
+class Authenticator:
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        clock: IReactorTime,
+        max_failures: int = 5,
+        window: float = 60.0,
+        lockout: float = 300.0,
+    ) -> None:
+        self._tokens = [t.encode() for t in tokens]
+        self.clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self._failures: dict[str, _Failures] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def replace_tokens(self, tokens: Sequence[str]) -> None:
+        """New tokens (config reload); who is already in stays in."""
+        self._tokens = [t.encode() for t in tokens]
+
+    def _matches(self, presented: str) -> bool:
+        given = presented.encode()
+        found = False
+        for token in self._tokens:
+            found |= hmac.compare_digest(token, given)
+        return found
+
+    def locked(self, peer: str) -> float:
+        """Seconds ``peer`` must still wait (0 when it may try)."""
+        state = self._failures.get(peer)
+        if state is None:
+            return 0.0
+        left = state.locked_until - self.clock.seconds()
+        return left if left > 0 else 0.0
+
+    def check(self, peer: str, presented: str | None) -> None:
+        """Return if ``presented`` is a valid token, else raise.
+
+        ``unauthorized`` for a missing or wrong token; ``rate_limited`` while
+        ``peer`` is locked out after too many wrong ones.
+        """
+        wait = self.locked(peer)
+        if wait:
+            raise CommandError(
+                "rate_limited", f"Too many failed attempts; try again in {math.ceil(wait)} s."
+            )
+        if presented is not None and self._matches(presented):
+            self._failures.pop(peer, None)
+            return
+        if presented is not None:
+            self._fail(peer)
+        raise CommandError("unauthorized", REQUIRED)
+
+    def _fail(self, peer: str) -> None:
+        now = self.clock.seconds()
+        state = self._failures.get(peer)
+        if state is None or now - state.first > self.window:
+            state = self._failures[peer] = _Failures(first=now)
+        state.count += 1
+        if state.count >= self.max_failures:
+            state.locked_until = now + self.lockout
+        self._forget_old(now)
+
+    def delay(self, peer: str) -> float:
+        """How long to hold back the answer to ``peer``'s last failure."""
+        state = self._failures.get(peer)
+        if state is None:
+            return 0.0
+        return float(min(0.25 * 2 ** (state.count - 1), 4.0))
+
+    def _forget_old(self, now: float) -> None:
+        if len(self._failures) < 10_000:
+            return
+        stale = [
+            p
+            for p, s in self._failures.items()
+            if now - s.first > self.window and s.locked_until <= now
+        ]
+        for peer in stale:
+            del self._failures[peer]
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if any."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
