@@ -11,7 +11,7 @@ from typing import Any
 from twisted.logger import globalLogBeginner
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load
+from gateway.config import Config, ConfigError, load, unsafe_listeners
 
 #: flag -> config key, for the common keys.
 FLAG_KEYS: dict[str, str] = {
@@ -33,6 +33,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clients", metavar="N", help="client quota across all transports")
     p.add_argument("--log-format", choices=("text", "json"), help="log output format")
     p.add_argument(
+        "--allow-remote-without-auth",
+        action="store_true",
+        help="listen beyond loopback even though no auth token is configured (unsafe)",
+    )
+    p.add_argument(
         "--check-config", action="store_true", help="print the effective config and exit"
     )
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
@@ -45,6 +50,18 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Co
     return load(path, environ, flags)
 
 
+def unsafe_start(config: Config) -> str | None:
+    """Why starting would expose the gateway without auth, or ``None``."""
+    exposed = unsafe_listeners(config)
+    if not exposed:
+        return None
+    return (
+        f"refusing to listen beyond loopback without auth tokens ({'; '.join(exposed)}): "
+        "set [auth] tokens or GATEWAY_TOKEN, listen on 127.0.0.1, "
+        "or pass --allow-remote-without-auth"
+    )
+
+
 def main(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -54,8 +71,12 @@ def main(
     environ = os.environ if environ is None else environ
     try:
         config = config_from_args(args, environ)
+        refusal = None if args.allow_remote_without_auth else unsafe_start(config)
     except ConfigError as e:
         print(f"gateway: {e}", file=sys.stderr)
+        return 2
+    if refusal:
+        print(f"gateway: {refusal}", file=sys.stderr)
         return 2
     if args.check_config:
         import json

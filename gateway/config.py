@@ -432,3 +432,42 @@ def load(
     if flags is not None:
         config = merge(config, flag_overrides(flags))
     return config
+
+
+def reaches_beyond_loopback(description: str) -> bool:
+    """Does this endpoint string listen where other machines can reach it?
+
+    ``tcp:9999`` (all interfaces) does; ``tcp:9999:interface=127.0.0.1`` and
+    ``unix:/run/x.sock`` do not.  An endpoint type we cannot judge counts as
+    reaching beyond, to be safe.
+    """
+    import ipaddress
+    import re
+
+    parts = re.split(r"(?<!\\):", description.strip())
+    kind = parts[0].lower()
+    if kind == "unix":
+        return False
+    if kind not in ("tcp", "ssl", "tcp6"):
+        return True
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    interface = options.get("interface", "").replace("\\:", ":").strip("[]")
+    if not interface:
+        return True  # every interface
+    if interface == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True
+
+
+def unsafe_listeners(config: Config) -> list[str]:
+    """Listeners open beyond loopback while no token is configured."""
+    if config.auth.all_tokens():
+        return []
+    return [
+        f"{key} = {value}"
+        for key, value in (("tcp.listen", config.tcp.listen), ("http.listen", config.http.listen))
+        if reaches_beyond_loopback(value)
+    ]

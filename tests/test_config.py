@@ -138,3 +138,40 @@ def test_cli_bad_endpoint_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_check_config_prints_effective_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--check-config", "--max-clients", "7"], environ={}) == 0
     assert '"max_clients": 7' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "beyond"),
+    [
+        ("tcp:9999", True),
+        ("tcp:9999:interface=0.0.0.0", True),
+        ("tcp:9999:interface=127.0.0.1", False),
+        ("tcp:9999:interface=127.3.2.1", False),
+        ("tcp:9999:interface=localhost", False),
+        ("tcp6:9999:interface=\\:\\:1", False),
+        ("tcp6:9999:interface=\\:\\:", True),
+        ("tcp:9999:interface=192.168.1.10", True),
+        ("ssl:9443:privateKey=k.pem:certKey=c.pem", True),
+        ("ssl:9443:privateKey=k.pem:interface=127.0.0.1", False),
+        ("unix:/run/gateway.sock", False),
+        ("systemd:domain=INET:index=0", True),
+    ],
+)
+def test_reaches_beyond_loopback(endpoint: str, beyond: bool) -> None:
+    from gateway.config import reaches_beyond_loopback
+
+    assert reaches_beyond_loopback(endpoint) is beyond
+
+
+def test_unsafe_start_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--check-config", "--tcp", "tcp:9999"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "gateway: refusing to listen beyond loopback without auth tokens "
+        "(tcp.listen = tcp:9999): set [auth] tokens or GATEWAY_TOKEN, listen on 127.0.0.1, "
+        "or pass --allow-remote-without-auth\n"
+    )
+    env = {"GATEWAY_TOKEN": "a-token-of-enough-length"}
+    assert cli.main(["--check-config", "--tcp", "tcp:9999"], environ=env) == 0
+    flags = ["--check-config", "--tcp", "tcp:9999", "--allow-remote-without-auth"]
+    assert cli.main(flags, environ={}) == 0

@@ -19,7 +19,16 @@ class Options(usage.Options):
         ["max-clients", None, None, "client quota across all transports"],
     ]
 
+    optFlags: ClassVar[list[list[str | None]]] = [
+        [
+            "allow-remote-without-auth",
+            None,
+            "listen beyond loopback even though no auth token is configured (unsafe)",
+        ],
+    ]
+
     def postOptions(self) -> None:
+        from gateway.cli import unsafe_start
         from gateway.config import ConfigError, load
 
         flags = {
@@ -29,9 +38,13 @@ class Options(usage.Options):
         }
         path = self["config"] or os.environ.get("GATEWAY_CONFIG") or None
         try:
-            self["gateway-config"] = load(path, os.environ, flags)
+            config = load(path, os.environ, flags)
+            refusal = None if self["allow-remote-without-auth"] else unsafe_start(config)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if refusal:
+            raise usage.UsageError(refusal)
+        self["gateway-config"] = config
 
 
 @implementer(IServiceMaker, IPlugin)
