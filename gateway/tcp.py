@@ -16,6 +16,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
 )
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -158,7 +159,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         self._draining = True
         if self._paused:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
-        if self._input_done:  # nothing more can arrive: close both ways
+        if self._input_done or ISSLTransport.providedBy(self.transport):
+            # Nothing more can arrive; or TLS, whose half-close Twisted does
+            # not do cleanly: close both ways (TLS sends close_notify first).
             self.transport.loseConnection()
             return
         half_close = getattr(self.transport, "loseWriteConnection", None)

@@ -134,3 +134,25 @@ def test_sigterm_during_a_long_hash_stops_promptly(
     finally:
         client.kill()
         client.wait()
+
+
+@pytest.mark.parametrize("launcher", ["gateway", "twistd"])
+def test_no_tokens_beyond_loopback_is_refused_at_start(launcher: str, tmp_path: Path) -> None:
+    argv = (
+        [str(BIN / "gateway")]
+        if launcher == "gateway"
+        else [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "gateway"]
+    )
+    done = subprocess.run(
+        [*argv, "--tcp", "tcp:0", "--http", "tcp:0:interface=127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode != 0
+    assert "refusing to listen beyond loopback without auth tokens (tcp.listen = tcp:0)" in (
+        done.stdout + done.stderr
+    )
+    if launcher == "gateway":
+        assert done.returncode == 2

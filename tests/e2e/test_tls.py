@@ -1,0 +1,154 @@
+"""TLS through endpoint strings: the line server, HTTPS and WSS, with a
+certificate the test makes."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.sync.client import connect
+
+from .conftest import BIN, curl, require_tool
+from .test_netcat import read_line
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "tls-test-token-0123456789"
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = directory / "key.pem"
+    cert_path = directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest.fixture
+def tls_gateway(start_gateway: Any, tmp_path: Path) -> tuple[Any, Path]:
+    key, cert = make_certificate(tmp_path)
+    ssl_opts = f"interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    gw = start_gateway(
+        argv=[
+            str(BIN / "gateway"),
+            "--tcp",
+            f"ssl:0:{ssl_opts}",
+            "--http",
+            f"ssl:0:{ssl_opts}",
+        ],
+        env={"GATEWAY_TOKEN": TOKEN},
+    )
+    return gw, cert
+
+
+def test_line_server_over_tls_with_openssl_s_client(tls_gateway: tuple[Any, Path]) -> None:
+    gw, cert = tls_gateway
+    done = subprocess.run(
+        [
+            require_tool("openssl"),
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-CAfile",
+            str(cert),
+            "-connect",
+            f"127.0.0.1:{gw.tcp_port}",
+        ],
+        input=f"auth {TOKEN}\ntest\nexit\n".encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.stdout.decode().splitlines() == ["Authenticated.", "Command not found."], (
+        done.stderr
+    )
+
+
+def test_line_server_over_tls_with_ncat(tls_gateway: tuple[Any, Path]) -> None:
+    gw, cert = tls_gateway
+    # ncat checks the name it connected to against the certificate: use localhost.
+    ncat = subprocess.Popen(
+        [
+            require_tool("ncat"),
+            "--ssl",
+            "--ssl-verify",
+            "--ssl-trustfile",
+            str(cert),
+            "localhost",
+            str(gw.tcp_port),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert ncat.stdin is not None and ncat.stdout is not None
+    ncat.stdin.write(f"auth {TOKEN}\nhelp\n".encode())
+    ncat.stdin.flush()
+    try:
+        assert read_line(ncat, 20) == b"Authenticated.\n"
+        assert read_line(ncat, 20).startswith(b"lastlog [N]")
+    finally:
+        ncat.kill()
+        ncat.wait()
+
+
+def test_https(tls_gateway: tuple[Any, Path]) -> None:
+    gw, cert = tls_gateway
+    base = f"https://127.0.0.1:{gw.http_port}"
+    assert curl(base + "/healthz", "--cacert", str(cert))[::2] == (200, b"ok\n")
+    status, headers, _ = curl(base + "/stats", "--cacert", str(cert))
+    assert status == 401
+    status, _, body = curl(
+        base + "/stats?format=json", "--cacert", str(cert), "-H", f"Authorization: Bearer {TOKEN}"
+    )
+    assert status == 200 and json.loads(body)["clients"]["max"] == 10
+
+
+def test_wss_with_the_browser_origin_of_https(tls_gateway: tuple[Any, Path]) -> None:
+    gw, cert = tls_gateway
+    context = ssl.create_default_context(cafile=str(cert))
+    url = f"wss://127.0.0.1:{gw.http_port}/ws"
+    origin = f"https://127.0.0.1:{gw.http_port}"  # what a browser on the console sends
+    with connect(url, ssl=context, origin=origin, subprotocols=["gateway.v1.json"]) as ws:  # type: ignore[arg-type,list-item]
+        ws.send(json.dumps({"id": 1, "auth": TOKEN}))
+        assert json.loads(ws.recv(10))["result"] == {"authenticated": True}
+        ws.send(json.dumps({"id": 2, "line": "nope"}))
+        assert json.loads(ws.recv(10))["code"] == "unknown_command"
+    with pytest.raises(Exception):  # the plain-http origin of the same host is another origin
+        connect(url, ssl=context, origin=f"http://127.0.0.1:{gw.http_port}")  # type: ignore[arg-type]
