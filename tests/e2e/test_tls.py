@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from .conftest import BIN, curl, require_tool
@@ -150,5 +151,6 @@ def test_wss_with_the_browser_origin_of_https(tls_gateway: tuple[Any, Path]) -> 
         assert json.loads(ws.recv(10))["result"] == {"authenticated": True}
         ws.send(json.dumps({"id": 2, "line": "nope"}))
         assert json.loads(ws.recv(10))["code"] == "unknown_command"
-    with pytest.raises(Exception):  # the plain-http origin of the same host is another origin
+    with pytest.raises(InvalidStatus) as info:  # http:// on the same host is another origin
         connect(url, ssl=context, origin=f"http://127.0.0.1:{gw.http_port}")  # type: ignore[arg-type]
+    assert info.value.response.status_code == 403
