@@ -24,6 +24,7 @@ from gateway.http import Console, RestAPI, console_dir
 from gateway.httpserver import GuardedSite
 from gateway.openapi import document
 from gateway.quota import ClientQuota
+from gateway.ratelimit import RateLimiter
 from gateway.service import CommandService
 from gateway.tcp import LineFactory
 from gateway.websocket import GatewayWebSocketFactory, websocket_resource
@@ -108,7 +109,10 @@ class Gateway(MultiService):
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
         read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
 
-        self.service = CommandService([], reactor)
+        self.limiter = RateLimiter(
+            config.limits.commands_per_second, config.limits.command_burst, reactor
+        )
+        self.service = CommandService([], reactor, self.limiter)
         lastlog = config.lastlog
         self.service.add(
             LastlogCommand(

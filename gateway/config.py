@@ -74,6 +74,16 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    commands_per_second: float = 10.0
+    command_burst: int = 30
+
+    def check(self) -> None:
+        _not_negative("limits.commands_per_second", self.commands_per_second)
+        _positive("limits.command_burst", self.command_burst)
+
+
+@dataclass(frozen=True)
 class LastlogConfig:
     source: str = "auto"
     default_lines: int = 10
@@ -249,6 +259,7 @@ class Config:
     tcp: TCPConfig = field(default_factory=TCPConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     lastlog: LastlogConfig = field(default_factory=LastlogConfig)
     comphash: ComphashConfig = field(default_factory=ComphashConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)

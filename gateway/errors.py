@@ -39,12 +39,14 @@ QUOTA_MESSAGE: Final = "Too many connections. Bye!"
 class CommandError(Exception):
     """A failure a client may see: a stable ``code`` and a human ``message``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
+        """``retry_after``: seconds after which trying again may succeed."""
         if code not in HTTP_STATUS:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"CommandError({self.code!r}, {self.message!r})"

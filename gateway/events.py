@@ -53,6 +53,7 @@ class Error:
 
     code: str
     message: str
+    retry_after: int | None = None
 
 
 Event = Lines | Progress | Result | Error

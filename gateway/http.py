@@ -151,7 +151,10 @@ class ResponseWriter:
     def _error(self, error: Error) -> None:
         if not self.started:
             self.started = True
-            write_error(self.request, error.code, error.message, self.as_json)
+            headers = {}
+            if error.retry_after is not None:
+                headers["retry-after"] = str(error.retry_after)
+            write_error(self.request, error.code, error.message, self.as_json, headers)
             return
         # Too late for a status code: finish the body so the failure shows.
         if self.as_json:

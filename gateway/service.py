@@ -21,12 +21,19 @@ from gateway.errors import INTERNAL_MESSAGE, CommandError
 from gateway.events import Error, Event, Result, Sink
 from gateway.logfmt import printable
 from gateway.metrics import CommandMetrics
+from gateway.ratelimit import RateLimiter
 
 
 class CommandService:
     log = Logger(namespace="gateway.service")
 
-    def __init__(self, commands: Iterable[Command], clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        commands: Iterable[Command],
+        clock: IReactorTime,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.limiter = limiter
         self._commands: dict[str, Command] = {}
         self._running: set[Deferred[str]] = set()
         self.metrics = CommandMetrics()
@@ -80,15 +87,17 @@ class CommandService:
             )
             return outcome
 
-        def fail(code: str, message: str) -> str:
-            sink(Error(code, message))
+        def fail(code: str, message: str, retry_after: int | None = None) -> str:
+            sink(Error(code, message, retry_after))
             return finish(code)
 
         try:
+            if self.limiter is not None:
+                self.limiter.take(client.peer)
             command, args = self._prepare(request)
         except CommandError as e:
             d: Deferred[str] = Deferred()
-            d.callback(fail(e.code, e.message))
+            d.callback(fail(e.code, e.message, e.retry_after))
             return d
         timeout = command.timeout
 

@@ -131,7 +131,8 @@ def event_replies(id: Id, event: Event) -> list[str]:
     if isinstance(event, Result):
         return [reply(id, "result", result=dict(event.data))]
     if isinstance(event, Error):
-        return [reply(id, "error", code=event.code, message=event.message)]
+        extra = {} if event.retry_after is None else {"retry_after": event.retry_after}
+        return [reply(id, "error", code=event.code, message=event.message, **extra)]
     raise TypeError(f"not an event: {event!r}")
 
 
