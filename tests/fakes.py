@@ -32,7 +32,7 @@ class FakeProcess:
         self.signals: list[str] = []
         self.stdin_closed = False
         self.ended = False
-        self.pid = 4242
+        self.pid = None  # never a real process: no signal may reach one
 
     # IProcessTransport, the parts used
     def closeStdin(self) -> None:

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
@@ -123,9 +124,12 @@ class _ChildLines(ProcessProtocol):
         self._buffer = b""
         self._stderr = b""
         self.process: IProcessTransport | None = None
+        self.own_group = False
+        self._pid: int | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self._pid = getattr(self.transport, "pid", None)
         self.transport.closeStdin()
 
     def _send(self, raw: list[bytes]) -> None:
@@ -152,10 +156,27 @@ class _ChildLines(ProcessProtocol):
             self._stderr += data[: 4096 - len(self._stderr)]
 
     def kill(self) -> None:
+        """Kill the child and everything it started (its process group)."""
         if self.transport is None:
             return
+        pid = getattr(self.transport, "pid", None)
+        if self.own_group and pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                return
+            except (ProcessLookupError, PermissionError):
+                pass  # not its own group yet (or any more): kill the child alone
         with contextlib.suppress(ProcessExitedAlready):
             self.transport.signalProcess("KILL")
+
+    def processExited(self, reason: Failure) -> None:
+        if self.own_group and self._pid:
+            # Whatever the command left running in the background goes too
+            # (and with it any copy of our pipes it holds open).  While any
+            # member lives, the kernel keeps the group id from being reused
+            # as a pid, so this cannot hit a stranger.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pid, signal.SIGKILL)
 
     def processEnded(self, reason: Failure) -> None:
         if self.done.called:
@@ -168,8 +189,8 @@ class _ChildLines(ProcessProtocol):
             err = self._stderr.decode("utf-8", "replace").strip().splitlines()
             detail = f": {err[0]}" if err else ""
             status = getattr(reason.value, "exitCode", None)
-            signal = getattr(reason.value, "signal", None)
-            how = f"exit status {status}" if status is not None else f"signal {signal}"
+            signum = getattr(reason.value, "signal", None)
+            how = f"exit status {status}" if status is not None else f"signal {signum}"
             self.done.errback(
                 CommandError("unavailable", f"Log command {self.name} failed ({how}){detail}")
             )
@@ -200,6 +221,16 @@ class CommandSource:
         done: Deferred[str] = Deferred(cancel)
         child = _ChildLines(n, sink, done, argv[0])
         env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        # setsid(1) puts the child in a session (and process group) of its own,
+        # so that a timeout or a client leaving kills whatever it started too.
+        # Twisted starts it with posix_spawnp (no fork of this process) since
+        # no path, uid or gid is given; not a group leader, setsid then execs
+        # the command in place, so the pid we hold is the group's.
+        setsid = shutil.which("setsid", path=CHILD_PATH)
+        if setsid is not None:
+            argv = [setsid, "--", executable, *argv[1:]]
+            executable = setsid
+            child.own_group = True
         try:
             self._spawner.spawnProcess(child, executable, argv, env=env)
         except OSError as e:

@@ -357,3 +357,46 @@ def test_lastlog_answers_while_hashes_fill_the_pool(
     finally:
         hasher.kill()
         hasher.wait()
+
+
+def test_the_whole_process_group_dies_with_the_client(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    script = (
+        f"sleep 300 & echo $! > {tmp_path}/grandchild; echo $$ > {tmp_path}/child; echo first; wait"
+    )
+    gw = start_gateway(
+        f"[lastlog]\nsource = 'command:/bin/sh -c \"{script}\"'\n[tcp]\neof_grace = 0.5\n"
+    )
+    proc = subprocess.Popen(
+        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"lastlog 5\n")
+    proc.stdin.flush()
+    assert read_line(proc, 10) == b"Begin lastlog\n"
+    assert read_line(proc, 10) == b"first\n"
+    child = int((tmp_path / "child").read_text())
+    grandchild = int((tmp_path / "grandchild").read_text())
+    with open(f"/proc/{child}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[2]) == child  # its own process group
+    assert os.getpgid(grandchild) == child
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while (pid_alive(child) or pid_alive(grandchild)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(child) and not pid_alive(grandchild)
+
+
+def test_background_leftovers_die_when_the_command_ends(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    script = f"sleep 300 & echo $! > {tmp_path}/grandchild; echo done"
+    gw = start_gateway(f"[lastlog]\nsource = 'command:/bin/sh -c \"{script}\"'\n")
+    assert nc(gw.tcp_port, b"lastlog 1\n") == "Begin lastlog\ndone\nEnd lastlog\n"
+    grandchild = int((tmp_path / "grandchild").read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(grandchild)
