@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
@@ -26,7 +26,7 @@ from gateway.openapi import document
 from gateway.quota import ClientQuota
 from gateway.ratelimit import RateLimiter
 from gateway.service import CommandService
-from gateway.tcp import LineFactory
+from gateway.tcp import LINGER, LineFactory
 from gateway.websocket import GatewayWebSocketFactory, websocket_resource
 
 log = Logger(namespace="gateway.app")
@@ -158,18 +158,16 @@ class Gateway(MultiService):
             auth=self.auth,
             metrics_need_token=auth_config.metrics,
         )
+        self.api = api
+        self.sockets = sockets
+        self.lines = LineFactory(
+            self.service, self.quota, reactor, tcp, self.auth, auth_config.login_timeout
+        )
+        self.site = GuardedSite(api.resource(), config.http, reactor)
         self.listeners = [
+            ListeningService("TCP", endpoint(reactor, "tcp.listen", tcp.listen), self.lines),
             ListeningService(
-                "TCP",
-                endpoint(reactor, "tcp.listen", tcp.listen),
-                LineFactory(
-                    self.service, self.quota, reactor, tcp, self.auth, auth_config.login_timeout
-                ),
-            ),
-            ListeningService(
-                "HTTP",
-                endpoint(reactor, "http.listen", config.http.listen),
-                GuardedSite(api.resource(), config.http, reactor),
+                "HTTP", endpoint(reactor, "http.listen", config.http.listen), self.site
             ),
         ]
         for listener in self.listeners:
@@ -207,11 +205,53 @@ class Gateway(MultiService):
         self.ready().addErrback(self._cannot_listen)
 
     def stopService(self) -> Deferred[None]:
-        # Before the thread pool joins its threads: a hash in progress must
-        # stop between chunks rather than read to the end of its file.
-        self.service.cancel_all()
-        d: Deferred[None] = super().stopService()
-        return d
+        """Graceful stop: stop accepting, let what runs finish, then go.
+
+        Clients are told (``Server shutting down.`` on the line server, close
+        1001 on WebSockets, 503 for new HTTP requests); commands still running
+        after ``limits.shutdown_grace`` seconds are cancelled (children killed,
+        hashes stopped) so that the thread pools can be joined.
+        """
+        log.info("Shutting down: no new clients; finishing what runs")
+        self.api.shutting_down = True
+        stopped = [listener.stopService() for listener in self.listeners]
+        self.lines.shutdown()
+        self.sockets.shutdown()
+        grace = self.config.limits.shutdown_grace
+        idle = self.service.when_idle()
+        idle.addTimeout(grace, self.reactor)
+
+        def overdue(failure: Failure) -> None:
+            failure.trap(TimeoutError)
+            log.info("Cancelling what still runs after {grace:g} s", grace=grace)
+            self.service.cancel_all()
+
+        def connections_closed(_: object) -> Deferred[None]:
+            # What was written must reach the clients before the reactor drops
+            # every connection, so wait for them to close (LINGER at most).
+            return self._wait_until(
+                lambda: not self.lines.sessions and not self.sockets.sessions, LINGER + 1.0
+            )
+
+        def finish(_: object) -> Deferred[None]:
+            d: Deferred[None] = super(Gateway, self).stopService()
+            return d
+
+        waiting = gatherResults([d for d in stopped if d is not None] + [idle.addErrback(overdue)])
+        return waiting.addCallback(connections_closed).addCallback(finish)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float) -> Deferred[None]:
+        result: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + timeout
+
+        def check() -> None:
+            if done() or self.reactor.seconds() >= deadline:
+                result.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+        return result
 
     def _cannot_listen(self, failure: Failure) -> None:
         """A listener could not start (port taken, no permission): stop, status 1."""

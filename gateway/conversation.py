@@ -58,6 +58,7 @@ class LineConversation:
         self._running: Deferred[Any] | None = None
         self._started = False
         self.closed = False
+        self.draining = False
 
     @property
     def busy(self) -> bool:
@@ -89,7 +90,7 @@ class LineConversation:
 
     def submit(self, line: bytes | str) -> None:
         """Queue one command line (bytes are decoded as UTF-8 when its turn comes)."""
-        if self.closed:
+        if self.closed or self.draining:
             return
         if isinstance(line, bytes):
             line = line.rstrip(b"\r")
@@ -97,6 +98,15 @@ class LineConversation:
             return
         self._pending.append(line)
         self._next()
+
+    def drain(self) -> None:
+        """Shutting down: take no more commands, let the running one finish.
+
+        ``changed`` is called once nothing runs any more.
+        """
+        self.draining = True
+        self._pending.clear()
+        self._changed()
 
     def stop(self) -> None:
         """The client is gone: drop what waits, cancel what runs."""
@@ -109,7 +119,13 @@ class LineConversation:
             running.cancel()
 
     def _next(self) -> None:
-        while self._started and not self.closed and self._running is None and self._pending:
+        while (
+            self._started
+            and not self.closed
+            and not self.draining
+            and self._running is None
+            and self._pending
+        ):
             raw = self._pending.popleft()
             peer = self.client.peer
             if isinstance(raw, bytes):
@@ -159,6 +175,7 @@ class LineConversation:
                 if self._running is wait:
                     self._running = None
                     self._next()
+                    self._changed()
 
             wait.addBoth(done)
             return

@@ -268,6 +268,7 @@ class RestAPI:
         self._console = console
         self.auth = auth
         self.metrics_need_token = metrics_need_token
+        self.shutting_down = False
 
     def _denied(self, request: IRequest, as_json: bool) -> Deferred[None] | None:
         """``None`` if the request may go on; else the (delayed) 401 or 429 answer."""
@@ -307,6 +308,9 @@ class RestAPI:
         self, request: IRequest, name: str, allowed: tuple[str, ...], lines_key: str | None = None
     ) -> Deferred[None] | bytes:
         as_json = wants_json(request)
+        if self.shutting_down:
+            write_error(request, "unavailable", "Server shutting down.", as_json)
+            return b""
         denied = self._denied(request, as_json)
         if denied is not None:
             return denied
@@ -385,6 +389,9 @@ class RestAPI:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
+        if self.shutting_down:  # load balancers: take this one out
+            write_error(request, "unavailable", "Server shutting down.", wants_json(request))
+            return b""
         request.setHeader("cache-control", "no-store")
         if wants_json(request):
             request.setHeader("content-type", JSON)

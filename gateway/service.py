@@ -36,6 +36,7 @@ class CommandService:
         self.limiter = limiter
         self._commands: dict[str, Command] = {}
         self._running: set[Deferred[str]] = set()
+        self._idle_waiters: list[Deferred[None]] = []
         self.metrics = CommandMetrics()
         for command in commands:
             self.add(command)
@@ -125,7 +126,25 @@ class CommandService:
 
     def _finished(self, outcome: str, d: Deferred[str]) -> str:
         self._running.discard(d)
+        if not self._running:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # (a waiter may have been cancelled: timed out)
+                    waiter.callback(None)
         return outcome
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no command is running (at once if none is)."""
+        def forget(d: Deferred[None]) -> None:
+            if d in self._idle_waiters:
+                self._idle_waiters.remove(d)
+
+        d: Deferred[None] = Deferred(forget)
+        if not self._running:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
 
     @property
     def clock(self) -> IReactorTime:

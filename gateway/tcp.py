@@ -78,6 +78,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         self._draining = False
         self._linger: IDelayedCall | None = None
         self._eof_timer: IDelayedCall | None = None
+        self._shutting_down = False
 
     # -- TimeoutMixin uses our clock, not the global reactor
     def callLater(self, period: float, func: Any) -> IDelayedCall:
@@ -119,10 +120,20 @@ class LineSession(LineReceiver, TimeoutMixin):
         if lines and not self._gone and self.transport is not None:
             self.transport.write(encode_lines(lines))
 
+    def shutdown(self) -> None:
+        """The daemon is stopping: finish what runs, then say so and close."""
+        self._shutting_down = True
+        if self.conversation is not None and not self._closing:
+            self.conversation.drain()
+
     def _changed(self) -> None:
         """The conversation moved on: manage reading, idleness and a finished client."""
         conversation = self.conversation
         if conversation is None or self._gone or self._closing:
+            return
+        if self._shutting_down and not conversation.busy:
+            self._write(["Server shutting down."])
+            self._close()
             return
         if self._paused and conversation.waiting < MAX_PENDING:
             self._paused = False
@@ -245,6 +256,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         if self.slot is not None:
             self.slot.release()
             self.slot = None
+        sessions = getattr(self.factory, "sessions", None)
+        if sessions is not None:
+            sessions.discard(self)
 
 
 class LineFactory(ServerFactory):
@@ -265,10 +279,16 @@ class LineFactory(ServerFactory):
         self.settings = settings
         self.auth = auth
         self.login_timeout = login_timeout
+        self.sessions: set[LineSession] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> LineSession:
         session = LineSession(
             self.service, self.quota, self.clock, self.settings, self.auth, self.login_timeout
         )
         session.factory = self
+        self.sessions.add(session)
         return session
+
+    def shutdown(self) -> None:
+        for session in list(self.sessions):
+            session.shutdown()

@@ -34,6 +34,7 @@ TEXT = "gateway.text"
 JSON = "gateway.v1.json"
 SUBPROTOCOLS = (TEXT, JSON)
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
@@ -71,6 +72,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.conversation: LineConversation | JSONConversation | None = None
         self._gone = False
         self._preauthenticated = False
+        self._shutting_down = False
+        self._closing_for_shutdown = False
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         settings = self.factory.settings
@@ -115,6 +118,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 factory.settings.max_in_flight,
                 auth,
                 factory.login_timeout,
+                idle=self._drained,
             )
         else:
             self.conversation = LineConversation(
@@ -124,10 +128,31 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 self._finish,
                 auth=auth,
                 login_timeout=factory.login_timeout,
+                changed=self._changed,
             )
+        factory.sessions.add(self)
         self.factory.quota.acquire("websocket", self.peer_host).addCallbacks(
             self._granted, self._refused
         )
+
+    def shutdown(self) -> None:
+        """The daemon is stopping: finish what runs, then close with 1001."""
+        self._shutting_down = True
+        if self.conversation is not None:
+            self.conversation.drain()
+        else:
+            self._drained()
+
+    def _changed(self) -> None:
+        conversation = self.conversation
+        if self._shutting_down and conversation is not None and not conversation.busy:
+            self._drained()
+
+    def _drained(self) -> None:
+        if not self._gone and not self._closing_for_shutdown:
+            self._closing_for_shutdown = True
+            # sendClose() refuses 1001; it is the registered "going away" code.
+            self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"Server shutting down")
 
     def _granted(self, slot: Slot) -> None:
         if self._gone:
@@ -191,6 +216,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if self.slot is not None:
             self.slot.release()
             self.slot = None
+        self.factory.sessions.discard(self)
 
 
 class GatewayWebSocketFactory(WebSocketServerFactory):
@@ -213,6 +239,16 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         self.secure = secure
         self.auth = auth
         self.login_timeout = login_timeout
+        self.sessions: set[GatewayWebSocket] = set()
+        self.configure(settings)
+
+    def shutdown(self) -> None:
+        for session in list(self.sessions):
+            session.shutdown()
+
+    def configure(self, settings: WebSocketConfig) -> None:
+        """Apply (new) limits; connections opened from now on get them."""
+        self.settings = settings
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_frame_bytes,
             maxMessagePayloadSize=settings.max_message_bytes,

@@ -150,7 +150,12 @@ class JSONConversation:
         max_in_flight: int,
         auth: Authenticator | None = None,
         login_timeout: float = 0.0,
+        idle: Callable[[], None] = lambda: None,
     ) -> None:
+        """``idle`` is called when the last running command of a draining
+        conversation finishes."""
+        self._idle = idle
+        self.draining = False
         self.service = service
         self.client = client
         self._send = send
@@ -180,8 +185,21 @@ class JSONConversation:
             self.stop()
             self._close()
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    def drain(self) -> None:
+        """Shutting down: refuse new commands, let running ones finish."""
+        self.draining = True
+        if not self.running:
+            self._idle()
+
     def receive(self, text: str) -> None:
         if self.closed:
+            return
+        if self.draining:
+            self._send(reply(None, "error", code="unavailable", message="Server shutting down."))
             return
         if not self._started:
             self._waiting.append(text)
@@ -266,6 +284,8 @@ class JSONConversation:
         def done(outcome: str) -> None:
             if self.running.get(run.id) is running:
                 del self.running[run.id]
+                if self.draining and not self.running:
+                    self._idle()
 
         running.addCallback(done)
 

@@ -225,3 +225,17 @@ def test_finished_commands_are_forgotten() -> None:
     execute(service, Request("stub", rest=""))
     stub.runs[0].callback(Result("stub"))
     assert service.running == 0
+
+
+def test_when_idle() -> None:
+    stub = Stub()
+    service = CommandService([stub], Clock())
+    assert service.when_idle().called
+    execute(service, Request("stub", rest=""))
+    waiting = service.when_idle()
+    given_up = service.when_idle()
+    given_up.addErrback(lambda f: None)
+    given_up.cancel()  # a caller that stopped waiting
+    assert not waiting.called
+    stub.runs[0].callback(Result("stub"))
+    assert waiting.called
