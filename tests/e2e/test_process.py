@@ -166,7 +166,6 @@ def test_no_tokens_beyond_loopback_is_refused_at_start(launcher: str, tmp_path: 
 def test_graceful_shutdown_tells_everyone_and_lets_commands_finish(
     start_gateway: Any, nc_path: str, tmp_path: Path
 ) -> None:
-    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     gw = start_gateway("[lastlog]\nsource = 'command:/bin/sh -c \"sleep 1; echo late\"'\n")
