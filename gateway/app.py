@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__
 from gateway.auth import Authenticator
+from gateway.commands.base import Command
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
@@ -92,10 +94,14 @@ def endpoint(reactor: Any, key: str, description: str) -> IStreamServerEndpoint:
 class Gateway(MultiService):
     """The whole daemon.  ``ready`` fires when every listener listens."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, loader: Callable[[], Config] | None = None
+    ) -> None:
+        """``loader`` reads the configuration again, for SIGHUP."""
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.loader = loader
         self.quota = ClientQuota(config.quota.max_clients, config.quota.max_per_ip)
         auth_config = config.auth
         self.auth = Authenticator(
@@ -113,27 +119,10 @@ class Gateway(MultiService):
             config.limits.commands_per_second, config.limits.command_burst, reactor
         )
         self.service = CommandService([], reactor, self.limiter)
-        lastlog = config.lastlog
-        self.service.add(
-            LastlogCommand(
-                source_from_config(lastlog.source, read_log, reactor),
-                lastlog.default_lines,
-                lastlog.max_lines,
-                lastlog.timeout,
-            )
-        )
-        comphash = config.comphash
-        self.service.add(
-            ComphashCommand(
-                comphash.allowed_roots,
-                comphash.algorithms,
-                comphash.default_algorithm,
-                comphash.chunk_size,
-                comphash.timeout,
-                read_file,
-                lambda f, *args: reactor.callFromThread(f, *args),
-            )
-        )
+        self._read_log = read_log
+        self._read_file = read_file
+        for command in self._file_commands(config):
+            self.service.add(command)
         self.service.add(HelpCommand(lambda: self.service.commands))
         self.service.add(StatsCommand(self.quota, reactor))
         self.service.add(ExitCommand())
@@ -175,6 +164,61 @@ class Gateway(MultiService):
 
         self.exit_status = 0
 
+    def _file_commands(self, config: Config) -> list[Command]:
+        lastlog = config.lastlog
+        comphash = config.comphash
+        reactor = self.reactor
+        return [
+            LastlogCommand(
+                source_from_config(lastlog.source, self._read_log, reactor),
+                lastlog.default_lines,
+                lastlog.max_lines,
+                lastlog.timeout,
+            ),
+            ComphashCommand(
+                comphash.allowed_roots,
+                comphash.algorithms,
+                comphash.default_algorithm,
+                comphash.chunk_size,
+                comphash.timeout,
+                self._read_file,
+                lambda f, *args: reactor.callFromThread(f, *args),
+            ),
+        ]
+
+    def reload(self, config: Config) -> None:
+        """Apply a new config without dropping anyone (SIGHUP).
+
+        Quota sizes, rate limits, tokens, lastlog and comphash settings, and
+        the line, HTTP and WebSocket limits take effect for what starts from
+        now on; listen addresses need a restart.  ``config`` must be checked.
+        """
+        tokens = config.auth.all_tokens()  # may raise ConfigError: nothing changed yet
+        old = self.config
+        for key, before, after in (
+            ("tcp.listen", old.tcp.listen, config.tcp.listen),
+            ("http.listen", old.http.listen, config.http.listen),
+            ("comphash.workers", old.comphash.workers, config.comphash.workers),
+        ):
+            if before != after:
+                log.warn("{key} changed: restart the daemon to apply it", key=key)
+        self.quota.configure(config.quota.max_clients, config.quota.max_per_ip)
+        self.limiter.configure(config.limits.commands_per_second, config.limits.command_burst)
+        auth = config.auth
+        self.auth.replace_tokens(tokens)
+        self.auth.configure(auth.max_failures, auth.failure_window, auth.lockout)
+        for command in self._file_commands(config):
+            self.service.replace(command)
+        self.lines.settings = config.tcp
+        self.lines.login_timeout = auth.login_timeout
+        self.site.settings = config.http
+        self.api.settings = config.http
+        self.api.metrics_need_token = auth.metrics
+        self.sockets.configure(config.websocket)
+        self.sockets.login_timeout = auth.login_timeout
+        self.config = config
+        log.info("Configuration reloaded")
+
     def _thread_pool(self, name: str, size: int) -> Callable[[Callable[[], Any]], Deferred[Any]]:
         """A pool started and stopped with the daemon; returns its runner."""
         pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
@@ -203,6 +247,19 @@ class Gateway(MultiService):
         )
         super().startService()
         self.ready().addErrback(self._cannot_listen)
+        if self.loader is not None:
+            signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload_from_source)
+
+    def reload_from_source(self) -> None:
+        """Read the configuration again and apply it; keep the old one if it is bad."""
+        assert self.loader is not None
+        try:
+            self.reload(self.loader())
+        except ConfigError as e:
+            log.error("Configuration not reloaded, the running one stays: {error}", error=str(e))
 
     def stopService(self) -> Deferred[None]:
         """Graceful stop: stop accepting, let what runs finish, then go.
@@ -213,6 +270,8 @@ class Gateway(MultiService):
         hashes stopped) so that the thread pools can be joined.
         """
         log.info("Shutting down: no new clients; finishing what runs")
+        if self.loader is not None:
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
         self.api.shutting_down = True
         stopped = [listener.stopService() for listener in self.listeners]
         self.lines.shutdown()

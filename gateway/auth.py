@@ -42,6 +42,11 @@ class Authenticator:
         self.lockout = lockout
         self._failures: dict[str, _Failures] = {}
 
+    def configure(self, max_failures: int, window: float, lockout: float) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+
     @property
     def enabled(self) -> bool:
         return bool(self._tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.logger import globalLogBeginner
@@ -88,15 +88,23 @@ def main(
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    return run(config, reactor)
+
+    def loader() -> Config:
+        fresh = config_from_args(args, os.environ)
+        refusal = None if args.allow_remote_without_auth else unsafe_start(fresh)
+        if refusal:
+            raise ConfigError("", refusal)
+        return fresh
+
+    return run(config, reactor, loader)
 
 
-def run(config: Config, reactor: Any) -> int:
+def run(config: Config, reactor: Any, loader: Callable[[], Config] | None = None) -> int:
     from gateway.app import Gateway
     from gateway.logfmt import make_observer
 
     try:
-        gateway = Gateway(config, reactor)
+        gateway = Gateway(config, reactor, loader)
     except ConfigError as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2

@@ -83,6 +83,13 @@ class ClientQuota:
         self._granted: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
 
+    def configure(self, max_clients: int, max_per_ip: int) -> None:
+        """New limits; slots held beyond a smaller limit stay until released."""
+        if max_clients < 1 or max_per_ip < 0:
+            raise ValueError("bad quota limits")
+        self.max_clients = max_clients
+        self.max_per_ip = max_per_ip
+
     def try_acquire(self, transport: str, peer: str) -> Slot:
         """Take a slot now or raise :class:`QuotaExceeded`.  O(1)."""
         if transport not in TRANSPORTS:

@@ -49,6 +49,12 @@ class CommandService:
         self._commands[command.name] = command
         self.metrics.known.add(command.name)
 
+    def replace(self, command: Command) -> None:
+        """Swap in a new version of a command (config reload); runs in flight go on."""
+        if command.name not in self._commands:
+            raise ValueError(f"no command {command.name!r} to replace")
+        self._commands[command.name] = command
+
     @property
     def commands(self) -> Sequence[Command]:
         return tuple(self._commands.values())
@@ -135,6 +141,7 @@ class CommandService:
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no command is running (at once if none is)."""
+
         def forget(d: Deferred[None]) -> None:
             if d in self._idle_waiters:
                 self._idle_waiters.remove(d)

@@ -208,3 +208,47 @@ def run_shutdown(gw: Any, busy: Any, idle: Any, ws: Any) -> None:
         for p in (busy, idle):
             p.kill()
             p.wait()
+
+
+def test_sighup_reloads_without_dropping_anyone(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    gw = start_gateway("[quota]\nmax_clients = 1\n")
+    holder = subprocess.Popen(
+        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdin is not None
+        holder.stdin.write(b"test\n")
+        holder.stdin.flush()
+        assert read_line(holder, 10) == b"Command not found.\n"
+        assert nc(gw.tcp_port, b"test\n") == "Too many connections. Bye!\n"
+
+        gw.config_path.write_text("[quota]\nmax_clients = 2\n")
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for(r"Configuration reloaded")
+        assert nc(gw.tcp_port, b"test\n") == "Command not found.\n"  # the new size holds
+
+        gw.config_path.write_text("[quota]\nmax_clients = -1\n")  # a bad one is refused
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for(r"Configuration not reloaded, the running one stays: config error: quota")
+        assert nc(gw.tcp_port, b"test\n") == "Command not found.\n"
+
+        token = "reloaded-token-0123456789"
+        gw.config_path.write_text(f'[quota]\nmax_clients = 2\n[auth]\ntokens = ["{token}"]\n')
+        gw.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while sum("Configuration reloaded" in line for line in gw.lines) < 2:
+            assert time.monotonic() < deadline, "the third SIGHUP was not applied"
+            time.sleep(0.05)
+        assert nc(gw.tcp_port, b"test\n") == "Authentication required.\n"  # tokens apply
+        assert nc(gw.tcp_port, f"auth {token}\ntest\n".encode()) == (
+            "Authenticated.\nCommand not found.\n"
+        )
+
+        holder.stdin.write(b"test\n")  # the first client was never dropped
+        holder.stdin.flush()
+        assert read_line(holder, 10) == b"Command not found.\n"
+    finally:
+        holder.kill()
+        holder.wait()

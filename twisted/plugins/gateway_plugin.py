@@ -46,6 +46,15 @@ class Options(usage.Options):
             raise usage.UsageError(refusal)
         self["gateway-config"] = config
 
+        def loader() -> Any:
+            fresh = load(path, os.environ, flags)
+            refusal = None if self["allow-remote-without-auth"] else unsafe_start(fresh)
+            if refusal:
+                raise ConfigError("", refusal)
+            return fresh
+
+        self["gateway-loader"] = loader
+
 
 @implementer(IServiceMaker, IPlugin)
 class GatewayServiceMaker:
@@ -58,7 +67,7 @@ class GatewayServiceMaker:
 
         from gateway.app import Gateway
 
-        return Gateway(options["gateway-config"], reactor)
+        return Gateway(options["gateway-config"], reactor, options["gateway-loader"])
 
 
 serviceMaker = GatewayServiceMaker()
