@@ -9,6 +9,8 @@
   const BACKOFF_S = [1, 2, 4, 8, 15, 30];
   const MAX_BLOCKS = 200;
   const HISTORY_KEY = "gateway.history";
+  const TOKEN_KEY = "gateway.token"; // kept for this tab's session only
+  const AUTH_ID = "auth";
 
   const $ = (id) => document.getElementById(id);
   const output = $("output");
@@ -16,6 +18,9 @@
   const statusBox = $("status");
   const statusText = $("status-text");
   const reconnectButton = $("reconnect");
+  const tokenForm = $("token-form");
+  const tokenInput = $("token");
+  const tokenError = $("token-error");
 
   let socket = null;
   let nextId = 1;
@@ -110,6 +115,8 @@
     socket = ws;
     ws.onopen = () => {
       opened = true;
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      if (token) ws.send(JSON.stringify({ id: AUTH_ID, auth: token }));
     };
     ws.onmessage = (event) => {
       if (!opened) return;
@@ -309,7 +316,44 @@
     }
   }
 
+  // -- the token, when the gateway asks for one
+  function askForToken(message) {
+    tokenForm.hidden = false;
+    tokenError.textContent = message || "";
+    tokenInput.focus();
+  }
+
+  function handleAuth(reply) {
+    if (reply.type === "result") {
+      tokenForm.hidden = true;
+      tokenError.textContent = "";
+      notice("Signed in.");
+      input.focus();
+    } else {
+      sessionStorage.removeItem(TOKEN_KEY);
+      askForToken(reply.message);
+    }
+  }
+
+  tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = tokenInput.value.trim();
+    tokenInput.value = "";
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ id: AUTH_ID, auth: token }));
+    }
+  });
+
   function handle(reply) {
+    if (reply.id === AUTH_ID) {
+      handleAuth(reply);
+      return;
+    }
+    if (reply.type === "error" && reply.code === "unauthorized") {
+      askForToken("");
+    }
     const block = running.get(reply.id);
     if (!block) {
       if (reply.type === "error") notice(`${reply.message} (${reply.code})`, true);

@@ -204,3 +204,30 @@ def test_console_is_usable_from_the_keyboard_alone(page: Any, start_gateway: Any
     page.keyboard.press("Shift+Tab")  # reach the buttons without a mouse
     focused = page.evaluate("document.activeElement.tagName + ':' + document.activeElement.id")
     assert focused.startswith("BUTTON") or focused.startswith("MAIN")
+
+
+def test_console_asks_for_the_token(page: Any, start_gateway: Any) -> None:
+    token = "console-token-0123456789"
+    gw = start_gateway(env={"GATEWAY_TOKEN": token})
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    run(page, "help")
+    page.locator(".cmd .badge", has_text="error").wait_for(timeout=10_000)
+    assert page.locator(".cmd .error code").last.inner_text() == "unauthorized"
+    assert page.is_visible("#token-form")  # the console asks
+    assert page.evaluate("document.activeElement.id") == "token"
+    page.fill("#token", "wrong-token-000000000")
+    page.press("#token", "Enter")
+    page.wait_for_selector("#token-error:has-text('Authentication required.')", timeout=10_000)
+    page.fill("#token", token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("#token-form", state="hidden", timeout=10_000)
+    run(page, "help")
+    page.locator(".cmd .badge", has_text="done").wait_for(timeout=10_000)
+    page.reload()  # kept for the tab's session: no need to type it again
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    page.locator(".notice", has_text="Signed in.").wait_for(timeout=10_000)
+    run(page, "stats")
+    page.locator(".cmd .badge", has_text="done").wait_for(timeout=10_000)
+    gw.wait_for(r"CMD received from 127\.0\.0\.1: auth \*\*\*")
+    assert not any(token in line for line in gw.lines)  # never in the log
