@@ -1,0 +1,280 @@
+"""Hostile input, generated: parsers and protocols never fail in an unplanned
+way, answers do not depend on how bytes are chunked, and the quota stays exact
+through any sequence of connects, commands, aborts and disconnects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from gateway.commands.base import Client, Request
+from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
+from gateway.commands.comphash import ComphashCommand
+from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.config import TCPConfig
+from gateway.errors import HTTP_STATUS, CommandError
+from gateway.events import Error, Event, Lines, Progress, Result
+from gateway.quota import ClientQuota
+from gateway.service import CommandService
+from gateway.tcp import LineFactory
+from gateway.wsjson import Auth, Cancel, MessageError, Run, parse
+
+from .fakes import call_now, run_now
+
+WORDS = [
+    "lastlog",
+    "comphash",
+    "help",
+    "stats",
+    "exit",
+    "-a",
+    "sha1",
+    "md5",
+    "/",
+    "/etc/hostname",
+    "5",
+    "abc",
+    "auth",
+]
+SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+
+def build_service(tmp: Path, clock: Clock, quota: ClientQuota) -> CommandService:
+    log = tmp / "syslog"
+    if not log.exists():
+        log.write_bytes(b"one\ntwo\n\xff\xfe binary \x00 line\nlast\n")
+        (tmp / "file").write_bytes(b"data")
+    service = CommandService([], clock)
+    service.add(LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0))
+    service.add(
+        ComphashCommand([str(tmp)], ["sha1", "md5"], "sha1", 1 << 20, 60.0, run_now, call_now)
+    )
+    service.add(HelpCommand(lambda: service.commands))
+    service.add(StatsCommand(quota, clock))
+    service.add(ExitCommand())
+    return service
+
+
+command_lines = st.one_of(
+    st.text(max_size=80),
+    st.lists(st.sampled_from(WORDS) | st.text(max_size=8), max_size=6).map(" ".join),
+)
+
+
+@settings(max_examples=300, suppress_health_check=SUPPRESS, deadline=None)
+@given(line=command_lines)
+def test_any_command_line_gets_one_planned_answer(tmp_path: Path, line: str) -> None:
+    clock = Clock()
+    service = build_service(tmp_path, clock, ClientQuota(10))
+    request = Request.from_line(line)
+    if request is None:
+        assert not line.strip()
+        return
+    events: list[Event] = []
+    outcome: list[str] = []
+    service.execute(request, Client("tcp", "h"), events.append).addCallback(outcome.append)
+    assert outcome, "every command ends"
+    final = events[-1]
+    assert isinstance(final, (Result, Error))
+    assert all(isinstance(e, (Lines, Progress)) for e in events[:-1])
+    if isinstance(final, Error):
+        assert final.code in HTTP_STATUS and final.code != "internal", final
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(max_size=200)
+    | st.from_regex(r'\{"id": ?[0-9]+, ?"(line|command|cancel|auth)": .*\}')
+)
+def test_any_websocket_message_parses_or_is_refused(text: str) -> None:
+    try:
+        action = parse(text)
+    except MessageError as e:
+        assert e.code == "bad_argument" and e.message
+        return
+    assert isinstance(action, (Run, Cancel, Auth))
+
+
+def feed(chunks: list[bytes], tmp: Path) -> tuple[bytes, bool]:
+    clock = Clock()
+    quota = ClientQuota(10)
+    factory = LineFactory(
+        build_service(tmp, clock, quota), quota, clock, TCPConfig(max_line_length=64)
+    )
+    session = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+    session.makeConnection(transport)
+    for chunk in chunks:
+        session.dataReceived(chunk)
+    session.connectionLost(Failure(ConnectionDone()))
+    assert quota.snapshot().total_in_use == 0
+    return transport.value(), transport.disconnecting
+
+
+stream = st.lists(
+    st.sampled_from([w.encode() for w in WORDS])
+    | st.binary(max_size=12)
+    | st.sampled_from([b"\n", b"\r\n", b" "]),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(max_examples=200, suppress_health_check=SUPPRESS, deadline=None)
+@given(data=stream, cuts=st.lists(st.integers(0, 400), max_size=12))
+def test_line_server_answers_do_not_depend_on_chunking(
+    tmp_path: Path, data: bytes, cuts: list[int]
+) -> None:
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert feed(chunks, tmp_path) == feed([data], tmp_path)
+
+
+# -- the quota across transports, as a state machine
+
+
+class QuotaMachine(RuleBasedStateMachine):
+    """Clients of three transports come and go; the quota must stay exact."""
+
+    MAX = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        from treq.testing import StubTreq
+
+        from gateway.config import HTTPConfig
+        from gateway.http import RestAPI
+
+        from .test_http import ControlledSource
+        from .test_websocket import Harness
+
+        self.tmp = Path(tempfile.mkdtemp())
+        self.ws = Harness(self.tmp, max_clients=self.MAX)
+        self.quota = self.ws.quota
+        self.clock = self.ws.clock
+        self.source = ControlledSource()
+        self.ws.service.replace(LastlogCommand(self.source, 10, 1000, 10_000.0))
+        self.lines = LineFactory(self.ws.service, self.quota, self.clock, TCPConfig())
+        self.treq = StubTreq(RestAPI(self.ws.service, self.quota, HTTPConfig(), dict).resource())
+        self.tcp: list[tuple[Any, StringTransport]] = []
+        self.sockets: list[Any] = []
+        self.requests: list[Any] = []
+        self.done: set[Any] = set()
+
+    def holders(self) -> int:
+        tcp = sum(1 for s, _ in self.tcp if s.slot is not None)
+        ws = sum(1 for c in self.sockets if c.server.slot is not None)
+        http = sum(1 for d in self.requests if not self.answered(d))
+        return tcp + ws + http
+
+    @invariant()
+    def quota_is_exact(self) -> None:
+        snap = self.quota.snapshot()
+        assert snap.total_in_use == self.holders() <= self.MAX
+
+    @rule()
+    def tcp_connects(self) -> None:
+        session = self.lines.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        session.makeConnection(transport)
+        if transport.disconnecting:  # refused
+            session.connectionLost(Failure(ConnectionDone()))
+        else:
+            self.tcp.append((session, transport))
+
+    @precondition(lambda self: self.tcp)
+    @rule(
+        i=st.integers(0, 100),
+        line=st.sampled_from([b"help\n", b"lastlog\n", b"exit\n", b"x" * 5000]),
+    )
+    def tcp_sends(self, i: int, line: bytes) -> None:
+        session, transport = self.tcp[i % len(self.tcp)]
+        session.dataReceived(line)
+        if transport.disconnecting:
+            session.connectionLost(Failure(ConnectionDone()))
+            self.tcp.remove((session, transport))
+
+    @precondition(lambda self: self.tcp)
+    @rule(i=st.integers(0, 100))
+    def tcp_drops(self, i: int) -> None:
+        session, transport = self.tcp.pop(i % len(self.tcp))
+        session.connectionLost(Failure(ConnectionDone()))
+
+    @rule(mode=st.sampled_from(["gateway.text", "gateway.v1.json"]))
+    def websocket_connects(self, mode: str) -> None:
+        conn = self.ws.connect([mode])
+        if not conn.closed:
+            self.sockets.append(conn)
+
+    @precondition(lambda self: self.sockets)
+    @rule(i=st.integers(0, 100), how=st.sampled_from(["close", "drop", "exit"]))
+    def websocket_leaves(self, i: int, how: str) -> None:
+        conn = self.sockets.pop(i % len(self.sockets))
+        if how == "close":
+            conn.client.sendClose(1000)
+        elif how == "drop":
+            conn.client.transport.loseConnection()
+        else:
+            text = (
+                "exit"
+                if conn.client.websocket_protocol_in_use == "gateway.text"
+                else '{"id": 1, "line": "exit"}'
+            )
+            conn.client.sendMessage(text.encode())
+        self.ws.flush()
+
+    def answered(self, d: Any) -> bool:
+        return d in self.done
+
+    @rule()
+    def http_request_starts(self) -> None:
+        d = self.treq.get("http://127.0.0.1/lastlog")
+        d.addBoth(lambda _: self.done.add(d))
+        self.requests.append(d)
+
+    @precondition(lambda self: any(d not in self.done for d in self.requests))
+    @rule(i=st.integers(0, 100), finish=st.booleans())
+    def http_request_ends(self, i: int, finish: bool) -> None:
+        pending = [d for d in self.requests if not self.answered(d)]
+        d = pending[i % len(pending)]
+        if finish and self.source.calls:
+            for _, _, done in self.source.calls:
+                if not done.called:
+                    done.callback("controlled")
+        else:
+            d.cancel()  # the client hangs up
+        self.treq.flush()
+        self.requests = [r for r in self.requests if not self.answered(r)]
+
+    def teardown(self) -> None:
+        for session, _ in self.tcp:
+            session.connectionLost(Failure(ConnectionDone()))
+        for conn in self.sockets:
+            conn.client.transport.loseConnection()
+        self.ws.flush()
+        for d in self.requests:
+            if not self.answered(d):
+                d.cancel()
+        self.treq.flush()
+        assert self.quota.snapshot().total_in_use == 0
+
+
+QuotaMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_quota_state_machine = QuotaMachine.TestCase
+
+
+def test_unknown_error_codes_are_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        CommandError("made_up", "x")
