@@ -392,6 +392,11 @@ class RestAPI:
         if self.shutting_down:  # load balancers: take this one out
             write_error(request, "unavailable", "Server shutting down.", wants_json(request))
             return b""
+        try:
+            query(request, ())
+        except CommandError as e:
+            write_error(request, e.code, e.message, wants_json(request))
+            return b""
         request.setHeader("cache-control", "no-store")
         if wants_json(request):
             request.setHeader("content-type", JSON)
@@ -419,7 +424,7 @@ class RestAPI:
 
     # -- the WebSocket and the browser console
 
-    @app.route("/ws")
+    @app.route("/ws", methods=["GET"])
     def websocket(self, request: IRequest) -> Any:
         if self._websocket is None:
             raise NotFound()

@@ -104,7 +104,7 @@ def document(config: Config) -> dict[str, Any]:
                             "in": "query",
                             "required": True,
                             "description": "absolute path of a regular file",
-                            "schema": {"type": "string"},
+                            "schema": {"type": "string", "minLength": 1, "pattern": "^/[^\\x00]*$"},
                         },
                         {
                             "name": "algorithm",
@@ -164,6 +164,7 @@ def document(config: Config) -> dict[str, Any]:
                     "operationId": "healthz",
                     "parameters": [FORMAT],
                     "responses": {
+                        **_errors("400"),
                         "200": _ok(
                             "Serving",
                             {
@@ -223,6 +224,7 @@ def document(config: Config) -> dict[str, Any]:
                         "101": {"description": "Switching to the WebSocket protocol"},
                         "400": {"description": "Not a WebSocket handshake"},
                         "403": {"description": "Origin not allowed"},
+                        "426": {"description": "Not a WebSocket upgrade (Upgrade header missing)"},
                     },
                 }
             },

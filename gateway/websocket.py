@@ -261,6 +261,8 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             # On a protocol error (a message too big, ...) close with its code
             # (1009, ...) so the client learns why, rather than just dropping.
             failByDrop=False,
+            # GET /ws without an upgrade gets an error, not Autobahn's status page.
+            webStatus=False,
         )
 
 
