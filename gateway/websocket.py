@@ -171,7 +171,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
             self.sendCloseFrame(code=CLOSE_TRY_AGAIN_LATER, reasonUtf8=message.encode()[:123])
 
     def _deliver(self, text: str) -> None:
-        if not self._gone:
+        # Once a close has begun (either side) Autobahn refuses to send; what
+        # still runs is cancelled when the close completes (onClose).
+        if not self._gone and self.state == self.STATE_OPEN:
             self.sendMessage(text.encode("utf-8"), isBinary=False)
 
     def _deliver_lines(self, lines: list[str]) -> None:
