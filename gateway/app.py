@@ -22,6 +22,7 @@ from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config, ConfigError
+from gateway.flow import flows
 from gateway.http import Console, RestAPI, console_dir
 from gateway.httpserver import GuardedSite
 from gateway.openapi import document
@@ -119,6 +120,7 @@ class Gateway(MultiService):
             config.limits.commands_per_second, config.limits.command_burst, reactor
         )
         self.service = CommandService([], reactor, self.limiter)
+        make_flow = flows(reactor, config.limits.stall_timeout)
         self._read_log = read_log
         self._read_file = read_file
         for command in self._file_commands(config):
@@ -136,6 +138,7 @@ class Gateway(MultiService):
             secure=config.http.listen.startswith("ssl:"),
             auth=self.auth,
             login_timeout=auth_config.login_timeout,
+            make_flow=make_flow,
         )
         api = RestAPI(
             self.service,
@@ -146,11 +149,18 @@ class Gateway(MultiService):
             console=Console.load(console_dir()),
             auth=self.auth,
             metrics_need_token=auth_config.metrics,
+            make_flow=make_flow,
         )
         self.api = api
         self.sockets = sockets
         self.lines = LineFactory(
-            self.service, self.quota, reactor, tcp, self.auth, auth_config.login_timeout
+            self.service,
+            self.quota,
+            reactor,
+            tcp,
+            self.auth,
+            auth_config.login_timeout,
+            make_flow,
         )
         self.site = GuardedSite(api.resource(), config.http, reactor)
         self.listeners = [

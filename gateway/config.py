@@ -78,8 +78,10 @@ class LimitsConfig:
     commands_per_second: float = 10.0
     command_burst: int = 30
     shutdown_grace: float = 10.0
+    stall_timeout: float = 30.0
 
     def check(self) -> None:
+        _not_negative("limits.stall_timeout", self.stall_timeout)
         _not_negative("limits.shutdown_grace", self.shutdown_grace)
         _not_negative("limits.commands_per_second", self.commands_per_second)
         _positive("limits.command_burst", self.command_burst)

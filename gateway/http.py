@@ -28,6 +28,7 @@ from gateway.commands.base import Client, Request
 from gateway.config import HTTPConfig
 from gateway.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
 from gateway.events import Error, Event, Lines, Result
+from gateway.flow import FlowMaker, no_flow
 from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.metrics import render as render_metrics
 from gateway.quota import Quota, Slot
@@ -259,7 +260,9 @@ class RestAPI:
         console: Console | None = None,
         auth: Authenticator | None = None,
         metrics_need_token: bool = True,
+        make_flow: FlowMaker = no_flow,
     ) -> None:
+        self.make_flow = make_flow
         self.service = service
         self.quota = quota
         self.settings = settings
@@ -332,6 +335,14 @@ class RestAPI:
 
         done: Deferred[None] = Deferred(cancel)
 
+        def stalled() -> None:
+            self.log.info("HTTP client {peer} stopped reading; closing", peer=peer)
+            transport: Any = request.channel.transport
+            if transport is not None:
+                transport.abortConnection()
+
+        flow = self.make_flow(stalled)
+
         def granted(got: Slot) -> None:
             nonlocal slot, running
             if done.called:  # cancelled while the quota was answering
@@ -339,10 +350,15 @@ class RestAPI:
                 return
             slot = got
             writer = ResponseWriter(request, as_json, lines_key)
-            running = self.service.execute(Request(name, args=args), Client("http", peer), writer)
+            request.registerProducer(flow, True)  # paused while the client does not read
+            client = Client("http", peer, flow)
+            running = self.service.execute(Request(name, args=args), client, writer)
             running.addCallback(finished)
 
         def finished(outcome: str) -> None:
+            if request.producer is not None and request.channel is not None:
+                request.unregisterProducer()
+            flow.stopProducing()
             if slot is not None:
                 slot.release()
             if not done.called:

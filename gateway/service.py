@@ -122,7 +122,7 @@ class CommandService:
             self.log.failure("command {command} failed", f, command=request.command)
             return fail("internal", INTERNAL_MESSAGE)
 
-        running: Deferred[Result] = maybeDeferred(command.run, args, sink)
+        running: Deferred[Result] = maybeDeferred(command.run, args, sink, client.flow)
         running.addTimeout(timeout, self._clock)
         outcome = running.addCallbacks(succeeded, failed)
         if not outcome.called:

@@ -30,6 +30,7 @@ from gateway.commands.base import Client
 from gateway.config import TCPConfig
 from gateway.conversation import LineConversation
 from gateway.errors import QuotaExceeded
+from gateway.flow import FlowMaker, no_flow
 from gateway.quota import Quota, Slot
 from gateway.service import CommandService
 from gateway.text import encode_lines, error_line
@@ -59,12 +60,14 @@ class LineSession(LineReceiver, TimeoutMixin):
         settings: TCPConfig,
         auth: Authenticator | None = None,
         login_timeout: float = 0.0,
+        make_flow: FlowMaker = no_flow,
     ) -> None:
         self.service = service
         self.quota = quota
         self.clock = clock
         self.auth = auth
         self.login_timeout = login_timeout
+        self.flow = make_flow(self._stalled)
         self.MAX_LENGTH = settings.max_line_length
         self.idle_timeout = settings.idle_timeout or None
         self.eof_grace = settings.eof_grace
@@ -88,9 +91,11 @@ class LineSession(LineReceiver, TimeoutMixin):
         assert self.transport is not None
         self.peer = peer_host(self.transport.getPeer())
         self.log.info("Client connection from {peer}", peer=self.peer)
+        # Twisted pauses the flow when the client stops reading our output.
+        self.transport.registerProducer(self.flow, True)  # type: ignore[attr-defined]
         self.conversation = LineConversation(
             self.service,
-            Client("tcp", self.peer),
+            Client("tcp", self.peer, self.flow),
             self._write,
             self._close,
             self._changed,
@@ -168,6 +173,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         if self._gone or self._draining or self.transport is None:
             return
         self._draining = True
+        # A TLS transport does not close while a producer is registered.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
         if self._paused:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
         if self._input_done or ISSLTransport.providedBy(self.transport):
@@ -209,6 +217,12 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.log.info("Line too long from {peer}, closing", peer=self.peer)
         self._write([error_line("bad_argument", "line too long")])
         self._close()
+
+    def _stalled(self) -> None:
+        self.log.info("Client {peer} stopped reading; closing", peer=self.peer)
+        if self.transport is not None and not self._gone:
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
 
     def timeoutConnection(self) -> None:
         self.log.info("Closing idle connection from {peer}", peer=self.peer)
@@ -272,6 +286,7 @@ class LineFactory(ServerFactory):
         settings: TCPConfig,
         auth: Authenticator | None = None,
         login_timeout: float = 0.0,
+        make_flow: FlowMaker = no_flow,
     ) -> None:
         self.service = service
         self.quota = quota
@@ -279,11 +294,18 @@ class LineFactory(ServerFactory):
         self.settings = settings
         self.auth = auth
         self.login_timeout = login_timeout
+        self.make_flow = make_flow
         self.sessions: set[LineSession] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> LineSession:
         session = LineSession(
-            self.service, self.quota, self.clock, self.settings, self.auth, self.login_timeout
+            self.service,
+            self.quota,
+            self.clock,
+            self.settings,
+            self.auth,
+            self.login_timeout,
+            self.make_flow,
         )
         session.factory = self
         self.sessions.add(session)

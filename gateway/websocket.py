@@ -25,6 +25,7 @@ from gateway.commands.base import Client
 from gateway.config import WebSocketConfig, parse_origin
 from gateway.conversation import LineConversation
 from gateway.errors import CommandError, QuotaExceeded
+from gateway.flow import FlowMaker, no_flow
 from gateway.quota import Quota, Slot
 from gateway.service import CommandService
 from gateway.text import error_line
@@ -106,8 +107,15 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.log.info(
             "WebSocket connection from {peer} ({mode})", peer=self.peer_host, mode=self.mode
         )
-        client = Client("websocket", self.peer_host)
         factory = self.factory
+        flow = factory.make_flow(self._stalled)
+        # The HTTP channel this connection was upgraded from is still the
+        # transport's registered producer; the WebSocket takes over.
+        transport: Any = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        self.registerProducer(flow, True)  # paused when the client stops reading
+        client = Client("websocket", self.peer_host, flow)
         auth = None if self._preauthenticated else factory.auth
         if self.mode == JSON:
             self.conversation = JSONConversation(
@@ -134,6 +142,18 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.factory.quota.acquire("websocket", self.peer_host).addCallbacks(
             self._granted, self._refused
         )
+
+    def dropConnection(self, abort: bool = False) -> None:
+        # A TLS transport does not close while a producer is registered.
+        transport: Any = self.transport
+        if transport is not None and getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        super().dropConnection(abort)
+
+    def _stalled(self) -> None:
+        self.log.info("WebSocket client {peer} stopped reading; closing", peer=self.peer_host)
+        if not self._gone:
+            self.dropConnection(abort=True)
 
     def shutdown(self) -> None:
         """The daemon is stopping: finish what runs, then close with 1001."""
@@ -233,8 +253,10 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         secure: bool = False,
         auth: Authenticator | None = None,
         login_timeout: float = 0.0,
+        make_flow: FlowMaker = no_flow,
     ) -> None:
         super().__init__(reactor=reactor)
+        self.make_flow = make_flow
         self.service = service
         self.quota = quota
         self.settings = settings

@@ -42,7 +42,7 @@ class ControlledSource:
         self.calls: list[tuple[int, Sink, Deferred[str]]] = []
         self.cancelled = 0
 
-    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+    def tail(self, n: int, sink: Sink, flow: Any = None) -> Deferred[str]:
         def cancel(d: Deferred[str]) -> None:
             self.cancelled += 1
 
@@ -453,7 +453,7 @@ def test_command_crash_is_500_without_traceback(tmp_path: Path) -> None:
     class Crashing:
         description = "crash"
 
-        def tail(self, n: int, sink: Sink) -> Deferred[str]:
+        def tail(self, n: int, sink: Sink, flow: Any = None) -> Deferred[str]:
             raise RuntimeError("secret internals")
 
     h = Harness(tmp_path, source=Crashing())

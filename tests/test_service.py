@@ -35,7 +35,7 @@ class Stub:
     def prepare(self, args: Mapping[str, object]) -> Any:
         return args
 
-    def run(self, args: Any, sink: Sink) -> Deferred[Result]:
+    def run(self, args: Any, sink: Sink, flow: Any = None) -> Deferred[Result]:
         if args.get("rest") == "boom":
             raise RuntimeError("secret detail")
         if args.get("rest") == "fail":

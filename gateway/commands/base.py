@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 
 from gateway.errors import CommandError
 from gateway.events import Result, Sink
+from gateway.flow import UNLIMITED, Flow
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class Client:
 
     transport: str
     peer: str
+    #: The connection's back-pressure (what a client not reading pauses).
+    flow: Flow = field(default=UNLIMITED, compare=False, repr=False)
 
 
 class Command(Protocol):
@@ -62,10 +65,11 @@ class Command(Protocol):
     def prepare(self, args: Mapping[str, object]) -> Any:
         """Validated arguments, or raise :class:`CommandError`."""
 
-    def run(self, args: Any, sink: Sink) -> Deferred[Result]:
+    def run(self, args: Any, sink: Sink, flow: Flow) -> Deferred[Result]:
         """Run; stream events to ``sink``; fire with the final result.
 
         Cancelling the Deferred must stop the work (kill a child, stop a read).
+        A command that streams much output pauses while ``flow`` is paused.
         """
 
 

@@ -10,6 +10,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.commands.base import Command, no_arguments, reject_unknown
 from gateway.events import Result, Sink
+from gateway.flow import UNLIMITED, Flow
 from gateway.quota import TRANSPORTS, Quota
 
 
@@ -29,7 +30,7 @@ class HelpCommand:
     def prepare(self, args: Mapping[str, object]) -> None:
         reject_unknown(self.name, args, frozenset())
 
-    def run(self, args: None, sink: Sink) -> Deferred[Result]:
+    def run(self, args: None, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         commands = self._commands()
         width = max(len(c.usage) for c in commands)
         return succeed(
@@ -72,7 +73,7 @@ class StatsCommand:
     def prepare(self, args: Mapping[str, object]) -> None:
         reject_unknown(self.name, args, frozenset())
 
-    def run(self, args: None, sink: Sink) -> Deferred[Result]:
+    def run(self, args: None, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         snap = self._quota.snapshot()
         uptime = self._clock.seconds() - self._started
 
@@ -117,5 +118,5 @@ class ExitCommand:
     def prepare(self, args: Mapping[str, object]) -> None:
         return None
 
-    def run(self, args: None, sink: Sink) -> Deferred[Result]:
+    def run(self, args: None, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         return succeed(Result(command=self.name, close=True))

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from gateway.commands.base import reject_unknown
 from gateway.errors import CommandError
 from gateway.events import Progress, Result, Sink
+from gateway.flow import UNLIMITED, Flow
 
 #: Never hashed, wherever the allowed roots point: kernel views that look like
 #: files but are not (``/proc/self/environ`` would leak the daemon's secrets).
@@ -226,7 +227,7 @@ class ComphashCommand:
             )
         return ComphashArgs(path=path, algorithm=algorithm)
 
-    def run(self, args: ComphashArgs, sink: Sink) -> Deferred[Result]:
+    def run(self, args: ComphashArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         stop = threading.Event()
         outer: Deferred[Result] = Deferred(lambda _: stop.set())
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from gateway.commands.base import reject_unknown
 from gateway.errors import CommandError
 from gateway.events import Lines, Result, Sink
+from gateway.flow import UNLIMITED, Flow
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -80,8 +81,11 @@ def tail_lines(
 class LogSource(Protocol):
     description: str
 
-    def tail(self, n: int, sink: Sink) -> Deferred[str]:
-        """Send up to ``n`` last lines to ``sink``; fire with the source's name."""
+    def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
+        """Send up to ``n`` last lines to ``sink``; fire with the source's name.
+
+        While ``flow`` is paused (the client is not reading), send nothing.
+        """
 
 
 class FileSource:
@@ -103,13 +107,39 @@ class FileSource:
         except OSError as e:
             raise CommandError("unavailable", f"Cannot read {self.path}: {e.strerror}") from None
 
-    def tail(self, n: int, sink: Sink) -> Deferred[str]:
-        def send(lines: list[str]) -> str:
-            if lines:
-                sink(Lines(tuple(lines)))
-            return self.path
+    def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
+        def send(lines: list[str]) -> Deferred[str]:
+            return send_in_batches(lines, sink, flow).addCallback(lambda _: self.path)
 
         return self._run_in_thread(lambda: self._read(n)).addCallback(send)
+
+
+#: Lines sent at once; between batches a paused client is waited for.
+BATCH = 100
+
+
+def send_in_batches(lines: list[str], sink: Sink, flow: Flow) -> Deferred[None]:
+    """Send ``lines`` a batch at a time, waiting while ``flow`` is paused."""
+    done: Deferred[None] = Deferred(lambda d: stop.append(True))
+    stop: list[bool] = []
+    position = [0]
+    waiting: list[Callable[[], None]] = []
+
+    def go() -> None:
+        if waiting:
+            waiting.pop()()  # stop watching
+        while position[0] < len(lines) and not stop:
+            if flow.paused:
+                waiting.append(flow.watch(lambda: None, go))
+                return
+            batch = lines[position[0] : position[0] + BATCH]
+            position[0] += BATCH
+            sink(Lines(tuple(batch)))
+        if not done.called:
+            done.callback(None)
+
+    go()
+    return done
 
 
 class _ChildLines(ProcessProtocol):
@@ -207,7 +237,7 @@ class CommandSource:
         self.description = shlex.join(self.argv)
         self._spawner = spawner
 
-    def tail(self, n: int, sink: Sink) -> Deferred[str]:
+    def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         argv = [arg.replace("{lines}", str(n)) for arg in self.argv]
         search = CHILD_PATH + os.pathsep + os.environ.get("PATH", "")
         executable = shutil.which(argv[0], path=search)
@@ -232,9 +262,16 @@ class CommandSource:
             executable = setsid
             child.own_group = True
         try:
-            self._spawner.spawnProcess(child, executable, argv, env=env)
+            process = self._spawner.spawnProcess(child, executable, argv, env=env)
         except OSError as e:
             raise CommandError("unavailable", f"Cannot run {argv[0]}: {e.strerror}") from None
+        # A client that does not read stops us reading the child's pipe: the
+        # child then blocks on its own output, and nothing piles up here.
+        pause = getattr(process, "pauseProducing", None)
+        resume = getattr(process, "resumeProducing", None)
+        if pause is not None and resume is not None:
+            unwatch = flow.watch(pause, resume)
+            done.addBoth(lambda result: (unwatch(), result)[1])
         return done
 
 
@@ -279,8 +316,8 @@ class AutoSource:
         tried = ", ".join((*self._files, self._journal[0]))
         raise CommandError("unavailable", f"No log source found (tried {tried})")
 
-    def tail(self, n: int, sink: Sink) -> Deferred[str]:
-        return self.pick().tail(n, sink)
+    def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
+        return self.pick().tail(n, sink, flow)
 
 
 def source_from_config(
@@ -332,7 +369,7 @@ class LastlogCommand:
             raise bad
         return LastlogArgs(lines=value)
 
-    def run(self, args: LastlogArgs, sink: Sink) -> Deferred[Result]:
+    def run(self, args: LastlogArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         counted: list[int] = [0]
 
         def count(event: Any) -> None:
@@ -343,4 +380,4 @@ class LastlogCommand:
         def result(source: str) -> Result:
             return Result(command=self.name, data={"count": counted[0], "source": source})
 
-        return self.source.tail(args.lines, count).addCallback(result)
+        return self.source.tail(args.lines, count, flow).addCallback(result)
