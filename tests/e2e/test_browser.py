@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,44 @@ def test_console_asks_for_the_token(page: Any, start_gateway: Any) -> None:
     page.locator(".cmd .badge", has_text="done").wait_for(timeout=10_000)
     gw.wait_for(r"CMD received from 127\.0\.0\.1: auth \*\*\*")
     assert not any(token in line for line in gw.lines)  # never in the log
+
+
+def test_a_page_from_another_origin_cannot_use_the_websocket(
+    page: Any, start_gateway: Any, tmp_path: Path
+) -> None:
+    import sys
+
+    target = start_gateway()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<!doctype html><title>another site</title>")
+    port = free_port()
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=site,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        page.goto(f"http://127.0.0.1:{port}/")  # another site, no policy of ours
+        outcome = page.evaluate(
+            """url => new Promise(done => {
+                const ws = new WebSocket(url);
+                ws.onopen = () => { ws.close(); done("opened"); };
+                ws.onerror = () => done("refused");
+            })""",
+            f"ws://127.0.0.1:{target.http_port}/ws",
+        )
+        assert outcome == "refused"  # cross-site WebSocket hijacking: refused by the gateway
+        target.wait_for(rf"Refused WebSocket from origin http://127\.0\.0\.1:{port}")
+    finally:
+        other.kill()
+        other.wait()

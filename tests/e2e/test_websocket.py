@@ -241,3 +241,17 @@ def test_close_handshake_timeout(start_gateway: Any) -> None:
         opcodes, took = frames_until_closed(s, 10)  # we never answer the close frame
     assert took < 3  # the default, 5 s, would not do
     gw.wait_for(r"closing handshake timeout")
+
+
+def test_null_origin_and_explicit_default_port(start_gateway: Any) -> None:
+    gw = start_gateway()
+    with pytest.raises(InvalidStatus) as info:
+        connect(ws_url(gw), origin="null")  # type: ignore[arg-type]
+    assert info.value.response.status_code == 403
+    allowed = start_gateway('[websocket]\nallowed_origins = ["null", "http://admin.example"]\n')
+    with connect(ws_url(allowed), origin="null") as ws:  # type: ignore[arg-type]
+        ws.send("test")
+        assert ws.recv(10) == "Command not found."
+    with connect(ws_url(allowed), origin="http://admin.example:80") as ws:  # type: ignore[arg-type]
+        ws.send("test")
+        assert ws.recv(10) == "Command not found."
