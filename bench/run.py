@@ -144,6 +144,9 @@ def wrk(url: str, connections: int = 50, seconds: int = 10) -> tuple[float, floa
     return rps, float(p99.group(1)) * scale
 
 
+FAST = "[quota]\nmax_clients = 20000\n[limits]\ncommands_per_second = 0\n"
+
+
 def http_lastlog(tmp: Path) -> list[Row]:
     """GET /lastlog (10 lines of a 100 MB log), 50 connections, vs webhook running tail."""
     log = make_log(tmp)
@@ -168,7 +171,7 @@ def http_lastlog(tmp: Path) -> list[Row]:
     webhook = [need("webhook"), "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)]
     with server(webhook, port):
         peer_rps, peer_p99 = wrk(f"http://127.0.0.1:{port}/hooks/lastlog")
-    config = f'[lastlog]\nsource = "{log}"\n[quota]\nmax_clients = 100\n'
+    config = f'{FAST}[lastlog]\nsource = "{log}"\n'
     with gateway(config, tmp) as (_, http):
         gw_rps, gw_p99 = wrk(f"http://127.0.0.1:{http}/lastlog")
     return [
@@ -177,7 +180,250 @@ def http_lastlog(tmp: Path) -> list[Row]:
     ]
 
 
-ITEMS: dict[str, Callable[[Path], list[Row]]] = {"http_lastlog": http_lastlog}
+LOAD = [sys.executable, str(HERE / "load.py")]
+
+
+def load(*args: str) -> dict[str, float]:
+    done = subprocess.run(
+        pinned(LOAD_CPU, [*LOAD, *args]), capture_output=True, text=True, check=True
+    )
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def shell_loop(tmp: Path, log: Path) -> Path:
+    """What a shell script behind socat or websocketd does for lastlog."""
+    loop = tmp / "loop.sh"
+    loop.write_text(
+        "while read -r line; do\n"
+        '  echo "Begin lastlog"; tail -n 10 ' + str(log) + '; echo "End lastlog"\n'
+        "done\n"
+    )
+    return loop
+
+
+def tcp_lastlog(tmp: Path) -> list[Row]:
+    """lastlog over TCP, 50 clients, many commands each, vs socat + a shell loop + tail."""
+    log = make_log(tmp)
+    loop = shell_loop(tmp, log)
+    port = free_port()
+    ceiling_port = free_port()
+    with server([*LOAD, "echo", str(ceiling_port)], ceiling_port):
+        ceiling = load("tcp", str(ceiling_port), "--seconds", "5")
+    socat = [
+        need("socat"),
+        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+        f"EXEC:/bin/sh {loop}",
+    ]
+    with server(socat, port):
+        peer = load("tcp", str(port))
+    with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
+        gw = load("tcp", str(tcp))
+    return [
+        Row(
+            "TCP lastlog, 50 clients",
+            "cmd/s",
+            "socat + sh + tail",
+            peer["ops_per_s"],
+            gw["ops_per_s"],
+        ),
+        Row("TCP lastlog p99", "ms", "socat + sh + tail", peer["p99_ms"], gw["p99_ms"], "lower"),
+        Row(
+            "(load client ceiling, echo)", "cmd/s", "-", ceiling["ops_per_s"], ceiling["ops_per_s"]
+        ),
+    ]
+
+
+def ws_lastlog(tmp: Path) -> list[Row]:
+    """lastlog over WebSocket, 50 clients, vs websocketd + the same shell loop."""
+    log = make_log(tmp)
+    loop = shell_loop(tmp, log)
+    port = free_port()
+    websocketd = [need("websocketd"), "--address=127.0.0.1", f"--port={port}", "/bin/sh", str(loop)]
+    with server(websocketd, port):
+        peer = load("ws", f"ws://127.0.0.1:{port}/")
+    with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (_, http):
+        gw = load("ws", f"ws://127.0.0.1:{http}/ws")
+    return [
+        Row(
+            "WebSocket lastlog, 50 clients",
+            "rt/s",
+            "websocketd + sh",
+            peer["ops_per_s"],
+            gw["ops_per_s"],
+        ),
+        Row(
+            "WebSocket lastlog p99", "ms", "websocketd + sh", peer["p99_ms"], gw["p99_ms"], "lower"
+        ),
+    ]
+
+
+def make_gib(tmp: Path) -> Path:
+    big = tmp / "one.gib"
+    if not big.exists():
+        block = bytes(range(256)) * 4096  # 1 MiB, not all zeros
+        with open(big, "wb") as f:
+            for _ in range(1024):
+                f.write(block)
+    subprocess.run(["cat", str(big)], stdout=subprocess.DEVNULL, check=True)  # page cache
+    return big
+
+
+def best_of(runs: int, f: Callable[[], None]) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def comphash(tmp: Path) -> list[Row]:
+    """comphash of a 1 GiB file in page cache vs sha1sum, and vs plain hashlib."""
+    big = make_gib(tmp)
+    gib = big.stat().st_size / 2**30
+    peer = best_of(
+        3,
+        lambda: subprocess.run(
+            pinned(SERVER_CPU, [need("sha1sum"), str(big)]), capture_output=True, check=True
+        ),
+    )
+    plain_code = (
+        "import hashlib,sys\nh=hashlib.sha1()\nb=bytearray(1<<20);m=memoryview(b)\n"
+        "f=open(sys.argv[1],'rb',buffering=0)\nwhile (n:=f.readinto(b)): h.update(m[:n])\n"
+    )
+    plain = best_of(
+        3,
+        lambda: subprocess.run(
+            pinned(SERVER_CPU, [sys.executable, "-c", plain_code, str(big)]), check=True
+        ),
+    )
+    with gateway(f'{FAST}[comphash]\nallowed_roots = ["{tmp}"]\n', tmp) as (tcp, _):
+        import socket as sock
+
+        def one() -> None:
+            with sock.create_connection(("127.0.0.1", tcp)) as s:
+                s.sendall(f"comphash {big}\n".encode())
+                data = b""
+                while b"File hash is" not in data:
+                    data += s.recv(4096)
+
+        gw = best_of(3, one)
+    return [
+        Row("comphash 1 GiB (cached)", "GB/s", "sha1sum", gib / peer, gib / gw),
+        Row("comphash vs plain hashlib", "GB/s", "hashlib loop", gib / plain, gib / gw),
+    ]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def gateway_pid(port: int) -> int:
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True)
+    import re as _re
+
+    return int(_re.search(r"pid=(\d+)", out.stdout).group(1))  # type: ignore[union-attr]
+
+
+def idle(tmp: Path) -> list[Row]:
+    """Idle connections held: resident memory per connection."""
+    n = 10_000
+    rows = []
+    with gateway(f"{FAST}[tcp]\nidle_timeout = 0.0\n[auth]\nlogin_timeout = 0.0\n", tmp) as (
+        tcp,
+        http,
+    ):
+        pid = gateway_pid(tcp)
+        for kind, target in (("TCP", str(tcp)), ("WebSocket", f"ws://127.0.0.1:{http}/ws")):
+            before = rss_kib(pid)
+            holder = subprocess.Popen(
+                pinned(
+                    LOAD_CPU,
+                    [
+                        *LOAD,
+                        f"idle-{'tcp' if kind == 'TCP' else 'ws'}",
+                        target,
+                        str(n),
+                        "--hold",
+                        "600",
+                    ],
+                ),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert holder.stdout is not None
+            opened = json.loads(holder.stdout.readline())["open"]
+            time.sleep(2)
+            per = (rss_kib(pid) - before) / opened
+            holder.kill()
+            holder.wait()
+            time.sleep(3)
+            rows.append(Row(f"{n} idle {kind} connections", "KiB/conn", "-", per, per, "lower"))
+    return rows
+
+
+def responsiveness(tmp: Path) -> list[Row]:
+    """help round trip while two 1 GiB hashes run."""
+    big = make_gib(tmp)
+    with gateway(f'{FAST}[comphash]\nallowed_roots = ["{tmp}"]\n', tmp) as (tcp, _):
+        quiet = load(
+            "tcp",
+            str(tcp),
+            "--conns",
+            "1",
+            "--seconds",
+            "3",
+            "--request",
+            "help\\n",
+            "--until",
+            "exit                       close this connection",
+        )
+        import socket as sock
+
+        hashers = []
+        for _ in range(2):
+            s = sock.create_connection(("127.0.0.1", tcp))
+            s.sendall(("".join(f"comphash {big}\n" for _ in range(20))).encode())
+            hashers.append(s)
+        busy = load(
+            "tcp",
+            str(tcp),
+            "--conns",
+            "1",
+            "--seconds",
+            "5",
+            "--request",
+            "help\\n",
+            "--until",
+            "exit                       close this connection",
+        )
+        for s in hashers:
+            s.close()
+    return [
+        Row(
+            "help p99 during 2 hashes",
+            "ms",
+            "idle gateway",
+            quiet["p99_ms"],
+            busy["p99_ms"],
+            "lower",
+        )
+    ]
+
+
+ITEMS: dict[str, Callable[[Path], list[Row]]] = {
+    "http_lastlog": http_lastlog,
+    "tcp_lastlog": tcp_lastlog,
+    "ws_lastlog": ws_lastlog,
+    "comphash": comphash,
+    "responsiveness": responsiveness,
+    "idle": idle,
+}
 
 
 def machine() -> str:

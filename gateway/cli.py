@@ -99,6 +99,18 @@ def main(
     return run(config, reactor, loader)
 
 
+def raise_open_files_limit() -> None:
+    """Every client is a file descriptor: allow as many as the system lets us."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
 def run(config: Config, reactor: Any, loader: Callable[[], Config] | None = None) -> int:
     from gateway.app import Gateway
     from gateway.logfmt import make_observer
@@ -108,6 +120,7 @@ def run(config: Config, reactor: Any, loader: Callable[[], Config] | None = None
     except ConfigError as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2
+    raise_open_files_limit()
     globalLogBeginner.beginLoggingTo(
         [make_observer(config.log.format, config.log.level, sys.stdout)],
         redirectStandardIO=False,
