@@ -105,11 +105,17 @@ def server(argv: list[str], port: int, **kw: object) -> Iterator[subprocess.Pope
 def gateway(config: str, tmp: Path) -> Iterator[tuple[int, int]]:
     tcp, http = free_port(), free_port()
     path = tmp / "gateway.toml"
-    path.write_text(
-        f'[tcp]\nlisten = "tcp:{tcp}:interface=127.0.0.1"\n'
-        f'[http]\nlisten = "tcp:{http}:interface=127.0.0.1"\n' + config
-    )
-    with server([str(GATEWAY), "--config", str(path)], http):
+    path.write_text(config)
+    argv = [
+        str(GATEWAY),
+        "--config",
+        str(path),
+        "--tcp",
+        f"tcp:{tcp}:interface=127.0.0.1",
+        "--http",
+        f"tcp:{http}:interface=127.0.0.1",
+    ]
+    with server(argv, http):
         wait_port(tcp)
         yield tcp, http
 

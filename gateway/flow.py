@@ -22,6 +22,8 @@ Watch = tuple[Callable[[], None], Callable[[], None]]
 
 @implementer(IPushProducer)
 class Flow:
+    __slots__ = ("_clock", "_on_stalled", "_stall_timeout", "_timer", "_watches", "paused")
+
     def __init__(
         self,
         clock: IReactorTime | None = None,

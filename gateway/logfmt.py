@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -12,7 +12,6 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
-    textFileLogObserver,
 )
 from zope.interface import implementer
 
@@ -62,7 +61,48 @@ class JSONLinesObserver:
         self._out.flush()
 
 
+@implementer(ILogObserver)
+class TextObserver:
+    """``2026-11-25T16:52:01+0000 [namespace#info] message``, one line per event.
+
+    Like Twisted's text observer, but the level filter is one comparison and
+    the timestamp is formatted once a second, not once an event: logging is
+    on the hot path (one event per command).
+    """
+
+    _ORDER: ClassVar[dict[str, int]] = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}
+
+    def __init__(self, out: IO[str], level: str = "info") -> None:
+        self._out = out
+        self._minimum = self._ORDER[level]
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, when: float) -> str:
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            local = datetime.fromtimestamp(second).astimezone()
+            self._stamp = local.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return self._stamp
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        name = level.name if level is not None else "info"
+        if self._ORDER.get(name, 1) < self._minimum:
+            return
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}\n{failure.getTraceback()}"
+        system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{name}"
+        text = text.replace("\n", "\n\t")
+        self._out.write(f"{self._time(event.get('log_time', 0.0))} [{system}] {text}\n")
+        self._out.flush()
+
+
 def make_observer(fmt: str, level: str, out: IO[str]) -> ILogObserver:
-    base: ILogObserver = JSONLinesObserver(out) if fmt == "json" else textFileLogObserver(out)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    return FilteringLogObserver(base, [predicate])
+    if fmt == "json":
+        predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+        return FilteringLogObserver(JSONLinesObserver(out), [predicate])
+    return TextObserver(out, level)
