@@ -1,6 +1,7 @@
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -272,3 +273,30 @@ def test_real_file_source_on_disk_is_never_read_whole(tmp_path: Path) -> None:
     events: list[Event] = []
     FileSource(str(log), run_now).tail(1, events.append)
     assert events == [Lines(("last",))]
+
+
+def test_unchanged_file_is_answered_without_reading_it_again(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("a\nb\nc\n")
+    reads: list[int] = []
+
+    def counting(f: Any) -> Any:
+        reads.append(1)
+        return run_now(f)
+
+    source = FileSource(str(log), counting)
+    events: list[Event] = []
+    source.tail(3, events.append)
+    source.tail(2, events.append)  # fewer lines of the same file: from the last answer
+    assert len(reads) == 1
+    assert events == [Lines(("a", "b", "c")), Lines(("b", "c"))]
+    source.tail(5, events.append)  # more than was read: read again
+    assert len(reads) == 2
+    with open(log, "a") as f:
+        f.write("d\n")  # the log moved on
+    source.tail(1, events.append)
+    assert len(reads) == 3 and events[-1] == Lines(("d",))
+    log.unlink()
+    log.write_text("rotated\n")  # a new file under the same name
+    source.tail(1, events.append)
+    assert events[-1] == Lines(("rotated",))

@@ -89,10 +89,26 @@ class LogSource(Protocol):
 
 
 class FileSource:
+    """A log file, read backwards from its end in a thread.
+
+    The last answer is kept with the file's identity (inode, size, mtime): a
+    log that has not changed since is answered from it at once, with no
+    thread hop and no read.  Any write, truncation or rotation changes the
+    identity and the file is read again.
+    """
+
     def __init__(self, path: str, run_in_thread: RunInThread[Any]) -> None:
         self.path = path
         self.description = path
         self._run_in_thread = run_in_thread
+        self._cached: tuple[tuple[int, int, int, int], int, list[str]] | None = None
+
+    def _identity(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _read(self, n: int) -> list[str]:
         try:
@@ -111,7 +127,19 @@ class FileSource:
         def send(lines: list[str]) -> Deferred[str]:
             return send_in_batches(lines, sink, flow).addCallback(lambda _: self.path)
 
-        return self._run_in_thread(lambda: self._read(n)).addCallback(send)
+        identity = self._identity()
+        cached = self._cached
+        if identity is not None and cached is not None and cached[0] == identity:
+            _, asked, lines = cached
+            if n <= asked:
+                return send(lines[-n:] if n < len(lines) else lines)
+
+        def keep(lines: list[str]) -> list[str]:
+            if identity is not None and identity == self._identity():
+                self._cached = (identity, n, lines)
+            return lines
+
+        return self._run_in_thread(lambda: self._read(n)).addCallback(keep).addCallback(send)
 
 
 #: Lines sent at once; between batches a paused client is waited for.
