@@ -153,9 +153,9 @@ def wrk(url: str, connections: int = 50, seconds: int = 10) -> tuple[float, floa
 FAST = "[quota]\nmax_clients = 20000\n[limits]\ncommands_per_second = 0\n"
 
 
-def http_lastlog(tmp: Path) -> list[Row]:
+def http_lastlog(tmp: Path, log: Path | None = None) -> list[Row]:
     """GET /lastlog (10 lines of a 100 MB log), 50 connections, vs webhook running tail."""
-    log = make_log(tmp)
+    log = log or make_log(tmp)
     port = free_port()
     hooks = tmp / "hooks.json"
     hooks.write_text(
@@ -183,6 +183,32 @@ def http_lastlog(tmp: Path) -> list[Row]:
     return [
         Row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer_rps, gw_rps),
         Row("GET /lastlog p99", "ms", "webhook + tail", peer_p99, gw_p99, better="lower"),
+    ]
+
+
+def http_lastlog_growing(tmp: Path) -> list[Row]:
+    """GET /lastlog while another process appends ~200 lines/s to the log (no caching)."""
+    log = make_log(tmp)
+    writer = subprocess.Popen(
+        pinned(
+            LOAD_CPU, ["/bin/sh", "-c", f"while :; do echo appended >> {log}; sleep 0.005; done"]
+        )
+    )
+    try:
+        rows = http_lastlog(tmp, log)
+    finally:
+        writer.kill()
+        writer.wait()
+    return [
+        Row(
+            r.work.replace("GET /lastlog", "GET /lastlog, growing log"),
+            r.unit,
+            r.peer_name,
+            r.peer,
+            r.gateway,
+            r.better,
+        )
+        for r in rows
     ]
 
 
@@ -424,6 +450,7 @@ def responsiveness(tmp: Path) -> list[Row]:
 
 ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "http_lastlog": http_lastlog,
+    "http_lastlog_growing": http_lastlog_growing,
     "tcp_lastlog": tcp_lastlog,
     "ws_lastlog": ws_lastlog,
     "comphash": comphash,
