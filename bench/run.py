@@ -488,11 +488,11 @@ def main() -> None:
             rows += ITEMS[name](Path(tmp))
     print(f"machine: {machine()}")
     header = ("work", "peer", "peer", "gateway", "unit", "gateway vs peer")
-    print("{:<28} {:<16} {:>10} {:>10} {:<6} {:>16}".format(*header))
+    print("{:<36} {:<18} {:>10} {:>10} {:<8} {:>16}".format(*header))
     for r in rows:
         direction = "x faster" if r.better == "higher" else "x lower"
         print(
-            f"{r.work:<28} {r.peer_name:<16} {r.peer:>10.1f} {r.gateway:>10.1f} {r.unit:<6} "
+            f"{r.work:<36} {r.peer_name:<18} {r.peer:>10.1f} {r.gateway:>10.1f} {r.unit:<8} "
             f"{r.ratio:>9.2f}{direction}"
         )
 
