@@ -492,7 +492,7 @@ def main() -> None:
     for r in rows:
         direction = "x faster" if r.better == "higher" else "x lower"
         print(
-            f"{r.work:<36} {r.peer_name:<18} {r.peer:>10.1f} {r.gateway:>10.1f} {r.unit:<8} "
+            f"{r.work:<36} {r.peer_name:<18} {r.peer:>10.2f} {r.gateway:>10.2f} {r.unit:<8} "
             f"{r.ratio:>9.2f}{direction}"
         )
 

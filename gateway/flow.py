@@ -35,7 +35,7 @@ class Flow:
         self._stall_timeout = stall_timeout
         self._on_stalled = on_stalled
         self._timer: IDelayedCall | None = None
-        self._watches: list[Watch] = []
+        self._watches: list[Watch] | None = None  # made when first watched: idle clients are many
 
     def watch(self, pause: Callable[[], None], resume: Callable[[], None]) -> Callable[[], None]:
         """Call ``pause``/``resume`` as the client falls behind and catches up.
@@ -43,13 +43,16 @@ class Flow:
         Returns the function that stops watching.
         """
         entry = (pause, resume)
-        self._watches.append(entry)
+        if self._watches is None:
+            self._watches = []
+        watches = self._watches
+        watches.append(entry)
         if self.paused:
             pause()
 
         def unwatch() -> None:
-            if entry in self._watches:
-                self._watches.remove(entry)
+            if entry in watches:
+                watches.remove(entry)
 
         return unwatch
 
@@ -58,7 +61,7 @@ class Flow:
         if self.paused:
             return
         self.paused = True
-        for pause, _ in list(self._watches):
+        for pause, _ in list(self._watches or ()):
             pause()
         if self._clock is not None and self._stall_timeout:
             self._timer = self._clock.callLater(self._stall_timeout, self._stalled)
@@ -68,7 +71,7 @@ class Flow:
             return
         self.paused = False
         self._cancel_timer()
-        for _, resume in list(self._watches):
+        for _, resume in list(self._watches or ()):
             resume()
 
     def stopProducing(self) -> None:

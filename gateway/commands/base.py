@@ -13,7 +13,7 @@ from gateway.events import Result, Sink
 from gateway.flow import UNLIMITED, Flow
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """A command to run.
 
@@ -36,7 +36,7 @@ class Request:
         return cls(command=parts[0].lower(), rest=parts[1] if len(parts) > 1 else "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Client:
     """Who asks: the transport name (``tcp``, ``http``, ``websocket``) and peer."""
 
