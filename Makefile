@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install install-test tools clean
+.PHONY: run test lint bench install install-test tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: tools install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install-test
+	sh scripts/install-tools bench
+	$(BIN)/python bench/run.py $(ITEMS)
 
 lint: install-test
 	$(BIN)/ruff check .
