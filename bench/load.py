@@ -89,6 +89,18 @@ async def echo(port: int) -> None:
         await server.serve_forever()
 
 
+async def echo_ws(port: int) -> None:
+    from websockets.asyncio.server import serve
+
+    async def handle(ws: object) -> None:
+        async for _ in ws:  # type: ignore[attr-defined]
+            await ws.send("Begin lastlog")  # type: ignore[attr-defined]
+            await ws.send("End lastlog")  # type: ignore[attr-defined]
+
+    async with serve(handle, "127.0.0.1", port, compression=None):  # type: ignore[arg-type]
+        await asyncio.Future()
+
+
 async def idle_tcp(port: int, n: int, hold: float) -> None:
     conns = []
     for _ in range(n):
@@ -109,7 +121,7 @@ async def idle_ws(url: str, n: int, hold: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["tcp", "ws", "echo", "idle-tcp", "idle-ws"])
+    p.add_argument("mode", choices=["tcp", "ws", "echo", "echo-ws", "idle-tcp", "idle-ws"])
     p.add_argument("target")
     p.add_argument("count", nargs="?", type=int, default=0)
     p.add_argument("--conns", type=int, default=50)
@@ -131,6 +143,8 @@ def main() -> None:
         run = ws_load(a.target, a.conns, a.seconds, a.request.strip(), a.until)
     elif a.mode == "echo":
         run = echo(int(a.target))
+    elif a.mode == "echo-ws":
+        run = echo_ws(int(a.target))
     elif a.mode == "idle-tcp":
         run = idle_tcp(int(a.target), a.count, a.hold)
     else:

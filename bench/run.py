@@ -271,6 +271,9 @@ def ws_lastlog(tmp: Path) -> list[Row]:
     log = make_log(tmp)
     loop = shell_loop(tmp, log)
     port = free_port()
+    ceiling_port = free_port()
+    with server([*LOAD, "echo-ws", str(ceiling_port)], ceiling_port):
+        ceiling = load("ws", f"ws://127.0.0.1:{ceiling_port}/", "--seconds", "5")
     websocketd = [need("websocketd"), "--address=127.0.0.1", f"--port={port}", "/bin/sh", str(loop)]
     with server(websocketd, port):
         peer = load("ws", f"ws://127.0.0.1:{port}/")
@@ -286,6 +289,13 @@ def ws_lastlog(tmp: Path) -> list[Row]:
         ),
         Row(
             "WebSocket lastlog p99", "ms", "websocketd + sh", peer["p99_ms"], gw["p99_ms"], "lower"
+        ),
+        Row(
+            "(load client ceiling, WS echo)",
+            "rt/s",
+            "-",
+            ceiling["ops_per_s"],
+            ceiling["ops_per_s"],
         ),
     ]
 
