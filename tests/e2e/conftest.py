@@ -168,3 +168,12 @@ def curl(url: str, *options: str, timeout: float = 30.0) -> tuple[int, dict[str,
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), headers, done.stdout
+
+
+def open_nc(port: int, *options: str) -> subprocess.Popen[bytes]:
+    """The real netcat connected to ``port``, its stdin and stdout ours to drive."""
+    return subprocess.Popen(
+        [require_tool("nc"), *options, "127.0.0.1", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )

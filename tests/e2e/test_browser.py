@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BIN, require_tool
+from .conftest import BIN, open_nc, require_tool
 from .test_netcat import read_line
 
 pytestmark = pytest.mark.e2e
@@ -128,9 +128,7 @@ def test_console_shows_the_quota_refusal_then_gets_in(
     page: Any, start_gateway: Any, nc_path: str
 ) -> None:
     gw = start_gateway("[quota]\nmax_clients = 1\n")
-    holder = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    holder = open_nc(gw.tcp_port)
     try:
         assert holder.stdin is not None
         holder.stdin.write(b"test\n")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import curl, require_tool
+from .conftest import curl, open_nc, require_tool
 from .test_netcat import read_chars, read_line
 
 pytestmark = pytest.mark.e2e
@@ -169,12 +169,7 @@ def test_quota_is_shared_between_tcp_and_http(
     start_gateway: Any, nc_path: str, curl_path: str, tmp_path: Path
 ) -> None:
     gw = start_gateway(f'[quota]\nmax_clients = 3\n[lastlog]\nsource = "{write_log(tmp_path)}"\n')
-    holders = [
-        subprocess.Popen(
-            [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        for _ in range(3)
-    ]
+    holders = [open_nc(gw.tcp_port) for _ in range(3)]
     try:
         for p in holders:  # each holds its slot: it answers
             assert p.stdin is not None
@@ -205,12 +200,7 @@ def test_fifty_concurrent_hashes_against_ten_slots_with_tcp_clients(
     with open(big, "wb") as f:
         f.truncate(4 * 1024**3)  # seconds of hashing each: they overlap
     gw = start_gateway(f'[quota]\nmax_clients = 10\n[comphash]\nallowed_roots = ["{tmp_path}"]\n')
-    tcp = [
-        subprocess.Popen(
-            [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        for _ in range(5)
-    ]
+    tcp = [open_nc(gw.tcp_port) for _ in range(5)]
     for p in tcp:
         assert p.stdin is not None
         p.stdin.write(b"test\n")

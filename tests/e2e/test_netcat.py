@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import nc
+from .conftest import nc, open_nc
 
 pytestmark = pytest.mark.e2e
 
@@ -176,9 +176,7 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
 
 def test_idle_connection_is_closed(start_gateway: Any, nc_path: str) -> None:
     gw = start_gateway(env={"GATEWAY_TCP_IDLE_TIMEOUT": "0.5"})
-    proc = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    proc = open_nc(gw.tcp_port)
     try:
         assert (
             read_line(proc, 10.0) == b"An error occurred: idle for 0.5 s, closing the connection\n"
@@ -202,9 +200,7 @@ def test_disconnect_mid_lastlog_kills_and_reaps_the_child(
     gw = start_gateway(
         f"[lastlog]\nsource = 'command:/bin/sh -c \"{script}\"'\n[tcp]\neof_grace = 0.5\n"
     )
-    proc = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    proc = open_nc(gw.tcp_port)
     assert proc.stdin is not None
     proc.stdin.write(b"lastlog 5\n")
     proc.stdin.flush()
@@ -249,9 +245,7 @@ def test_disconnect_mid_hash_stops_reading(
     with open(big, "wb") as f:
         f.truncate(64 * 1024**3)  # sparse 64 GiB: far more than can be hashed in the test
     gw = start_gateway(f'[comphash]\nallowed_roots = ["{tmp_path}"]\n[tcp]\neof_grace = 0.5\n')
-    proc = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    proc = open_nc(gw.tcp_port)
     assert proc.stdin is not None
     proc.stdin.write(f"comphash {big}\n".encode())
     proc.stdin.flush()
@@ -343,9 +337,7 @@ def test_lastlog_answers_while_hashes_fill_the_pool(
     gw = start_gateway(
         f'[comphash]\nallowed_roots = ["{tmp_path}"]\nworkers = 1\n[lastlog]\nsource = "{log}"\n'
     )
-    hasher = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    hasher = open_nc(gw.tcp_port)
     try:
         assert hasher.stdin is not None
         hasher.stdin.write(f"comphash {big}\n".encode())
@@ -368,9 +360,7 @@ def test_the_whole_process_group_dies_with_the_client(
     gw = start_gateway(
         f"[lastlog]\nsource = 'command:/bin/sh -c \"{script}\"'\n[tcp]\neof_grace = 0.5\n"
     )
-    proc = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    proc = open_nc(gw.tcp_port)
     assert proc.stdin is not None
     proc.stdin.write(b"lastlog 5\n")
     proc.stdin.flush()

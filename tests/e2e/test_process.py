@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BIN, nc
+from .conftest import BIN, nc, open_nc
 from .test_netcat import read_line
 
 pytestmark = pytest.mark.e2e
@@ -121,9 +121,7 @@ def test_sigterm_during_a_long_hash_stops_promptly(
     gw = start_gateway(
         f'[comphash]\nallowed_roots = ["{tmp_path}"]\n[limits]\nshutdown_grace = 1.0\n'
     )
-    client = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    client = open_nc(gw.tcp_port)
     try:
         assert client.stdin is not None
         client.stdin.write(f"comphash {big}\n".encode())
@@ -169,12 +167,8 @@ def test_graceful_shutdown_tells_everyone_and_lets_commands_finish(
     from websockets.sync.client import connect
 
     gw = start_gateway("[lastlog]\nsource = 'command:/bin/sh -c \"sleep 1; echo late\"'\n")
-    busy = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    idle = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    busy = open_nc(gw.tcp_port)
+    idle = open_nc(gw.tcp_port)
     with connect(f"ws://127.0.0.1:{gw.http_port}/ws") as ws:
         run_shutdown(gw, busy, idle, ws)
 
@@ -214,9 +208,7 @@ def test_sighup_reloads_without_dropping_anyone(
     start_gateway: Any, nc_path: str, tmp_path: Path
 ) -> None:
     gw = start_gateway("[quota]\nmax_clients = 1\n")
-    holder = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    holder = open_nc(gw.tcp_port)
     try:
         assert holder.stdin is not None
         holder.stdin.write(b"test\n")

@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import curl, nc
+from .conftest import curl, nc, open_nc
 from .test_netcat import pid_alive, read_line
 
 pytestmark = pytest.mark.e2e
@@ -122,9 +122,7 @@ def test_one_quota_across_all_three_front_ends(
         "[quota]\nmax_clients = 3\n"
         "[lastlog]\nsource = 'command:/bin/sh -c \"echo slow; exec sleep 30\"'\ntimeout = 60.0\n"
     )
-    tcp = subprocess.Popen(
-        [nc_path, "127.0.0.1", str(gw.tcp_port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    tcp = open_nc(gw.tcp_port)
     slow_http = subprocess.Popen(
         [curl_path, "-sS", "-N", f"http://127.0.0.1:{gw.http_port}/lastlog"], stdout=subprocess.PIPE
     )
