@@ -9,11 +9,12 @@ any front-end changing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from gateway.errors import QuotaExceeded
 
@@ -65,6 +66,33 @@ class Quota(Protocol):
         """A slot, or a failure with :class:`QuotaExceeded`."""
 
     def snapshot(self) -> QuotaSnapshot: ...
+
+
+def hold_slot(
+    quota: Quota,
+    transport: str,
+    peer: str,
+    gone: Callable[[], bool],
+    granted: Callable[[Slot], None],
+    refused: Callable[[QuotaExceeded], None],
+) -> None:
+    """Ask ``quota`` for a connection's slot; the front-ends' one way to do it.
+
+    A slot granted after the client has gone (``gone()``; the answer may come
+    later) goes straight back, so it is released exactly once either way.
+    """
+
+    def got(slot: Slot) -> None:
+        if gone():
+            slot.release()
+        else:
+            granted(slot)
+
+    def failed(failure: Failure) -> None:
+        failure.trap(QuotaExceeded)
+        refused(failure.value)  # type: ignore[arg-type]
+
+    quota.acquire(transport, peer).addCallbacks(got, failed)
 
 
 class ClientQuota:

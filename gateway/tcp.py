@@ -31,7 +31,7 @@ from gateway.config import TCPConfig
 from gateway.conversation import LineConversation
 from gateway.errors import QuotaExceeded
 from gateway.flow import FlowMaker, no_flow
-from gateway.quota import Quota, Slot
+from gateway.quota import Quota, Slot, hold_slot
 from gateway.service import CommandService
 from gateway.text import encode_lines, error_line
 
@@ -103,22 +103,17 @@ class LineSession(LineReceiver, TimeoutMixin):
             self.login_timeout,
         )
         self.setTimeout(self.idle_timeout)
-        self.quota.acquire("tcp", self.peer).addCallbacks(self._granted, self._refused)
+        hold_slot(self.quota, "tcp", self.peer, lambda: self._gone, self._granted, self._refused)
 
     def _granted(self, slot: Slot) -> None:
-        if self._gone:
-            slot.release()
-            return
         self.slot = slot
         assert self.conversation is not None
         self.conversation.start()
 
-    def _refused(self, failure: Failure) -> None:
-        failure.trap(QuotaExceeded)
-        message = failure.value.message  # type: ignore[union-attr]
-        self.log.info("{message} (refused {peer})", message=message, peer=self.peer)
+    def _refused(self, error: QuotaExceeded) -> None:
+        self.log.info("{message} (refused {peer})", message=error.message, peer=self.peer)
         if not self._gone:
-            self._write([message])
+            self._write([error.message])
             self._close()
 
     def _write(self, lines: list[str]) -> None:

@@ -18,7 +18,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from gateway.auth import Authenticator, bearer
 from gateway.commands.base import Client
@@ -26,7 +25,7 @@ from gateway.config import WebSocketConfig, parse_origin
 from gateway.conversation import LineConversation
 from gateway.errors import CommandError, QuotaExceeded
 from gateway.flow import FlowMaker, no_flow
-from gateway.quota import Quota, Slot
+from gateway.quota import Quota, Slot, hold_slot
 from gateway.service import CommandService
 from gateway.text import error_line
 from gateway.wsjson import JSONConversation, reply
@@ -139,8 +138,13 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 changed=self._changed,
             )
         factory.sessions.add(self)
-        self.factory.quota.acquire("websocket", self.peer_host).addCallbacks(
-            self._granted, self._refused
+        hold_slot(
+            factory.quota,
+            "websocket",
+            self.peer_host,
+            lambda: self._gone,
+            self._granted,
+            self._refused,
         )
 
     def dropConnection(self, abort: bool = False) -> None:
@@ -175,16 +179,12 @@ class GatewayWebSocket(WebSocketServerProtocol):
             self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"Server shutting down")
 
     def _granted(self, slot: Slot) -> None:
-        if self._gone:
-            slot.release()
-            return
         self.slot = slot
         assert self.conversation is not None
         self.conversation.start()
 
-    def _refused(self, failure: Failure) -> None:
-        failure.trap(QuotaExceeded)
-        message = failure.value.message  # type: ignore[union-attr]
+    def _refused(self, error: QuotaExceeded) -> None:
+        message = error.message
         self.log.info("{message} (refused WebSocket {peer})", message=message, peer=self.peer_host)
         if not self._gone:
             # sendClose() only takes 1000 or 3000-4999; 1013 is the registered code.
