@@ -24,7 +24,7 @@ from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.auth import Authenticator, bearer
-from gateway.commands.base import Client, Request
+from gateway.commands.base import Client, Request, peer_host
 from gateway.config import HTTPConfig
 from gateway.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
 from gateway.events import Error, Event, Lines, Result
@@ -40,8 +40,7 @@ PROBLEM = "application/problem+json"
 
 
 def peer_of(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return str(getattr(address, "host", "unix"))
+    return peer_host(request.getClientAddress())
 
 
 def _single_args(request: IRequest) -> dict[str, str]:

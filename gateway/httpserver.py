@@ -20,6 +20,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from gateway.commands.base import peer_host
 from gateway.config import HTTPConfig
 
 STATUS_TEXT = {
@@ -78,8 +79,7 @@ class GuardedChannel(HTTPChannel):
         self._refuse(408, f"request not received within {self.settings.request_timeout:g} s")
 
     def _peer(self) -> str:
-        peer = self.transport.getPeer() if self.transport is not None else None
-        return str(getattr(peer, "host", "unix"))
+        return peer_host(self.transport.getPeer() if self.transport is not None else None)
 
     def _refuse(self, status: int, message: str) -> None:
         if self._refused:

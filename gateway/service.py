@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.commands.base import Client, Command, Request
 from gateway.errors import INTERNAL_MESSAGE, CommandError
-from gateway.events import Error, Event, Result, Sink
+from gateway.events import Error, Result, Sink
 from gateway.logfmt import printable
 from gateway.metrics import CommandMetrics
 from gateway.ratelimit import RateLimiter
@@ -169,8 +169,3 @@ class CommandService:
         """Stop every command in flight (shutdown): children killed, reads stopped."""
         for d in list(self._running):
             d.cancel()
-
-
-def collect(events: list[Event]) -> Sink:
-    """A sink that appends to ``events`` (handy for tests and batch callers)."""
-    return events.append

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.auth import Authenticator
-from gateway.commands.base import Client
+from gateway.commands.base import Client, peer_host
 from gateway.config import TCPConfig
 from gateway.conversation import LineConversation
 from gateway.errors import QuotaExceeded
@@ -40,11 +40,6 @@ MAX_PENDING = 32
 #: Seconds a closing connection keeps draining input, so that the last answer
 #: is not lost to a reset while the client is still sending.
 LINGER = 2.0
-
-
-def peer_host(address: IAddress) -> str:
-    host = getattr(address, "host", None)
-    return str(host) if host is not None else "unix"
 
 
 @implementer(IHalfCloseableProtocol)

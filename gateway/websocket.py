@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gateway.auth import Authenticator, bearer
-from gateway.commands.base import Client
+from gateway.commands.base import Client, peer_host
 from gateway.config import WebSocketConfig, parse_origin
 from gateway.conversation import LineConversation
 from gateway.errors import CommandError, QuotaExceeded
@@ -86,8 +86,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if auth is not None and auth.enabled and header is not None:
             # A client that can set headers (not a browser) may log in here.
             try:
-                peer = str(getattr(self.transport.getPeer(), "host", "unix"))  # type: ignore[union-attr]
-                auth.check(peer, bearer(header))
+                auth.check(peer_host(self.transport.getPeer()), bearer(header))  # type: ignore[union-attr]
             except CommandError as e:
                 raise ConnectionDeny(401 if e.code == "unauthorized" else 429, e.message) from None
             self._preauthenticated = True
@@ -102,7 +101,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         assert self.transport is not None
-        self.peer_host = str(getattr(self.transport.getPeer(), "host", "unix"))
+        self.peer_host = peer_host(self.transport.getPeer())
         self.log.info(
             "WebSocket connection from {peer} ({mode})", peer=self.peer_host, mode=self.mode
         )

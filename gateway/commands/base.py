@@ -36,6 +36,12 @@ class Request:
         return cls(command=parts[0].lower(), rest=parts[1] if len(parts) > 1 else "")
 
 
+def peer_host(address: object) -> str:
+    """The client's address as quotas, limits and logs know it (``unix`` for sockets)."""
+    host = getattr(address, "host", None)
+    return str(host) if host is not None else "unix"
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     """Who asks: the transport name (``tcp``, ``http``, ``websocket``) and peer."""

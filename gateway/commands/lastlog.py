@@ -19,7 +19,7 @@ from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -181,7 +181,6 @@ class _ChildLines(ProcessProtocol):
         self.sent = 0
         self._buffer = b""
         self._stderr = b""
-        self.process: IProcessTransport | None = None
         self.own_group = False
         self._pid: int | None = None
 
