@@ -151,10 +151,9 @@ class LineConversation:
                     self.log.info("CMD received from {peer}: (not UTF-8)", peer=peer)
                     self._write([error_line("bad_argument", "Command line is not valid UTF-8.")])
                     continue
-            self.log.info(
-                "CMD received from {peer}: {line}", peer=peer, line=printable(redact(raw))
-            )
-            if redact(raw) != raw:
+            shown = redact(raw)
+            self.log.info("CMD received from {peer}: {line}", peer=peer, line=printable(shown))
+            if shown != raw:  # an auth line
                 self._authenticate(raw)
                 continue
             if not self.authenticated:
