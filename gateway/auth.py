@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.errors import CommandError
+from gateway.peers import limit_key
 
 REQUIRED = "Authentication required."
+TOO_MANY_WAITING = "Too many clients waiting to log in; try again later. Bye!"
+#: Lines a client may send before logging in; then it is closed.
+MAX_UNAUTHENTICATED_LINES = 8
 
 
 @dataclass
@@ -34,18 +38,67 @@ class Authenticator:
         max_failures: int = 5,
         window: float = 60.0,
         lockout: float = 300.0,
+        max_pending: int = 5,
+        max_pending_per_ip: int = 2,
     ) -> None:
         self._tokens = [t.encode() for t in tokens]
         self.clock = clock
         self.max_failures = max_failures
         self.window = window
         self.lockout = lockout
+        self.max_pending = max_pending
+        self.max_pending_per_ip = max_pending_per_ip
         self._failures: dict[str, _Failures] = {}
+        self._pending: dict[str, int] = {}
+        self._pending_total = 0
 
-    def configure(self, max_failures: int, window: float, lockout: float) -> None:
+    def configure(
+        self,
+        max_failures: int,
+        window: float,
+        lockout: float,
+        max_pending: int = 5,
+        max_pending_per_ip: int = 2,
+    ) -> None:
         self.max_failures = max_failures
         self.window = window
         self.lockout = lockout
+        self.max_pending = max_pending
+        self.max_pending_per_ip = max_pending_per_ip
+
+    # -- connections that hold a quota slot but have not logged in yet
+
+    def begin_login(self, peer: str) -> bool:
+        """A connection from ``peer`` starts waiting to log in; ``False``: too many wait.
+
+        Bounds what clients without a token can hold: at most ``max_pending``
+        quota slots in all, ``max_pending_per_ip`` from one address, each for
+        at most the login timeout.  Every ``True`` is matched by one
+        :meth:`end_login`.
+        """
+        key = limit_key(peer)
+        held = self._pending.get(key, 0)
+        if self._pending_total >= self.max_pending or held >= self.max_pending_per_ip:
+            return False
+        self._pending[key] = held + 1
+        self._pending_total += 1
+        return True
+
+    def end_login(self, peer: str) -> None:
+        """The connection logged in, or left."""
+        key = limit_key(peer)
+        held = self._pending.get(key, 0)
+        if held <= 0:
+            return
+        self._pending_total -= 1
+        if held == 1:
+            del self._pending[key]
+        else:
+            self._pending[key] = held - 1
+
+    @property
+    def pending_logins(self) -> int:
+        return self._pending_total
 
     @property
     def enabled(self) -> bool:
@@ -64,7 +117,7 @@ class Authenticator:
 
     def locked(self, peer: str) -> float:
         """Seconds ``peer`` must still wait (0 when it may try)."""
-        state = self._failures.get(peer)
+        state = self._failures.get(limit_key(peer))
         if state is None:
             return 0.0
         left = state.locked_until - self.clock.seconds()
@@ -82,7 +135,7 @@ class Authenticator:
                 "rate_limited", f"Too many failed attempts; try again in {math.ceil(wait)} s."
             )
         if presented is not None and self._matches(presented):
-            self._failures.pop(peer, None)
+            self._failures.pop(limit_key(peer), None)
             return
         if presented is not None:
             self._fail(peer)
@@ -90,9 +143,10 @@ class Authenticator:
 
     def _fail(self, peer: str) -> None:
         now = self.clock.seconds()
-        state = self._failures.get(peer)
+        key = limit_key(peer)
+        state = self._failures.get(key)
         if state is None or now - state.first > self.window:
-            state = self._failures[peer] = _Failures(first=now)
+            state = self._failures[key] = _Failures(first=now)
         state.count += 1
         if state.count >= self.max_failures:
             state.locked_until = now + self.lockout
@@ -100,7 +154,7 @@ class Authenticator:
 
     def delay(self, peer: str) -> float:
         """How long to hold back the answer to ``peer``'s last failure."""
-        state = self._failures.get(peer)
+        state = self._failures.get(limit_key(peer))
         if state is None:
             return 0.0
         return float(min(0.25 * 2 ** (state.count - 1), 4.0))

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from gateway.errors import QuotaExceeded
+from gateway.peers import limit_key
 
 TRANSPORTS: tuple[str, ...] = ("tcp", "http", "websocket")
 
@@ -96,7 +97,10 @@ def hold_slot(
 
 
 class ClientQuota:
-    """In-process quota: ``max_clients`` overall, ``max_per_ip`` per address."""
+    """In-process quota: ``max_clients`` overall, ``max_per_ip`` per address.
+
+    Addresses are counted by :func:`gateway.peers.limit_key` (an IPv6 /64).
+    """
 
     def __init__(self, max_clients: int, max_per_ip: int = 0) -> None:
         if max_clients < 1:
@@ -125,12 +129,13 @@ class ClientQuota:
         if self._total >= self.max_clients:
             self._refused[transport] += 1
             raise QuotaExceeded()
-        if self.max_per_ip and self._per_peer[peer] >= self.max_per_ip:
+        key = limit_key(peer)
+        if self.max_per_ip and self._per_peer[key] >= self.max_per_ip:
             self._refused[transport] += 1
             raise QuotaExceeded(f"Too many connections from {peer}. Bye!")
         self._total += 1
         self._in_use[transport] += 1
-        self._per_peer[peer] += 1
+        self._per_peer[key] += 1
         self._granted[transport] += 1
         return Slot(self, transport, peer)
 
@@ -143,11 +148,12 @@ class ClientQuota:
     def _release(self, slot: Slot) -> None:
         self._total -= 1
         self._in_use[slot.transport] -= 1
-        left = self._per_peer[slot.peer] - 1
+        key = limit_key(slot.peer)
+        left = self._per_peer[key] - 1
         if left:
-            self._per_peer[slot.peer] = left
+            self._per_peer[key] = left
         else:
-            del self._per_peer[slot.peer]
+            del self._per_peer[key]
 
     def snapshot(self) -> QuotaSnapshot:
         return QuotaSnapshot(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.errors import CommandError
+from gateway.peers import limit_key
 
 
 @dataclass
@@ -39,11 +40,12 @@ class RateLimiter:
         if not self.rate:
             return
         now = self.clock.seconds()
-        bucket = self._buckets.get(peer)
+        key = limit_key(peer)
+        bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= 10_000:
                 self._forget_full(now)
-            bucket = self._buckets[peer] = _Bucket(float(self.burst), now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
         else:
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now

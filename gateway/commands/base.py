@@ -11,6 +11,9 @@ from twisted.internet.defer import Deferred
 from gateway.errors import CommandError
 from gateway.events import Result, Sink
 from gateway.flow import UNLIMITED, Flow
+from gateway.peers import peer_host
+
+__all__ = ["Client", "Command", "Request", "peer_host"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +37,6 @@ class Request:
             return None
         parts = text.split(None, 1)
         return cls(command=parts[0].lower(), rest=parts[1] if len(parts) > 1 else "")
-
-
-def peer_host(address: object) -> str:
-    """The client's address as quotas, limits and logs know it (``unix`` for sockets)."""
-    host = getattr(address, "host", None)
-    return str(host) if host is not None else "unix"
 
 
 @dataclass(frozen=True, slots=True)
