@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections import deque
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar
 
@@ -15,21 +17,41 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
+#: What a log line never holds raw: C0 and C1 controls, DEL, the Unicode line
+#: and paragraph separators (a line break to many viewers), and lone
+#: surrogates (not encodable: the log writer would fail and the event vanish).
+_ESCAPES: dict[int, str] = (
+    {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))}
+    | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+    | {i: f"\\u{i:04x}" for i in range(0xD800, 0xE000)}
+)
+
+
+def escape(text: str) -> str:
+    """``text`` safe to write as (part of) one log line."""
+    return text.translate(_ESCAPES)
+
+
+def is_auth_line(line: str) -> bool:
+    """Is this command line an ``auth`` line, however it is spaced?
+
+    Split exactly as the command parser splits (any Unicode whitespace), so
+    that every spelling the parser would take as ``auth`` is recognised here.
+    """
+    words = line.split(None, 1)
+    return bool(words) and words[0].lower() == "auth"
 
 
 def redact(line: str) -> str:
     """A command line fit for the log: an ``auth`` line never shows its token."""
-    if line.lstrip()[:5].lower() in ("auth", "auth "):
-        return "auth ***"
-    return line
+    return "auth ***" if is_auth_line(line) else line
 
 
 def printable(text: str, limit: int = 200) -> str:
-    """``text`` with control characters escaped and cut to ``limit`` (for logs)."""
+    """``text`` escaped (see :func:`escape`) and cut to ``limit`` (for logs)."""
     if len(text) > limit:
         text = text[:limit] + "..."
-    return text.translate(_CONTROL)
+    return escape(text)
 
 
 @implementer(ILogObserver)
@@ -47,16 +69,18 @@ class JSONLinesObserver:
             "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),
             "level": level.name if isinstance(level, type(LogLevel.info)) else "info",
             "namespace": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": escape(formatEvent(event)),
         }
         for key, value in event.items():
             if key.startswith("log_") or key in self._SKIP:
                 continue
-            if isinstance(value, (str, int, float, bool)) or value is None:
+            if isinstance(value, str):
+                record[key] = escape(value)
+            elif isinstance(value, (int, float, bool)) or value is None:
                 record[key] = value
         failure = event.get("log_failure")
         if failure is not None:
-            record["traceback"] = failure.getTraceback()
+            record["traceback"] = "\n".join(map(escape, failure.getTraceback().split("\n")))
         self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._out.flush()
 
@@ -72,7 +96,7 @@ class TextObserver:
 
     _ORDER: ClassVar[dict[str, int]] = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}
 
-    def __init__(self, out: IO[str], level: str = "info") -> None:
+    def __init__(self, out: IO[str] | io.TextIOBase, level: str = "info") -> None:
         self._out = out
         self._minimum = self._ORDER[level]
         self._second = -1
@@ -91,14 +115,53 @@ class TextObserver:
         name = level.name if level is not None else "info"
         if self._ORDER.get(name, 1) < self._minimum:
             return
-        text = formatEvent(event)
+        self._out.write(self.line(event, name))
+        self._out.flush()
+
+    def line(self, event: dict[str, Any], level: str) -> str:
+        """The event as text: one line, and an indented traceback if any.
+
+        Whatever the event's fields hold (client text included), the message
+        is escaped here, so no code path can write a raw control character,
+        line break or unencodable character into the log.
+        """
+        text = escape(formatEvent(event))
         failure = event.get("log_failure")
         if failure is not None:
-            text = f"{text}\n{failure.getTraceback()}"
-        system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{name}"
-        text = text.replace("\n", "\n\t")
-        self._out.write(f"{self._time(event.get('log_time', 0.0))} [{system}] {text}\n")
-        self._out.flush()
+            # Each traceback line indented: nothing in it can pass for an entry.
+            lines = failure.getTraceback().rstrip("\n").split("\n")
+            text = "\n\t".join([text, *map(escape, lines)])
+        system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level}"
+        system = escape(str(system))
+        return f"{self._time(event.get('log_time', 0.0))} [{system}] {text}\n"
+
+
+class _Lines(io.TextIOBase):
+    """A file-like sink that keeps the last lines written to it."""
+
+    def __init__(self, keep: int) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+
+    def write(self, text: str) -> int:
+        self.lines.extend(text.rstrip("\n").split("\n"))
+        return len(text)
+
+
+@implementer(ILogObserver)
+class RecentLog:
+    """The gateway's own last log lines, in memory (a ``lastlog`` source of last
+    resort on machines with no system log)."""
+
+    def __init__(self, keep: int = 1000, level: str = "info") -> None:
+        self._sink = _Lines(keep)
+        self._text = TextObserver(self._sink, level)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._text(event)
+
+    def tail(self, n: int) -> list[str]:
+        lines = self._sink.lines
+        return list(lines)[-n:] if n < len(lines) else list(lines)
 
 
 def make_observer(fmt: str, level: str, out: IO[str]) -> ILogObserver:
