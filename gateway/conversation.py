@@ -17,13 +17,17 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from gateway.auth import REQUIRED, Authenticator
+from gateway.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
 from gateway.commands.base import Client, Request
 from gateway.errors import CommandError
 from gateway.events import Event, Result
-from gateway.logfmt import printable, redact
+from gateway.logfmt import is_auth_line, printable, redact
 from gateway.service import CommandService
 from gateway.text import TextRenderer, error_line
+
+
+def _nothing() -> None:
+    pass
 
 
 class LineConversation:
@@ -32,11 +36,14 @@ class LineConversation:
         "_auth",
         "_changed",
         "_close",
+        "_login_held",
         "_login_timeout",
         "_login_timer",
         "_pending",
         "_running",
         "_started",
+        "_strikes",
+        "_unwatch",
         "_write",
         "authenticated",
         "client",
@@ -54,11 +61,15 @@ class LineConversation:
         changed: Callable[[], None] = lambda: None,
         auth: Authenticator | None = None,
         login_timeout: float = 0.0,
+        authenticated: bool = False,
     ) -> None:
         """``changed`` is called whenever ``busy`` or ``waiting`` may have changed.
 
         With an enabled ``auth``, the first line must be ``auth <token>``, within
-        ``login_timeout`` seconds (0: no limit).
+        ``login_timeout`` seconds (0: no limit), unless the front-end has
+        already checked a token (``authenticated``).  A client that has not
+        logged in is answered ``Authentication required.``, rate limited, logged
+        once, and closed after a few lines.
         """
         self.service = service
         self.client = client
@@ -66,9 +77,12 @@ class LineConversation:
         self._close = close
         self._changed = changed
         self._auth = auth if auth is not None and auth.enabled else None
-        self.authenticated = self._auth is None
+        self.authenticated = self._auth is None or authenticated
         self._login_timeout = login_timeout
         self._login_timer: IDelayedCall | None = None
+        self._login_held = False
+        self._strikes = 0
+        self._unwatch: Callable[[], None] | None = None
         # A list, not a deque: an empty deque costs 600 bytes per idle client.
         self._pending: list[bytes | str] = []
         self._running: Deferred[Any] | None = None
@@ -88,9 +102,25 @@ class LineConversation:
     def start(self) -> None:
         """Begin running commands (once the client holds its quota slot)."""
         self._started = True
-        if not self.authenticated and self._login_timeout:
-            self._login_timer = self.service.clock.callLater(self._login_timeout, self._too_late)
+        if not self.authenticated and self._auth is not None:
+            if not self._auth.begin_login(self.client.peer):
+                self.log.info(
+                    "Too many clients waiting to log in; refusing {peer}", peer=self.client.peer
+                )
+                self._write([error_line("quota_exceeded", TOO_MANY_WAITING)])
+                self._end()
+                return
+            self._login_held = True
+            if self._login_timeout:
+                self._login_timer = self.service.clock.callLater(
+                    self._login_timeout, self._too_late
+                )
         self._next()
+
+    def _release_login(self) -> None:
+        if self._login_held and self._auth is not None:
+            self._login_held = False
+            self._auth.end_login(self.client.peer)
 
     def _too_late(self) -> None:
         self._login_timer = None
@@ -102,6 +132,8 @@ class LineConversation:
     def _end(self) -> None:
         self.closed = True
         self._pending.clear()
+        self._release_login()
+        self._stop_watching()
         self._close()
 
     def submit(self, line: bytes | str) -> None:
@@ -128,6 +160,8 @@ class LineConversation:
         """The client is gone: drop what waits, cancel what runs."""
         self.closed = True
         self._pending.clear()
+        self._release_login()
+        self._stop_watching()
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         running, self._running = self._running, None
@@ -142,6 +176,11 @@ class LineConversation:
             and self._running is None
             and self._pending
         ):
+            if self.client.flow.paused:
+                # The client is not reading what it asked for: run nothing more
+                # until it does (what it sends meanwhile waits, then reading stops).
+                self._wait_for_reader()
+                break
             raw = self._pending.pop(0)
             peer = self.client.peer
             if isinstance(raw, bytes):
@@ -151,18 +190,50 @@ class LineConversation:
                     self.log.info("CMD received from {peer}: (not UTF-8)", peer=peer)
                     self._write([error_line("bad_argument", "Command line is not valid UTF-8.")])
                     continue
-            shown = redact(raw)
-            self.log.info("CMD received from {peer}: {line}", peer=peer, line=printable(shown))
-            if shown != raw:  # an auth line
+            if is_auth_line(raw):
+                self.log.info("CMD received from {peer}: {line}", peer=peer, line=redact(raw))
                 self._authenticate(raw)
                 continue
             if not self.authenticated:
-                self._write([error_line("unauthorized", REQUIRED)])
+                self._unauthenticated()
                 continue
+            self.log.info("CMD received from {peer}: {line}", peer=peer, line=printable(raw))
             request = Request.from_line(raw)
             if request is not None:
                 self._run(request)
         self._changed()
+
+    def _wait_for_reader(self) -> None:
+        if self._unwatch is None:
+            self._unwatch = self.client.flow.watch(_nothing, self._reader_caught_up)
+
+    def _reader_caught_up(self) -> None:
+        self._stop_watching()
+        self._next()
+
+    def _stop_watching(self) -> None:
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
+
+    def _unauthenticated(self) -> None:
+        """A command before logging in: refused, and what it may cost is bounded."""
+        self._strikes += 1
+        peer = self.client.peer
+        if self._strikes == 1:  # one log line per client, however much it sends
+            self.log.info("Command from {peer} before logging in: refused", peer=peer)
+        limiter = self.service.limiter
+        try:
+            if limiter is not None:
+                limiter.take(peer)
+        except CommandError as e:
+            self._write([error_line(e.code, e.message)])
+            self._end()
+            return
+        self._write([error_line("unauthorized", REQUIRED)])
+        if self._strikes >= MAX_UNAUTHENTICATED_LINES:
+            self.log.info("Closing {peer}: too many commands before logging in", peer=peer)
+            self._end()
 
     def _authenticate(self, line: str) -> None:
         words = line.split()
@@ -195,6 +266,7 @@ class LineConversation:
             wait.addBoth(done)
             return
         self.authenticated = True
+        self._release_login()
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._write(["Authenticated."])

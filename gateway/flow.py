@@ -13,6 +13,7 @@ what it runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
@@ -95,9 +96,11 @@ UNLIMITED = Flow()
 FlowMaker = Callable[[Callable[[], None]], Flow]
 
 
-def flows(clock: IReactorTime, stall_timeout: float) -> FlowMaker:
+def flows(clock: IReactorTime, stall_timeout: Callable[[], float]) -> FlowMaker:
+    """Flows that give up after ``stall_timeout()`` seconds, read per connection."""
+
     def make(on_stalled: Callable[[], None]) -> Flow:
-        return Flow(clock, stall_timeout, on_stalled)
+        return Flow(clock, stall_timeout(), on_stalled)
 
     return make
 
@@ -105,3 +108,54 @@ def flows(clock: IReactorTime, stall_timeout: float) -> FlowMaker:
 def no_flow(on_stalled: Callable[[], None]) -> Flow:
     """A FlowMaker whose flows never give up on a client (tests)."""
     return Flow()
+
+
+#: Why a front-end stops reading from its client (see :class:`ReadGate`).
+BACKLOG = 1  # too many commands wait their turn
+BEHIND = 2  # the client does not read its answers
+
+
+class ReadGate:
+    """Stops and restarts reading from a transport, for any of several reasons.
+
+    Reading stops while at least one reason holds and starts again once none
+    does: a client that does not read its answers, or that has queued too
+    many commands, sends nothing more into the daemon's memory.
+    """
+
+    __slots__ = ("_reasons", "_transport")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._reasons = 0
+
+    @staticmethod
+    def for_transport(transport: object) -> ReadGate | None:
+        """A gate for ``transport`` if it can stop reading, else ``None``.
+
+        Checked by behaviour, not by declared interface: a TLS connection
+        wraps TCP and stops reading through it, without declaring
+        ``IPushProducer``.
+        """
+        if hasattr(transport, "pauseProducing") and hasattr(transport, "resumeProducing"):
+            return ReadGate(transport)
+        return None
+
+    @property
+    def closed(self) -> bool:
+        """Is reading stopped?"""
+        return bool(self._reasons)
+
+    def hold(self, reason: int, holds: bool) -> None:
+        before = self._reasons
+        self._reasons = before | reason if holds else before & ~reason
+        if self._reasons and not before:
+            self._transport.pauseProducing()
+        elif before and not self._reasons:
+            self._transport.resumeProducing()
+
+    def open(self) -> None:
+        """Read again whatever held (the connection is closing and drains)."""
+        if self._reasons:
+            self._reasons = 0
+            self._transport.resumeProducing()

@@ -2,8 +2,11 @@
 
 Bytes in, command lines to the service, rendered lines out.  One command runs
 at a time per connection; lines that arrive meanwhile wait their turn (and
-reading pauses if too many wait).  The connection holds one quota slot from
-accept to close.
+reading pauses if too many wait, or while the client does not read its
+answers).  The connection holds one quota slot from accept until the server
+says goodbye or the client leaves, whichever comes first; closing always ends
+in an abort after at most ``LINGER`` seconds, TLS or not, so no client can keep
+a socket by never answering.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
-    IPushProducer,
     IReactorTime,
     ISSLTransport,
 )
@@ -30,7 +32,7 @@ from gateway.commands.base import Client, peer_host
 from gateway.config import TCPConfig
 from gateway.conversation import LineConversation
 from gateway.errors import QuotaExceeded
-from gateway.flow import FlowMaker, no_flow
+from gateway.flow import BACKLOG, FlowMaker, ReadGate, no_flow
 from gateway.quota import Quota, Slot, hold_slot
 from gateway.service import CommandService
 from gateway.text import encode_lines, error_line
@@ -69,7 +71,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.peer = "unknown"
         self.slot: Slot | None = None
         self.conversation: LineConversation | None = None
-        self._paused = False
+        self._gate: ReadGate | None = None
         self._closing = False  # no more commands: exit, error, refusal or timeout
         self._input_done = False
         self._gone = False
@@ -86,6 +88,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         assert self.transport is not None
         self.peer = peer_host(self.transport.getPeer())
         self.log.info("Client connection from {peer}", peer=self.peer)
+        self._gate = ReadGate.for_transport(self.transport)
         # Twisted pauses the flow when the client stops reading our output.
         self.transport.registerProducer(self.flow, True)  # type: ignore[attr-defined]
         self.conversation = LineConversation(
@@ -130,16 +133,8 @@ class LineSession(LineReceiver, TimeoutMixin):
             self._write(["Server shutting down."])
             self._close()
             return
-        if self._paused and conversation.waiting < MAX_PENDING:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-        elif (
-            not self._paused
-            and conversation.waiting >= MAX_PENDING
-            and IPushProducer.providedBy(self.transport)
-        ):
-            self._paused = True
-            self.transport.pauseProducing()
+        if self._gate is not None:
+            self._gate.hold(BACKLOG, conversation.waiting >= MAX_PENDING)
         if conversation.busy:
             self.setTimeout(None)  # a client waiting for an answer is not idle
         elif self._input_done:
@@ -160,25 +155,33 @@ class LineSession(LineReceiver, TimeoutMixin):
             self.conversation.closed = True
         self.setTimeout(None)
         self._cancel_timers()
+        # Goodbye said: the slot is for clients being served, not for a
+        # socket that drains its last bytes.
+        self._release_slot()
         if self._gone or self._draining or self.transport is None:
             return
         self._draining = True
         # A TLS transport does not close while a producer is registered.
         if getattr(self.transport, "producer", None) is not None:
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
-        if self._paused:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
-        if self._input_done or ISSLTransport.providedBy(self.transport):
+        if self._gate is not None:
+            self._gate.open()
+        # However the close starts, it ends in an abort: a client that never
+        # reads, never finishes a TLS handshake or never closes its side
+        # cannot keep the socket.
+        self._linger = self.clock.callLater(LINGER, self._abort)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if self._input_done or ISSLTransport.providedBy(self.transport) or half_close is None:
             # Nothing more can arrive; or TLS, whose half-close Twisted does
             # not do cleanly: close both ways (TLS sends close_notify first).
             self.transport.loseConnection()
             return
-        half_close = getattr(self.transport, "loseWriteConnection", None)
-        if half_close is None:
-            self.transport.loseConnection()
-            return
         half_close()
-        self._linger = self.clock.callLater(LINGER, self._abort)
+
+    def _release_slot(self) -> None:
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.release()
 
     def _cancel_timers(self) -> None:
         for timer in (self._linger, self._eof_timer):
@@ -257,9 +260,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.log.info("Lost client connection. Reason: {reason}", reason=reason.getErrorMessage())
         if self.conversation is not None:
             self.conversation.stop()
-        if self.slot is not None:
-            self.slot.release()
-            self.slot = None
+        self._release_slot()
         sessions = getattr(self.factory, "sessions", None)
         if sessions is not None:
             sessions.discard(self)

@@ -16,7 +16,8 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.auth import Authenticator, bearer
@@ -24,7 +25,7 @@ from gateway.commands.base import Client, peer_host
 from gateway.config import WebSocketConfig, parse_origin
 from gateway.conversation import LineConversation
 from gateway.errors import CommandError, QuotaExceeded
-from gateway.flow import FlowMaker, no_flow
+from gateway.flow import BACKLOG, BEHIND, FlowMaker, ReadGate, no_flow
 from gateway.quota import Quota, Slot, hold_slot
 from gateway.service import CommandService
 from gateway.text import error_line
@@ -36,6 +37,12 @@ SUBPROTOCOLS = (TEXT, JSON)
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Commands waiting their turn (text mode) before reading from the client stops.
+MAX_PENDING = 32
+#: Seconds a close may take before the connection is aborted (TLS included).
+LINGER = 2.0
+#: What the handshake answer says in ``Server``: no library, no version.
+SERVER = "gateway"
 
 
 def origin_allowed(
@@ -74,8 +81,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self._preauthenticated = False
         self._shutting_down = False
         self._closing_for_shutdown = False
+        self._gate: ReadGate | None = None
+        self._abort_timer: IDelayedCall | None = None
 
-    def onConnect(self, request: ConnectionRequest) -> str | None:
+    def onConnect(self, request: ConnectionRequest) -> Any:  # may answer later: a Deferred
         settings = self.factory.settings
         host = request.headers.get("host")
         if not origin_allowed(request.origin, host, self.factory.secure, settings.allowed_origins):
@@ -85,11 +94,22 @@ class GatewayWebSocket(WebSocketServerProtocol):
         header = request.headers.get("authorization")
         if auth is not None and auth.enabled and header is not None:
             # A client that can set headers (not a browser) may log in here.
+            peer = peer_host(self.transport.getPeer())  # type: ignore[union-attr]
+            presented = bearer(header)
             try:
-                auth.check(peer_host(self.transport.getPeer()), bearer(header))  # type: ignore[union-attr]
+                auth.check(peer, presented)
             except CommandError as e:
-                raise ConnectionDeny(401 if e.code == "unauthorized" else 429, e.message) from None
+                deny = ConnectionDeny(401 if e.code == "unauthorized" else 429, e.message)
+                if e.code != "unauthorized" or presented is None:
+                    raise deny from None
+                # A wrong token is answered slowly, more slowly each time, as
+                # on every other way in.
+                self.log.info("Wrong token in the WebSocket handshake from {peer}", peer=peer)
+                return deferLater(self.factory.clock, auth.delay(peer), _raise, deny)
             self._preauthenticated = True
+        return self._subprotocol(request)
+
+    def _subprotocol(self, request: ConnectionRequest) -> str | None:
         offered = request.protocols or []
         for name in (JSON, TEXT):
             if name in offered:
@@ -113,8 +133,11 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         self.registerProducer(flow, True)  # paused when the client stops reading
+        gate = self._gate = ReadGate.for_transport(transport)
+        if gate is not None:
+            # Nothing more is read from a client that does not read its answers.
+            flow.watch(lambda: gate.hold(BEHIND, True), lambda: gate.hold(BEHIND, False))
         client = Client("websocket", self.peer_host, flow)
-        auth = None if self._preauthenticated else factory.auth
         if self.mode == JSON:
             self.conversation = JSONConversation(
                 factory.service,
@@ -122,9 +145,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 self._deliver,
                 self._finish,
                 factory.settings.max_in_flight,
-                auth,
+                factory.auth,
                 factory.login_timeout,
                 idle=self._drained,
+                authenticated=self._preauthenticated,
             )
         else:
             self.conversation = LineConversation(
@@ -132,9 +156,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 client,
                 self._deliver_lines,
                 self._finish,
-                auth=auth,
+                auth=factory.auth,
                 login_timeout=factory.login_timeout,
                 changed=self._changed,
+                authenticated=self._preauthenticated,
             )
         factory.sessions.add(self)
         hold_slot(
@@ -151,7 +176,19 @@ class GatewayWebSocket(WebSocketServerProtocol):
         transport: Any = self.transport
         if transport is not None and getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
+        if self._gate is not None:
+            self._gate.open()
+        if not abort and self._abort_timer is None and not self._gone:
+            # A close ends in an abort after a bounded wait, whatever the
+            # client does (never reads, never finishes TLS).
+            self._abort_timer = self.factory.clock.callLater(LINGER, self._abort)
         super().dropConnection(abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        transport: Any = self.transport
+        if not self._gone and transport is not None:
+            transport.abortConnection()
 
     def _stalled(self) -> None:
         self.log.info("WebSocket client {peer} stopped reading; closing", peer=self.peer_host)
@@ -168,6 +205,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def _changed(self) -> None:
         conversation = self.conversation
+        if self._gate is not None and isinstance(conversation, LineConversation):
+            self._gate.hold(BACKLOG, conversation.waiting >= MAX_PENDING)
         if self._shutting_down and conversation is not None and not conversation.busy:
             self._drained()
 
@@ -193,16 +232,22 @@ class GatewayWebSocket(WebSocketServerProtocol):
         # Once a close has begun (either side) Autobahn refuses to send; what
         # still runs is cancelled when the close completes (onClose).
         if not self._gone and self.state == self.STATE_OPEN:
-            self.sendMessage(text.encode("utf-8"), isBinary=False)
+            self.sendMessage(text.encode("utf-8", "replace"), isBinary=False)
 
     def _deliver_lines(self, lines: list[str]) -> None:
         for line in lines:
             self._deliver(line)
 
     def _finish(self) -> None:
-        """``exit``: a normal close."""
+        """``exit`` (or a login that failed): a normal close, and the slot goes back."""
+        self._release_slot()
         if not self._gone:
             self.sendClose(CLOSE_NORMAL)
+
+    def _release_slot(self) -> None:
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.release()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         conversation = self.conversation
@@ -234,9 +279,10 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 reason=reason or "",
             )
             self.conversation.stop()
-        if self.slot is not None:
-            self.slot.release()
-            self.slot = None
+        self._release_slot()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
         self.factory.sessions.discard(self)
 
 
@@ -254,7 +300,8 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
         login_timeout: float = 0.0,
         make_flow: FlowMaker = no_flow,
     ) -> None:
-        super().__init__(reactor=reactor)
+        super().__init__(reactor=reactor, server=SERVER)
+        self.clock = reactor
         self.make_flow = make_flow
         self.service = service
         self.quota = quota
@@ -287,6 +334,10 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
             # GET /ws without an upgrade gets an error, not Autobahn's status page.
             webStatus=False,
         )
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 def websocket_resource(factory: GatewayWebSocketFactory) -> Any:

@@ -31,11 +31,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from gateway.auth import REQUIRED, Authenticator
+from gateway.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
 from gateway.commands.base import Client, Request
 from gateway.errors import CommandError
 from gateway.events import Error, Event, Lines, Progress, Result
-from gateway.logfmt import printable
+from gateway.logfmt import is_auth_line, printable
 from gateway.service import CommandService
 
 Id = int | str
@@ -71,17 +71,39 @@ class Auth:
         return f"Auth(id={self.id!r}, token='***')"
 
 
+def _has_lone_surrogate(value: object) -> bool:
+    """Does any string in ``value`` (keys included) hold an unpaired surrogate?
+
+    JSON's ``"\\ud800"`` escape decodes to one; no UTF-8 text can carry it, so
+    it could be neither answered nor logged nor used as a path.
+    """
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def parse(text: str) -> Run | Cancel | Auth:
     """One client message -> what to do, or :class:`MessageError`."""
     try:
         message = json.loads(text)
     except ValueError as e:
         raise MessageError(None, f"Malformed JSON: {e}") from None
+    except RecursionError:
+        raise MessageError(None, "Malformed JSON: nested too deeply.") from None
     if not isinstance(message, dict):
         raise MessageError(None, "A message must be a JSON object.")
     if "id" not in message:
         raise MessageError(None, "Missing id.")
     id = message["id"]
+    if _has_lone_surrogate(message):
+        usable = None if _has_lone_surrogate(id) else id
+        if not isinstance(usable, (int, str)) or isinstance(usable, bool):
+            usable = None
+        raise MessageError(usable, "The message holds an unpaired surrogate (\\ud800-\\udfff).")
     if (
         isinstance(id, bool)
         or not isinstance(id, (int, str))
@@ -104,6 +126,9 @@ def parse(text: str) -> Run | Cancel | Auth:
         line = message["line"]
         if not isinstance(line, str) or set(message) != {"id", "line"}:
             raise MessageError(id, "line must be a string, alone with id.")
+        if is_auth_line(line):  # what the console sends when a user types "auth ..."
+            words = line.split()
+            return Auth(id, words[1] if len(words) == 2 else "")
         request = Request.from_line(line)
         if request is None:
             raise MessageError(id, "The line is empty.")
@@ -151,9 +176,10 @@ class JSONConversation:
         auth: Authenticator | None = None,
         login_timeout: float = 0.0,
         idle: Callable[[], None] = lambda: None,
+        authenticated: bool = False,
     ) -> None:
         """``idle`` is called when the last running command of a draining
-        conversation finishes."""
+        conversation finishes; ``authenticated``: the front-end checked a token."""
         self._idle = idle
         self.draining = False
         self.service = service
@@ -162,9 +188,11 @@ class JSONConversation:
         self._close = close
         self.max_in_flight = max_in_flight
         self._auth = auth if auth is not None and auth.enabled else None
-        self.authenticated = self._auth is None
+        self.authenticated = self._auth is None or authenticated
         self._login_timeout = login_timeout
         self._login_timer: IDelayedCall | None = None
+        self._login_held = False
+        self._strikes = 0
         self.running: dict[Id, Deferred[str]] = {}
         self._waiting: list[str] = []
         self._started = False
@@ -172,8 +200,20 @@ class JSONConversation:
 
     def start(self) -> None:
         self._started = True
-        if not self.authenticated and self._login_timeout:
-            self._login_timer = self.service.clock.callLater(self._login_timeout, self._too_late)
+        if not self.authenticated and self._auth is not None:
+            if not self._auth.begin_login(self.client.peer):
+                self.log.info(
+                    "Too many clients waiting to log in; refusing {peer}", peer=self.client.peer
+                )
+                self._send(reply(None, "error", code="quota_exceeded", message=TOO_MANY_WAITING))
+                self.stop()
+                self._close()
+                return
+            self._login_held = True
+            if self._login_timeout:
+                self._login_timer = self.service.clock.callLater(
+                    self._login_timeout, self._too_late
+                )
         waiting, self._waiting = self._waiting, []
         for text in waiting:
             self.receive(text)
@@ -213,11 +253,37 @@ class JSONConversation:
         if isinstance(action, Auth):
             self._authenticate(action)
         elif not self.authenticated:
-            self._send(reply(action.id, "error", code="unauthorized", message=REQUIRED))
+            self._unauthenticated(action.id)
         elif isinstance(action, Cancel):
             self._cancel(action.id)
         else:
             self._run(action)
+
+    def _release_login(self) -> None:
+        if self._login_held and self._auth is not None:
+            self._login_held = False
+            self._auth.end_login(self.client.peer)
+
+    def _unauthenticated(self, id: Id) -> None:
+        """A request before logging in: refused, and what it may cost is bounded."""
+        self._strikes += 1
+        peer = self.client.peer
+        if self._strikes == 1:  # one log line per client, however much it sends
+            self.log.info("Command from {peer} before logging in: refused", peer=peer)
+        limiter = self.service.limiter
+        try:
+            if limiter is not None:
+                limiter.take(peer)
+        except CommandError as e:
+            self._send(reply(id, "error", code=e.code, message=e.message))
+            self.stop()
+            self._close()
+            return
+        self._send(reply(id, "error", code="unauthorized", message=REQUIRED))
+        if self._strikes >= MAX_UNAUTHENTICATED_LINES:
+            self.log.info("Closing {peer}: too many commands before logging in", peer=peer)
+            self.stop()
+            self._close()
 
     def _authenticate(self, action: Auth) -> None:
         self.log.info("CMD received from {peer}: auth ***", peer=self.client.peer)
@@ -237,6 +303,7 @@ class JSONConversation:
             self.service.clock.callLater(delay, self._send_unless_closed, answer)
             return
         self.authenticated = True
+        self._release_login()
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._send(reply(action.id, "result", result={"authenticated": True}))
@@ -292,6 +359,7 @@ class JSONConversation:
     def stop(self) -> None:
         """The connection is ending: cancel everything still running."""
         self.closed = True
+        self._release_login()
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._waiting.clear()
