@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -25,6 +25,7 @@ from gateway.config import Config, ConfigError
 from gateway.flow import flows
 from gateway.http import Console, RestAPI, console_dir
 from gateway.httpserver import GuardedSite
+from gateway.logfmt import RecentLog
 from gateway.openapi import document
 from gateway.quota import ClientQuota
 from gateway.ratelimit import RateLimiter
@@ -103,6 +104,9 @@ class Gateway(MultiService):
         self.config = config
         self.reactor = reactor
         self.loader = loader
+        #: The daemon's own last log lines: what ``lastlog`` shows on a
+        #: machine with no system log at all.
+        self.recent_log = RecentLog(level=config.log.level)
         self.quota = ClientQuota(config.quota.max_clients, config.quota.max_per_ip)
         auth_config = config.auth
         self.auth = Authenticator(
@@ -111,6 +115,8 @@ class Gateway(MultiService):
             auth_config.max_failures,
             auth_config.failure_window,
             auth_config.lockout,
+            auth_config.max_pending_logins,
+            auth_config.max_pending_logins_per_ip,
         )
         # Two pools, so that log reads never queue behind long hashes.
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
@@ -120,7 +126,8 @@ class Gateway(MultiService):
             config.limits.commands_per_second, config.limits.command_burst, reactor
         )
         self.service = CommandService([], reactor, self.limiter)
-        make_flow = flows(reactor, config.limits.stall_timeout)
+        # Read at each new connection, so that SIGHUP applies a new stall_timeout.
+        make_flow = flows(reactor, lambda: self.config.limits.stall_timeout)
         self._read_log = read_log
         self._read_file = read_file
         for command in self._file_commands(config):
@@ -180,7 +187,7 @@ class Gateway(MultiService):
         reactor = self.reactor
         return [
             LastlogCommand(
-                source_from_config(lastlog.source, self._read_log, reactor),
+                source_from_config(lastlog.source, self._read_log, reactor, self.recent_log.tail),
                 lastlog.default_lines,
                 lastlog.max_lines,
                 lastlog.timeout,
@@ -216,12 +223,18 @@ class Gateway(MultiService):
         self.limiter.configure(config.limits.commands_per_second, config.limits.command_burst)
         auth = config.auth
         self.auth.replace_tokens(tokens)
-        self.auth.configure(auth.max_failures, auth.failure_window, auth.lockout)
+        self.auth.configure(
+            auth.max_failures,
+            auth.failure_window,
+            auth.lockout,
+            auth.max_pending_logins,
+            auth.max_pending_logins_per_ip,
+        )
         for command in self._file_commands(config):
             self.service.replace(command)
         self.lines.settings = config.tcp
         self.lines.login_timeout = auth.login_timeout
-        self.site.settings = config.http
+        self.site.configure(config.http)
         self.api.settings = config.http
         self.api.metrics_need_token = auth.metrics
         self.sockets.configure(config.websocket)
@@ -255,6 +268,7 @@ class Gateway(MultiService):
             autobahn=version("autobahn"),
             nvx=nvx,
         )
+        globalLogPublisher.addObserver(self.recent_log)
         super().startService()
         self.ready().addErrback(self._cannot_listen)
         if self.loader is not None:
@@ -303,6 +317,7 @@ class Gateway(MultiService):
             )
 
         def finish(_: object) -> Deferred[None]:
+            globalLogPublisher.removeObserver(self.recent_log)
             d: Deferred[None] = super(Gateway, self).stopService()
             return d
 

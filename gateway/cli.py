@@ -11,7 +11,7 @@ from typing import Any
 from twisted.logger import globalLogBeginner
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load, unsafe_listeners
+from gateway.config import Config, ConfigError, load, redacted, unsafe_listeners
 
 #: flag -> config key, for the common keys.
 FLAG_KEYS: dict[str, str] = {
@@ -80,9 +80,8 @@ def main(
         return 2
     if args.check_config:
         import json
-        from dataclasses import asdict
 
-        print(json.dumps(asdict(config), indent=2))
+        print(json.dumps(redacted(config), indent=2))
         return 0
     if reactor is None:
         from twisted.internet import reactor as default_reactor

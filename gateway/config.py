@@ -52,9 +52,17 @@ class HTTPConfig:
     request_timeout: float = 10.0
     idle_timeout: float = 60.0
     retry_after: int = 5
+    allowed_hosts: tuple[str, ...] = ()
 
     def check(self) -> None:
         _nonempty("http.listen", self.listen)
+        for host in self.allowed_hosts:
+            name = host.strip()
+            if not name or any(c.isspace() or c in "/@[]" for c in name) or not name.isprintable():
+                raise ConfigError(
+                    "http.allowed_hosts",
+                    f'not a host name (name, ".example.com" or "*"): {host!r}',
+                )
         if self.max_header_bytes < 1024:
             raise ConfigError("http.max_header_bytes", "must be at least 1024")
         _not_negative("http.max_body_bytes", self.max_body_bytes)
@@ -204,9 +212,13 @@ class AuthConfig:
     failure_window: float = 60.0
     lockout: float = 300.0
     login_timeout: float = 10.0
+    max_pending_logins: int = 5
+    max_pending_logins_per_ip: int = 2
 
     def check(self) -> None:
         _not_negative("auth.login_timeout", self.login_timeout)
+        _positive("auth.max_pending_logins", self.max_pending_logins)
+        _positive("auth.max_pending_logins_per_ip", self.max_pending_logins_per_ip)
         for token in self.tokens:
             check_token("auth.tokens", token)
         if self.token_file and not os.path.isabs(self.token_file):
@@ -298,9 +310,17 @@ def _keys(section_cls: type[Any]) -> dict[str, Any]:
     return typing.get_type_hints(section_cls)
 
 
+def is_secret(key: str) -> bool:
+    """Does the key (``auth.tokens``, ``GATEWAY_AUTH_TOKENS``, ...) hold a secret?
+
+    No error message, log line or printout shows such a key's value.
+    """
+    return "token" in key.lower() and "token_file" not in key.lower()
+
+
 def _coerce(key: str, kind: Any, value: object) -> object:
     """Check ``value`` (from TOML) against the annotated type ``kind``."""
-    if "token" in key.lower():  # never echo what may be a secret
+    if is_secret(key):  # never echo what may be a secret
         try:
             return _coerce_value(key, kind, value)
         except ConfigError:
@@ -354,7 +374,8 @@ def _toml_value(key: str, text: str) -> object:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        raise ConfigError(key, f"cannot parse value {text!r}") from None
+        shown = "(not shown: it may hold a secret)" if is_secret(key) else repr(text)
+        raise ConfigError(key, f"cannot parse value {shown}") from None
 
 
 def merge(base: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config:

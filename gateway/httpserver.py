@@ -5,11 +5,16 @@ a request (a slowloris client sending one header byte at a time keeps its
 connection forever), no body limit, and answers oversized headers with a bare
 ``400``.  :class:`GuardedChannel` adds a per-request deadline and clear
 ``408`` / ``413`` / ``414`` / ``431`` answers; :class:`GuardedRequest` caps the
-body.  Routes never see a request that broke a limit.
+body and checks the ``Host`` header (DNS rebinding).  Routes never see a
+request that broke a limit.  A client that pipelines requests without reading
+the answers is not read from until it does, so its answers cannot pile up in
+memory.  Every close ends in an abort after a bounded wait.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -22,6 +27,56 @@ from twisted.web.server import Request, Site
 
 from gateway.commands.base import peer_host
 from gateway.config import HTTPConfig
+from gateway.http import wants_json, write_error
+
+#: What ``Server`` says: no library, no version.
+SERVER = b"gateway"
+#: Seconds a refused connection may take to close before it is aborted.
+LINGER = 2.0
+
+
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header, without port, brackets or final dot, lower case."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end].lower() if end > 0 else host.lower()
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".").lower()
+
+
+def host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
+    """May a request that names ``host`` be served (DNS rebinding)?
+
+    A page on an attacker's site can make its own DNS name point at
+    127.0.0.1; the browser then sends that name as ``Host``.  So a name is
+    served only when it is ours: ``localhost`` and ``*.localhost``, an IP
+    address (which no DNS answer can rebind), or one of ``allowed`` (an exact
+    name, ``.example.com`` for the name and any below it, ``*`` for any).  No
+    ``Host`` at all (HTTP/1.0 tools) is not a browser and is served.
+    """
+    if host is None:
+        return True
+    name = host_name(host)
+    if not name:
+        return False
+    if "*" in allowed or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+        return True
+    except ValueError:
+        pass
+    for entry in allowed:
+        want = entry.strip().rstrip(".").lower()
+        if want.startswith("."):
+            if name == want[1:] or name.endswith(want):
+                return True
+        elif name == want:
+            return True
+    return False
+
 
 STATUS_TEXT = {
     408: b"Request Timeout",
@@ -40,9 +95,19 @@ def refuse(channel: HTTPChannel, status: int, message: str) -> None:
         b"Content-Length: %d\r\n"
         b"Connection: close\r\n\r\n" % (status, STATUS_TEXT[status], len(body))
     )
-    if channel.transport is not None:
-        channel.transport.write(head + body)
+    transport: Any = channel.transport
+    if transport is not None:
+        transport.write(head + body)
+        # A client that never reads (or never finishes TLS) cannot keep it.
+        clock: IReactorTime = channel.clock  # type: ignore[attr-defined]
+        clock.callLater(LINGER, _abort_if_open, channel)
     channel.loseConnection()
+
+
+def _abort_if_open(channel: HTTPChannel) -> None:
+    transport: Any = channel.transport
+    if transport is not None and getattr(transport, "connected", False):
+        transport.abortConnection()
 
 
 class GuardedChannel(HTTPChannel):
@@ -55,6 +120,7 @@ class GuardedChannel(HTTPChannel):
         self._deadline: IDelayedCall | None = None
         self._refused = False
         self._lines = 0
+        self._held: list[bytes] = []
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -91,6 +157,13 @@ class GuardedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
+        if self._waitingForTransport and not self._handlingRequest:
+            # The client has not read our last answers: do not read (and
+            # answer) its next requests until it does.  Reading is paused, so
+            # what is held is at most what had already arrived.
+            self._held.append(data)
+            self._networkProducer.pauseProducing()
+            return
         if self._deadline is None and not self._handlingRequest:
             self._start_deadline()  # a new request starts on a kept-alive connection
         super().dataReceived(data)
@@ -114,9 +187,18 @@ class GuardedChannel(HTTPChannel):
         else:
             self._refuse(431, f"request headers too large (limit {limit} bytes)")
 
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self._held and not self._waitingForTransport and not self._handlingRequest:
+            data = b"".join(self._held)
+            self._held = []
+            self.dataReceived(data)
+
     def allContentReceived(self) -> None:
         self._stop_deadline()
         self._lines = 0
+        if self._refused:
+            return  # answered 413 (or another refusal): the route never runs
         super().allContentReceived()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -125,6 +207,35 @@ class GuardedChannel(HTTPChannel):
 
 
 class GuardedRequest(Request):
+    log = Logger(namespace="gateway.http")
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name in (b"Server", "Server", b"server", "server"):
+            value = SERVER
+        super().setHeader(name, value)
+
+    def process(self) -> None:
+        channel: Any = self.channel
+        host = self.getHeader("host")
+        allowed = channel.settings.allowed_hosts
+        if not host_allowed(host, allowed):
+            self.site = channel.site
+            self.log.info(
+                "Refused request from {peer} for Host {host} (not one of ours)",
+                peer=peer_host(self.getClientAddress()),
+                host=host,
+            )
+            self.setHeader("server", SERVER)
+            write_error(
+                self,
+                "forbidden",
+                f"Host not allowed: {host} (http.allowed_hosts lists the names served)",
+                wants_json(self),
+            )
+            self.finish()
+            return
+        super().process()
+
     def gotLength(self, length: int | None) -> None:
         self._body_bytes = 0
         if length is not None and length > self._limit():
@@ -164,6 +275,11 @@ class GuardedSite(Site):
         self.clock = reactor
 
     protocol = GuardedChannel  # type: ignore[assignment]
+
+    def configure(self, settings: HTTPConfig) -> None:
+        """New limits (SIGHUP); connections opened from now on get them."""
+        self.settings = settings
+        self.timeOut = settings.idle_timeout
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
