@@ -74,9 +74,15 @@ def _os_error(e: OSError, path: str) -> CommandError:
 def open_regular(path: str, roots: Sequence[str]) -> tuple[int, int]:
     """Open ``path`` for hashing; return ``(fd, size)`` or raise CommandError.
 
-    ``roots`` must be resolved absolute directories.
+    ``roots`` must be resolved absolute directories.  A path swapped while it
+    is being resolved or opened is an ordinary error, never an internal one.
     """
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except OSError as e:  # a link replaced between realpath's lstat and readlink
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise CommandError("not_found", f"No such file: {path}") from None
+        raise CommandError("not_a_file", f"File changed while being opened: {path}") from None
     check_allowed(real, path, roots)
     try:
         before = os.lstat(real)
@@ -232,6 +238,8 @@ class ComphashCommand:
             raise CommandError("missing_argument", "Please provide a path.")
         if "\x00" in path:
             raise CommandError("bad_argument", "Path contains a NUL byte.")
+        if any("\ud800" <= c <= "\udfff" for c in path):
+            raise CommandError("bad_argument", "Path holds an unpaired surrogate; send UTF-8.")
         if not os.path.isabs(path):
             raise CommandError("bad_argument", f"Path must be absolute: {path}")
         if algorithm not in self.algorithms:
@@ -255,7 +263,14 @@ class ComphashCommand:
                     self._call_from_thread(report, done, size)
 
                 every = max(self.chunk_size, size // 100)
-                hexdigest, done = hash_fd(fd, args.algorithm, self.chunk_size, stop, step, every)
+                try:
+                    hexdigest, done = hash_fd(
+                        fd, args.algorithm, self.chunk_size, stop, step, every
+                    )
+                except OSError as e:  # EIO, a file on a vanished mount, ...
+                    raise CommandError(
+                        "unavailable", f"Cannot read {args.path}: {e.strerror}"
+                    ) from None
             finally:
                 os.close(fd)
             self._call_from_thread(report, done, done)

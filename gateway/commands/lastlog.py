@@ -2,17 +2,21 @@
 
 Sources: a file (read backwards from its end, never whole), a command run with
 ``spawnProcess`` and streamed line by line, or ``auto`` which picks the first
-of ``/var/log/syslog``, ``/var/log/messages`` and the systemd journal.
+of ``/var/log/syslog``, ``/var/log/messages`` and the systemd journal; on a
+machine with none of them (containers, CI) it falls back to the kernel ring
+buffer where readable, then the gateway's own recent log, and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shlex
 import shutil
 import signal
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
@@ -39,6 +43,9 @@ AUTO_FILES: tuple[str, ...] = ("/var/log/syslog", "/var/log/messages")
 JOURNAL_ARGV: tuple[str, ...] = ("journalctl", "--no-pager", "--quiet", "-n", "{lines}")
 #: Where the systemd journal keeps its files (persistent, volatile).
 JOURNAL_DIRS: tuple[str, ...] = ("/var/log/journal", "/run/log/journal")
+#: The kernel ring buffer, as ``dmesg`` reads it.
+KMSG = "/dev/kmsg"
+OWN_LOG = "the gateway's own log"
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -81,6 +88,10 @@ def tail_lines(
 class LogSource(Protocol):
     description: str
 
+    def note_for(self, source: str) -> str | None:
+        """A line telling the reader what ``source`` (a name :meth:`tail`
+        fired with) is, when it is not what was asked for; else ``None``."""
+
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         """Send up to ``n`` last lines to ``sink``; fire with the source's name.
 
@@ -102,6 +113,9 @@ class FileSource:
         self.description = path
         self._run_in_thread = run_in_thread
         self._cached: tuple[tuple[int, int, int, int], int, list[str]] | None = None
+
+    def note_for(self, source: str) -> str | None:
+        return None
 
     def _identity(self) -> tuple[int, int, int, int] | None:
         try:
@@ -264,6 +278,9 @@ class CommandSource:
         self.description = shlex.join(self.argv)
         self._spawner = spawner
 
+    def note_for(self, source: str) -> str | None:
+        return None
+
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         argv = [arg.replace("{lines}", str(n)) for arg in self.argv]
         search = CHILD_PATH + os.pathsep + os.environ.get("PATH", "")
@@ -310,11 +327,110 @@ def _has_entries(directory: str) -> bool:
         return False
 
 
+def kmsg_line(record: bytes) -> str | None:
+    """One ``/dev/kmsg`` record (``prio,seq,usec,flags;text``) as ``dmesg`` shows it.
+
+    Continuation lines (`` KEY=value``) and anything unparsable give ``None``.
+    """
+    head, sep, text = record.partition(b";")
+    if not sep or record.startswith(b" "):
+        return None
+    fields = head.split(b",")
+    if len(fields) < 4 or not fields[2].isdigit():
+        return None
+    usec = int(fields[2])
+    return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {_decode(text)}"
+
+
+class KernelSource:
+    """The kernel ring buffer (``/dev/kmsg``), read to its current end in a thread.
+
+    ``/dev/kmsg`` hands out one record per read and ``EAGAIN`` at the end when
+    opened non-blocking; a plain file of records (tests) reads the same way.
+    """
+
+    def __init__(self, run_in_thread: RunInThread[Any], path: str = KMSG) -> None:
+        self.path = path
+        self.description = f"the kernel ring buffer ({path})"
+        self._run_in_thread = run_in_thread
+
+    def note_for(self, source: str) -> str | None:
+        return None
+
+    def readable(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
+
+    def _read(self, n: int) -> list[str]:
+        last: deque[str] = deque(maxlen=n)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise CommandError("unavailable", f"Cannot read {self.path}: {e.strerror}") from None
+        try:
+            pending = b""
+            read = 0
+            while read < TAIL_MAX_BYTES:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.EPIPE:  # records overwritten while reading
+                        continue
+                    raise CommandError(
+                        "unavailable", f"Cannot read {self.path}: {e.strerror}"
+                    ) from None
+                if not chunk:
+                    break
+                read += len(chunk)
+                *records, pending = (pending + chunk).split(b"\n")
+                for record in records:
+                    line = kmsg_line(record)
+                    if line is not None:
+                        last.append(line)
+            if pending:
+                line = kmsg_line(pending)
+                if line is not None:
+                    last.append(line)
+        finally:
+            os.close(fd)
+        return list(last)
+
+    def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
+        def send(lines: list[str]) -> Deferred[str]:
+            return send_in_batches(lines, sink, flow).addCallback(lambda _: self.description)
+
+        return self._run_in_thread(lambda: self._read(n)).addCallback(send)
+
+
+class OwnLogSource:
+    """The gateway's own last log lines, kept in memory (always there)."""
+
+    def __init__(self, recent: Callable[[int], list[str]]) -> None:
+        self.description = OWN_LOG
+        self._recent = recent
+
+    def note_for(self, source: str) -> str | None:
+        return None
+
+    def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
+        return send_in_batches(self._recent(n), sink, flow).addCallback(lambda _: self.description)
+
+
 class AutoSource:
-    """The first of ``files`` that exists, else the journal, else ``unavailable``.
+    """The first of ``files`` that exists, else the journal, else a fallback.
 
     The journal counts only when ``journalctl`` is installed and one of
     ``journal_dirs`` holds something (an empty journal is no log source).
+    With no system log, the kernel ring buffer is read where the daemon may
+    read it, else the gateway's own recent log (when given); the answer then
+    says which, and what was tried.  With no fallback either: ``unavailable``,
+    naming what was tried.
     """
 
     def __init__(
@@ -324,6 +440,8 @@ class AutoSource:
         files: Sequence[str] = AUTO_FILES,
         journal: Sequence[str] = JOURNAL_ARGV,
         journal_dirs: Sequence[str] = JOURNAL_DIRS,
+        kernel: str | None = KMSG,
+        own_log: Callable[[int], list[str]] | None = None,
     ) -> None:
         self.description = "auto"
         self._run_in_thread = run_in_thread
@@ -331,6 +449,18 @@ class AutoSource:
         self._files = tuple(files)
         self._journal = tuple(journal)
         self._journal_dirs = tuple(journal_dirs)
+        self._kernel = KernelSource(run_in_thread, kernel) if kernel else None
+        self._own = OwnLogSource(own_log) if own_log is not None else None
+
+    @property
+    def tried(self) -> str:
+        return ", ".join((*self._files, self._journal[0]))
+
+    def note_for(self, source: str) -> str | None:
+        fallbacks = [s.description for s in (self._kernel, self._own) if s is not None]
+        if source not in fallbacks:
+            return None
+        return f"-- no system log found (tried {self.tried}); these lines are from {source}"
 
     def pick(self) -> LogSource:
         for path in self._files:
@@ -340,7 +470,11 @@ class AutoSource:
             _has_entries(d) for d in self._journal_dirs
         ):
             return CommandSource(self._journal, self._spawner)
-        tried = ", ".join((*self._files, self._journal[0]))
+        if self._kernel is not None and self._kernel.readable():
+            return self._kernel
+        if self._own is not None:
+            return self._own
+        tried = self.tried if self._kernel is None else f"{self.tried}, {self._kernel.path}"
         raise CommandError("unavailable", f"No log source found (tried {tried})")
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
@@ -348,10 +482,14 @@ class AutoSource:
 
 
 def source_from_config(
-    source: str, run_in_thread: RunInThread[Any], spawner: IReactorProcess
+    source: str,
+    run_in_thread: RunInThread[Any],
+    spawner: IReactorProcess,
+    own_log: Callable[[int], list[str]] | None = None,
 ) -> LogSource:
+    """The source ``lastlog.source`` names; ``own_log`` is the last resort of ``auto``."""
     if source == "auto":
-        return AutoSource(run_in_thread, spawner)
+        return AutoSource(run_in_thread, spawner, own_log=own_log)
     if source.startswith("command:"):
         return CommandSource(shlex.split(source[len("command:") :]), spawner)
     return FileSource(source, run_in_thread)
@@ -405,6 +543,10 @@ class LastlogCommand:
             sink(event)
 
         def result(source: str) -> Result:
-            return Result(command=self.name, data={"count": counted[0], "source": source})
+            data: dict[str, object] = {"count": counted[0], "source": source}
+            note = self.source.note_for(source)
+            if note is None:
+                return Result(command=self.name, data=data)
+            return Result(command=self.name, data={**data, "note": note}, text=(note,))
 
         return self.source.tail(args.lines, count, flow).addCallback(result)
