@@ -4,6 +4,8 @@ through any sequence of connects, commands, aborts and disconnects."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from gateway.commands.base import Client, Request
@@ -23,10 +26,13 @@ from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import TCPConfig
 from gateway.errors import HTTP_STATUS, CommandError
 from gateway.events import Error, Event, Lines, Progress, Result
+from gateway.httpserver import host_allowed, host_name
+from gateway.logfmt import JSONLinesObserver, TextObserver, redact
+from gateway.peers import limit_key, normalise
 from gateway.quota import ClientQuota
 from gateway.service import CommandService
 from gateway.tcp import LineFactory
-from gateway.wsjson import Auth, Cancel, MessageError, Run, parse
+from gateway.wsjson import Auth, Cancel, JSONConversation, MessageError, Run, parse
 
 from .fakes import call_now, run_now
 
@@ -278,3 +284,98 @@ def test_unknown_error_codes_are_refused() -> None:
 
     with pytest.raises(ValueError):
         CommandError("made_up", "x")
+
+
+# -- what the hardening issue found, kept found
+
+
+#: Strings a client can send that once reached a log line raw or broke a reply:
+#: C0/C1 controls, line and paragraph separators, lone surrogates.
+nasty_text = st.text(
+    st.characters(codec=None, min_codepoint=0, max_codepoint=0x3000)
+    | st.sampled_from(["\x1b", "\x85", "\x9b", "\u2028", "\u2029", "\ud800", "\udfff", "\n"]),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=nasty_text)
+def test_any_client_text_is_one_clean_log_line(text: str) -> None:
+    for observer_class in (TextObserver, JSONLinesObserver):
+        out = io.StringIO()
+        observer_class(out)(
+            {
+                "log_format": "CMD received from {peer}: {line}",
+                "peer": text,
+                "line": text,
+                "log_level": LogLevel.info,
+                "log_namespace": "gateway.test",
+                "log_time": 0.0,
+            }
+        )
+        written = out.getvalue()
+        written.encode("utf-8")  # never a lone surrogate: the writer cannot fail
+        assert written.count("\n") == 1 and written.endswith("\n")
+        body = written[:-1]
+        assert not any(
+            ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in body
+        ), repr(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    message=st.recursive(
+        st.none() | st.booleans() | st.integers() | nasty_text,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(nasty_text, inner, max_size=3),
+        max_leaves=8,
+    ),
+    id=st.integers(0, 5) | nasty_text,
+    field=st.sampled_from(["line", "command", "auth", "cancel", "args"]),
+    depth=st.integers(0, 3000),
+)
+def test_any_json_message_gets_exactly_one_answer(
+    message: object, id: object, field: str, depth: int
+) -> None:
+    sent: list[str] = []
+    closed: list[bool] = []
+    c = JSONConversation(
+        CommandService([HelpCommand(lambda: ())], Clock()),
+        Client("websocket", "127.0.0.1"),
+        sent.append,
+        lambda: closed.append(True),
+        4,
+    )
+    c.start()
+    text = json.dumps({"id": id, field: message})
+    if depth > 2000:  # nested deeper than the parser goes
+        text = "[" * depth * 40 + "]" * depth * 40
+    c.receive(text)
+    for reply_text in sent:
+        reply_text.encode("utf-8")  # always sendable as a text frame
+    types = [json.loads(reply_text)["type"] for reply_text in sent]
+    assert [t for t in types if t != "line"] in (["result"], ["error"]), types
+    assert not closed  # the connection stays open
+
+
+@settings(max_examples=200, deadline=None)
+@given(sep=st.sampled_from([c for c in map(chr, range(0x3001)) if c.isspace()]), token=nasty_text)
+def test_every_auth_spelling_the_parser_takes_is_redacted(sep: str, token: str) -> None:
+    line = f"auth{sep}{token}"
+    request = Request.from_line(line)
+    if request is not None and request.command == "auth":
+        assert redact(line) == "auth ***"
+
+
+@settings(max_examples=300, deadline=None)
+@given(host=st.none() | nasty_text, allowed=st.lists(nasty_text, max_size=3))
+def test_host_check_never_fails_unplanned(host: str | None, allowed: list[str]) -> None:
+    assert host_allowed(host, allowed) in (True, False)
+    if host is not None and "*" not in allowed and host_name(host).endswith(".attacker.example"):
+        assert not host_allowed(host, [a for a in allowed if "attacker" not in a])
+
+
+@settings(max_examples=200, deadline=None)
+@given(host=nasty_text | st.ip_addresses().map(str))
+def test_address_normalising_never_fails(host: str) -> None:
+    assert isinstance(normalise(host), str) and isinstance(limit_key(normalise(host)), str)
+    assert normalise(normalise(host)) == normalise(host)

@@ -42,6 +42,9 @@ class ControlledSource:
         self.calls: list[tuple[int, Sink, Deferred[str]]] = []
         self.cancelled = 0
 
+    def note_for(self, source: str) -> str | None:
+        return None
+
     def tail(self, n: int, sink: Sink, flow: Any = None) -> Deferred[str]:
         def cancel(d: Deferred[str]) -> None:
             self.cancelled += 1

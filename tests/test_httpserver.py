@@ -41,7 +41,7 @@ def status_of(transport: StringTransport) -> tuple[int, bytes]:
 
 def test_ordinary_request_passes() -> None:
     channel, t, _ = connect()
-    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[attr-defined]
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")  # type: ignore[attr-defined]
     code, body = status_of(t)
     assert code == 200 and body.endswith(b"ok\n")
     assert not t.disconnecting
@@ -57,7 +57,7 @@ def test_huge_query_string_is_414() -> None:
 def test_huge_headers_are_431() -> None:
     channel, t, _ = connect()
     headers = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"v" * 100) for i in range(200))
-    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")  # type: ignore[attr-defined]
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n")  # type: ignore[attr-defined]
     assert status_of(t) == (431, b"error: request headers too large (limit 16384 bytes)\n")
     assert t.disconnecting
 
@@ -71,7 +71,7 @@ def test_one_giant_header_line_is_431() -> None:
 def test_declared_big_body_is_413() -> None:
     channel, t, _ = connect()
     channel.dataReceived(  # type: ignore[attr-defined]
-        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+        b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n"
     )
     assert status_of(t) == (413, b"error: request body too large (limit 65536 bytes)\n")
     assert t.disconnecting
@@ -80,7 +80,7 @@ def test_declared_big_body_is_413() -> None:
 def test_chunked_big_body_is_413() -> None:
     channel, t, _ = connect(HTTPConfig(max_body_bytes=1000))
     channel.dataReceived(  # type: ignore[attr-defined]
-        b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     chunk = b"%x\r\n%s\r\n" % (600, b"z" * 600)
     channel.dataReceived(chunk)  # type: ignore[attr-defined]
@@ -103,7 +103,7 @@ def test_slowloris_is_408() -> None:
 
 def test_kept_alive_connection_gets_a_new_deadline_per_request() -> None:
     channel, t, clock = connect()
-    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # type: ignore[attr-defined]
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")  # type: ignore[attr-defined]
     t.clear()
     clock.advance(30)  # idle between requests: the idle timeout's business, not a 408
     assert t.value() == b"" and not t.disconnecting

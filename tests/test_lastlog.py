@@ -232,7 +232,9 @@ def test_auto_source_prefers_files_then_journal(tmp_path: Path) -> None:
     assert isinstance(picked, FileSource) and picked.path == str(second)
     journal = tmp_path / "journal"
     journal.mkdir()
-    auto = AutoSource(run_now, FakeSpawner(), [str(tmp_path / "nope")], ["true"], [str(journal)])
+    auto = AutoSource(
+        run_now, FakeSpawner(), [str(tmp_path / "nope")], ["true"], [str(journal)], kernel=None
+    )
     with pytest.raises(CommandError, match="No log source found"):
         auto.pick()  # journalctl is there, but the journal is empty
     (journal / "machine-id").mkdir()
@@ -245,12 +247,14 @@ def test_auto_source_names_what_it_tried(tmp_path: Path) -> None:
         FakeSpawner(),
         files=[str(tmp_path / "a"), str(tmp_path / "b")],
         journal=["nojournal"],
+        kernel=str(tmp_path / "kmsg"),
     )
     with pytest.raises(CommandError) as info:
         auto.pick()
     assert info.value.code == "unavailable"
     assert (
-        info.value.message == f"No log source found (tried {tmp_path}/a, {tmp_path}/b, nojournal)"
+        info.value.message
+        == f"No log source found (tried {tmp_path}/a, {tmp_path}/b, nojournal, {tmp_path}/kmsg)"
     )
 
 

@@ -32,7 +32,7 @@ def open_stalled(transport: str, gw: Any) -> socket.socket:
         if transport == "tcp":
             s.sendall(b"lastlog 1000\n")
         else:
-            s.sendall(b"GET /lastlog?lines=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /lastlog?lines=1000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     return s
 
 

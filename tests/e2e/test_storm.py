@@ -74,7 +74,9 @@ async def http_client(port: int, rng: random.Random, until: float, big: Path) ->
             await asyncio.sleep(0.05)
             continue
         try:
-            request = f"GET {rng.choice(paths)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            request = (
+                f"GET {rng.choice(paths)} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
             writer.write(request.encode())
             await writer.drain()
             if rng.random() < 0.6:
