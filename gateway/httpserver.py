@@ -121,6 +121,7 @@ class GuardedChannel(HTTPChannel):
         self._refused = False
         self._lines = 0
         self._held: list[bytes] = []
+        self._closing: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -201,8 +202,28 @@ class GuardedChannel(HTTPChannel):
             return  # answered 413 (or another refusal): the route never runs
         super().allContentReceived()
 
+    def loseConnection(self) -> None:
+        """Close once what was written is sent, or abort after ``abortTimeout``.
+
+        A client that stops reading its answer (or never finishes TLS) would
+        otherwise keep the socket for ever once the daemon wants it closed.
+        """
+        if self._closing is None and self.transport is not None:
+            self._closing = self.clock.callLater(self.abortTimeout, self._abort_close)
+        super().loseConnection()
+
+    def _abort_close(self) -> None:
+        self._closing = None
+        transport: Any = self.transport
+        if transport is not None:
+            self.log.info("Closing {peer} did not finish; aborting", peer=self._peer())
+            transport.abortConnection()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadline()
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        self._closing = None
         super().connectionLost(reason)
 
 

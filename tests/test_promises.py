@@ -96,6 +96,9 @@ class SilentTLSTransport(StringTransport):
     def abortConnection(self) -> None:
         self.aborted = True
 
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
 
 class Lines_:
     def __init__(
@@ -284,6 +287,13 @@ def test_websocket_stops_reading_while_its_client_does_not_read(tmp_path: Path) 
     assert gate is not None and gate.closed
     server.conversation.client.flow.resumeProducing()
     assert not gate.closed
+
+
+class Leaf(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: object) -> bytes:
+        return b"ok\n"
 
 
 def pipelined_site() -> tuple[Any, StringTransport, list[int]]:
@@ -812,3 +822,17 @@ def test_config_defaults_have_the_new_keys() -> None:
     config = Config()
     assert config.http.allowed_hosts == ()
     assert (config.auth.max_pending_logins, config.auth.max_pending_logins_per_ip) == (5, 2)
+
+
+def test_an_http_close_that_never_finishes_is_aborted() -> None:
+    clock = Clock()
+    root = Resource()
+    root.putChild(b"healthz", Leaf())
+    site = GuardedSite(root, HTTPConfig(), clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    t = SilentTLSTransport()
+    channel.makeConnection(t)
+    channel.dataReceived(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")  # not kept alive
+    assert t.disconnecting and not t.aborted
+    clock.advance(channel.abortTimeout)
+    assert t.aborted
