@@ -13,6 +13,7 @@ memory.  Every close ends in an abort after a bounded wait.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +57,11 @@ def host_allowed(host: str | None, allowed: Sequence[str]) -> bool:
     name, ``.example.com`` for the name and any below it, ``*`` for any).  No
     ``Host`` at all (HTTP/1.0 tools) is not a browser and is served.
     """
+    return _host_allowed(host, tuple(allowed))
+
+
+@functools.lru_cache(maxsize=256)
+def _host_allowed(host: str | None, allowed: tuple[str, ...]) -> bool:
     if host is None:
         return True
     name = host_name(host)

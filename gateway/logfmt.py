@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import deque
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar
@@ -27,8 +28,13 @@ _ESCAPES: dict[int, str] = (
 )
 
 
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
 def escape(text: str) -> str:
     """``text`` safe to write as (part of) one log line."""
+    if _UNSAFE.search(text) is None:  # nearly always: no copy, no per-character lookup
+        return text
     return text.translate(_ESCAPES)
 
 
@@ -150,18 +156,32 @@ class _Lines(io.TextIOBase):
 @implementer(ILogObserver)
 class RecentLog:
     """The gateway's own last log lines, in memory (a ``lastlog`` source of last
-    resort on machines with no system log)."""
+    resort on machines with no system log).
+
+    Logging is on the hot path, so events are kept as they come (without the
+    objects that sent them) and formatted only when someone asks.
+    """
+
+    _DROP = frozenset({"log_logger", "log_source", "log_failure", "log_trace"})
 
     def __init__(self, keep: int = 1000, level: str = "info") -> None:
-        self._sink = _Lines(keep)
-        self._text = TextObserver(self._sink, level)
+        self._events: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._minimum = TextObserver._ORDER[level]
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self._text(event)
+        level = event.get("log_level")
+        if TextObserver._ORDER.get(level.name if level is not None else "info", 1) < self._minimum:
+            return
+        drop = self._DROP
+        self._events.append({k: v for k, v in event.items() if k not in drop})
 
     def tail(self, n: int) -> list[str]:
-        lines = self._sink.lines
-        return list(lines)[-n:] if n < len(lines) else list(lines)
+        events = list(self._events)[-n:] if n > 0 else []
+        sink = _Lines(len(events) or 1)
+        text = TextObserver(sink, "debug")
+        for event in events:
+            text(event)
+        return list(sink.lines)[-n:] if n > 0 else []
 
 
 def make_observer(fmt: str, level: str, out: IO[str]) -> ILogObserver:
