@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import PurePath
 from typing import Any, ClassVar
 
 from klein import Klein
@@ -215,10 +217,10 @@ class Console:
         self.files = dict(files)
 
     @classmethod
-    def load(cls, directory: Path) -> Console:
+    def load(cls, directory: Traversable) -> Console:
         files = {}
-        for path in sorted(directory.iterdir()):
-            kind = cls.TYPES.get(path.suffix)
+        for path in sorted(directory.iterdir(), key=lambda p: p.name):
+            kind = cls.TYPES.get(PurePath(path.name).suffix)
             if kind is not None and path.is_file():
                 files[path.name] = (kind, path.read_bytes())
         if "index.html" not in files:
@@ -236,13 +238,9 @@ class Console:
         return body
 
 
-def console_dir() -> Path:
-    """``web/`` next to the package (a checkout), or inside it (an installed wheel)."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "web", package.parent / "web"):
-        if (candidate / "index.html").is_file():
-            return candidate
-    raise FileNotFoundError("the console's files (web/index.html) are missing")
+def console_dir() -> Traversable:
+    """The console's files: package data, wherever the package was installed."""
+    return resources.files("gateway") / "web"
 
 
 class RestAPI:
