@@ -175,3 +175,14 @@ def test_unsafe_start_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--check-config", "--tcp", "tcp:9999"], environ=env) == 0
     flags = ["--check-config", "--tcp", "tcp:9999", "--allow-remote-without-auth"]
     assert cli.main(flags, environ={}) == 0
+
+
+def test_the_documented_config_and_unit_ship_with_the_package(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli import main
+
+    assert main(["--print-config-example"], {}) == 0
+    assert capsys.readouterr().out == DOCUMENTED.read_text()
+    assert main(["--print-systemd-unit"], {}) == 0
+    assert capsys.readouterr().out == (ROOT / "config" / "gateway.service").read_text()

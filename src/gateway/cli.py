@@ -40,8 +40,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check-config", action="store_true", help="print the effective config and exit"
     )
+    p.add_argument(
+        "--print-config-example",
+        action="store_true",
+        help="print the documented config file (every key, with its default) and exit",
+    )
+    p.add_argument(
+        "--print-systemd-unit",
+        action="store_true",
+        help="print an example systemd unit for the gateway and exit",
+    )
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
     return p
+
+
+def shipped(name: str) -> str:
+    """A file shipped with the package (``data/``): the documented config, the unit."""
+    from importlib import resources
+
+    return (resources.files("gateway") / "data" / name).read_text(encoding="utf-8")
 
 
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
@@ -68,6 +85,10 @@ def main(
     reactor: Any = None,
 ) -> int:
     args = parser().parse_args(argv)
+    if args.print_config_example or args.print_systemd_unit:
+        name = "gateway.toml" if args.print_config_example else "gateway.service"
+        sys.stdout.write(shipped(name))
+        return 0
     environ = os.environ if environ is None else environ
     try:
         config = config_from_args(args, environ)
