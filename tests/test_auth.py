@@ -13,13 +13,13 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
-from gateway.auth import Authenticator, bearer
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.config import ConfigError, TCPConfig, load, redacted
-from gateway.errors import CommandError
-from gateway.quota import ClientQuota
-from gateway.service import CommandService
-from gateway.tcp import LineFactory
+from gateway.core.auth import Authenticator, bearer
+from gateway.core.errors import CommandError
+from gateway.core.quota import ClientQuota
+from gateway.core.service import CommandService
+from gateway.frontends.line import LineFactory
 
 TOKEN = "s3cret-token-0123456789"
 OTHER = "another-token-abcdefghij"
@@ -208,7 +208,7 @@ def http_harness() -> Any:
     from treq.testing import StubTreq
 
     from gateway.config import HTTPConfig
-    from gateway.http import RestAPI
+    from gateway.frontends.http.routes import RestAPI
 
     clock = Clock()
     quota = ClientQuota(10)

@@ -13,8 +13,8 @@ from gateway.commands.comphash import (
     hash_fd,
     open_regular,
 )
-from gateway.errors import CommandError
-from gateway.events import Event, Progress, Result
+from gateway.core.errors import CommandError
+from gateway.core.events import Event, Progress, Result
 
 from .fakes import call_now, run_now
 

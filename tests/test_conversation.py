@@ -1,10 +1,10 @@
 from twisted.internet.task import Clock
 
-from gateway.commands.base import Client
 from gateway.commands.builtin import ExitCommand
-from gateway.conversation import LineConversation
-from gateway.events import Result
-from gateway.service import CommandService
+from gateway.core.command import Client
+from gateway.core.events import Result
+from gateway.core.service import CommandService
+from gateway.sessions.line import LineConversation
 
 from .test_service import Stub
 

@@ -1,8 +1,8 @@
 from twisted.internet.task import Clock
 
 from gateway.commands.lastlog import BATCH, send_in_batches
-from gateway.events import Event, Lines
-from gateway.flow import Flow
+from gateway.core.events import Event, Lines
+from gateway.core.flow import Flow
 
 
 def test_watchers_follow_pause_and_resume() -> None:

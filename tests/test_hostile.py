@@ -19,20 +19,27 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from gateway.commands.base import Client, Request
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import TCPConfig
-from gateway.errors import HTTP_STATUS, CommandError
-from gateway.events import Error, Event, Lines, Progress, Result
-from gateway.httpserver import host_allowed, host_name
+from gateway.core.command import Client, Request
+from gateway.core.errors import HTTP_STATUS, CommandError
+from gateway.core.events import Error, Event, Lines, Progress, Result
+from gateway.core.peers import limit_key, normalise
+from gateway.core.quota import ClientQuota
+from gateway.core.service import CommandService
+from gateway.frontends.http.site import host_allowed, host_name
+from gateway.frontends.line import LineFactory
 from gateway.logfmt import JSONLinesObserver, TextObserver, redact
-from gateway.peers import limit_key, normalise
-from gateway.quota import ClientQuota
-from gateway.service import CommandService
-from gateway.tcp import LineFactory
-from gateway.wsjson import Auth, Cancel, JSONConversation, MessageError, Run, parse
+from gateway.sessions.json_conversation import (
+    Auth,
+    Cancel,
+    JSONConversation,
+    MessageError,
+    Run,
+    parse,
+)
 
 from .fakes import call_now, run_now
 
@@ -159,7 +166,7 @@ class QuotaMachine(RuleBasedStateMachine):
         from treq.testing import StubTreq
 
         from gateway.config import HTTPConfig
-        from gateway.http import RestAPI
+        from gateway.frontends.http.routes import RestAPI
 
         from .test_http import ControlledSource
         from .test_websocket import Harness

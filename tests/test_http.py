@@ -15,17 +15,17 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from gateway.commands.base import Client, Request
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import Config, HTTPConfig
-from gateway.errors import CommandError
-from gateway.events import Lines, Sink
-from gateway.http import Console, RestAPI, console_dir
-from gateway.openapi import document
-from gateway.quota import ClientQuota
-from gateway.service import CommandService
+from gateway.core.command import Client, Request
+from gateway.core.errors import CommandError
+from gateway.core.events import Lines, Sink
+from gateway.core.quota import ClientQuota
+from gateway.core.service import CommandService
+from gateway.frontends.http.openapi import document
+from gateway.frontends.http.routes import Console, RestAPI, console_dir
 
 from .fakes import call_now, run_now
 from .openapi_check import check_answer

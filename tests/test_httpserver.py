@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 
 from gateway.config import HTTPConfig
-from gateway.httpserver import GuardedSite
+from gateway.frontends.http.site import GuardedSite
 
 
 class Ok(Resource):

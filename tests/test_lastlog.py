@@ -14,8 +14,8 @@ from gateway.commands.lastlog import (
     LastlogCommand,
     tail_lines,
 )
-from gateway.errors import CommandError
-from gateway.events import Event, Lines, Result
+from gateway.core.errors import CommandError
+from gateway.core.events import Event, Lines, Result
 
 from .fakes import FakeSpawner, run_now
 

@@ -28,9 +28,7 @@ from twisted.test import iosim
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from gateway.auth import MAX_UNAUTHENTICATED_LINES, Authenticator
 from gateway.cli import main
-from gateway.commands.base import Client, peer_host
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand, open_regular
 from gateway.commands.lastlog import (
@@ -41,17 +39,19 @@ from gateway.commands.lastlog import (
     kmsg_line,
 )
 from gateway.config import Config, ConfigError, HTTPConfig, TCPConfig, load
-from gateway.errors import CommandError
-from gateway.events import Event, Lines, Result
-from gateway.flow import Flow
-from gateway.httpserver import GuardedSite, host_allowed
+from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, Authenticator
+from gateway.core.command import Client, peer_host
+from gateway.core.errors import CommandError
+from gateway.core.events import Event, Lines, Result
+from gateway.core.flow import Flow
+from gateway.core.peers import limit_key, normalise
+from gateway.core.quota import ClientQuota
+from gateway.core.ratelimit import RateLimiter
+from gateway.core.service import CommandService
+from gateway.frontends.http.site import GuardedSite, host_allowed
+from gateway.frontends.line import LINGER, MAX_PENDING, LineFactory, LineSession
 from gateway.logfmt import JSONLinesObserver, RecentLog, TextObserver, redact
-from gateway.peers import limit_key, normalise
-from gateway.quota import ClientQuota
-from gateway.ratelimit import RateLimiter
-from gateway.service import CommandService
-from gateway.tcp import LINGER, MAX_PENDING, LineFactory, LineSession
-from gateway.wsjson import Auth, JSONConversation, MessageError, parse
+from gateway.sessions.json_conversation import Auth, JSONConversation, MessageError, parse
 
 from .fakes import FakeSpawner, call_now, run_now
 from .test_service import Stub

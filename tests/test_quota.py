@@ -1,7 +1,7 @@
 import pytest
 
-from gateway.errors import QuotaExceeded
-from gateway.quota import ClientQuota
+from gateway.core.errors import QuotaExceeded
+from gateway.core.quota import ClientQuota
 
 
 def test_grants_up_to_max_then_refuses_and_counts_per_transport() -> None:

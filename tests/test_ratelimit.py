@@ -1,12 +1,12 @@
 import pytest
 from twisted.internet.task import Clock
 
-from gateway.commands.base import Client, Request
 from gateway.commands.builtin import ExitCommand
-from gateway.errors import CommandError
-from gateway.events import Error, Event
-from gateway.ratelimit import RateLimiter
-from gateway.service import CommandService
+from gateway.core.command import Client, Request
+from gateway.core.errors import CommandError
+from gateway.core.events import Error, Event
+from gateway.core.ratelimit import RateLimiter
+from gateway.core.service import CommandService
 
 
 def test_burst_then_rate() -> None:

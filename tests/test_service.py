@@ -4,12 +4,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from gateway.commands.base import Client, Request
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand, format_duration
-from gateway.errors import CommandError
-from gateway.events import Error, Event, Lines, Result, Sink
-from gateway.quota import ClientQuota
-from gateway.service import CommandService
+from gateway.core.command import Client, Request
+from gateway.core.errors import CommandError
+from gateway.core.events import Error, Event, Lines, Result, Sink
+from gateway.core.quota import ClientQuota
+from gateway.core.service import CommandService
 
 CLIENT = Client("tcp", "127.0.0.1")
 
@@ -134,7 +134,7 @@ def test_one_log_event_per_command() -> None:
         execute(CommandService([ExitCommand()], Clock()), Request("exit", rest=""))
     finally:
         globalLogPublisher.removeObserver(logged.append)
-    mine = [e for e in logged if e.get("log_namespace", "").startswith("gateway.service")]
+    mine = [e for e in logged if e.get("log_namespace", "").startswith("gateway.core.service")]
     assert len(mine) == 1
     event = mine[0]
     assert (event["transport"], event["peer"], event["command"], event["outcome"]) == (

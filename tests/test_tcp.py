@@ -16,10 +16,10 @@ from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import TCPConfig
-from gateway.events import Result
-from gateway.quota import ClientQuota, Slot
-from gateway.service import CommandService
-from gateway.tcp import MAX_PENDING, LineFactory, LineSession
+from gateway.core.events import Result
+from gateway.core.quota import ClientQuota, Slot
+from gateway.core.service import CommandService
+from gateway.frontends.line import MAX_PENDING, LineFactory, LineSession
 
 from .fakes import call_now, run_now
 from .test_service import Stub

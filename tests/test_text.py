@@ -1,7 +1,7 @@
 import pytest
 
-from gateway.events import Error, Lines, Progress, Result
-from gateway.text import TextRenderer, encode_lines, error_line
+from gateway.core.events import Error, Lines, Progress, Result
+from gateway.sessions.text import TextRenderer, encode_lines, error_line
 
 FRAME = ("Begin lastlog", "End lastlog")
 

@@ -13,16 +13,16 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
-from gateway.commands.base import Client
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import WebSocketConfig
-from gateway.events import Result
-from gateway.quota import ClientQuota
-from gateway.service import CommandService
-from gateway.websocket import GatewayWebSocketFactory, origin_allowed
-from gateway.wsjson import Cancel, JSONConversation, MessageError, Run, parse
+from gateway.core.command import Client
+from gateway.core.events import Result
+from gateway.core.quota import ClientQuota
+from gateway.core.service import CommandService
+from gateway.frontends.websocket import GatewayWebSocketFactory, origin_allowed
+from gateway.sessions.json_conversation import Cancel, JSONConversation, MessageError, Run, parse
 
 from .fakes import call_now, run_now
 from .test_service import Stub

@@ -16,22 +16,22 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__
-from gateway.auth import Authenticator
-from gateway.commands.base import Command
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config, ConfigError
-from gateway.flow import flows
-from gateway.http import Console, RestAPI, console_dir
-from gateway.httpserver import GuardedSite
+from gateway.core.auth import Authenticator
+from gateway.core.command import Command
+from gateway.core.flow import flows
+from gateway.core.quota import ClientQuota
+from gateway.core.ratelimit import RateLimiter
+from gateway.core.service import CommandService
+from gateway.frontends.http.openapi import document
+from gateway.frontends.http.routes import Console, RestAPI, console_dir
+from gateway.frontends.http.site import GuardedSite
+from gateway.frontends.line import LINGER, LineFactory
+from gateway.frontends.websocket import GatewayWebSocketFactory, websocket_resource
 from gateway.logfmt import RecentLog
-from gateway.openapi import document
-from gateway.quota import ClientQuota
-from gateway.ratelimit import RateLimiter
-from gateway.service import CommandService
-from gateway.tcp import LINGER, LineFactory
-from gateway.websocket import GatewayWebSocketFactory, websocket_resource
 
 log = Logger(namespace="gateway.app")
 

@@ -1,1 +1,1 @@
-"""One module per command; :mod:`gateway.commands.base` has the shared shape."""
+"""One module per command; :mod:`gateway.core.command` has the shared shape."""

@@ -8,10 +8,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.commands.base import Command, no_arguments, reject_unknown
-from gateway.events import Result, Sink
-from gateway.flow import UNLIMITED, Flow
-from gateway.quota import TRANSPORTS, Quota
+from gateway.core.command import Command, no_arguments, reject_unknown
+from gateway.core.events import Result, Sink
+from gateway.core.flow import UNLIMITED, Flow
+from gateway.core.quota import TRANSPORTS, Quota
 
 
 class HelpCommand:

@@ -25,10 +25,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gateway.commands.base import reject_unknown
-from gateway.errors import CommandError
-from gateway.events import Progress, Result, Sink
-from gateway.flow import UNLIMITED, Flow
+from gateway.core.command import reject_unknown
+from gateway.core.errors import CommandError
+from gateway.core.events import Progress, Result, Sink
+from gateway.core.flow import UNLIMITED, Flow
 
 #: Never hashed, wherever the allowed roots point: kernel views that look like
 #: files but are not (``/proc/self/environ`` would leak the daemon's secrets).

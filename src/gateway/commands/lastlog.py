@@ -27,10 +27,10 @@ from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from gateway.commands.base import reject_unknown
-from gateway.errors import CommandError
-from gateway.events import Lines, Result, Sink
-from gateway.flow import UNLIMITED, Flow
+from gateway.core.command import reject_unknown
+from gateway.core.errors import CommandError
+from gateway.core.events import Lines, Result, Sink
+from gateway.core.flow import UNLIMITED, Flow
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]

@@ -17,13 +17,13 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from gateway.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
-from gateway.commands.base import Client, Request
-from gateway.errors import CommandError
-from gateway.events import Event, Result
+from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
+from gateway.core.command import Client, Request
+from gateway.core.errors import CommandError
+from gateway.core.events import Event, Result
+from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable, redact
-from gateway.service import CommandService
-from gateway.text import TextRenderer, error_line
+from gateway.sessions.text import TextRenderer, error_line
 
 
 def _nothing() -> None:
@@ -31,7 +31,7 @@ def _nothing() -> None:
 
 
 class LineConversation:
-    log = Logger(namespace="gateway.conversation")
+    log = Logger(namespace="gateway.sessions.line")
     __slots__ = (
         "_auth",
         "_changed",

@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 
-from gateway.quota import TRANSPORTS, QuotaSnapshot
+from gateway.core.quota import TRANSPORTS, QuotaSnapshot
 
 #: Upper bounds (seconds) of the command duration histogram.
 BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)

@@ -25,16 +25,16 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from gateway.auth import Authenticator, bearer
-from gateway.commands.base import Client, Request, peer_host
 from gateway.config import HTTPConfig
-from gateway.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
-from gateway.events import Error, Event, Lines, Result
-from gateway.flow import FlowMaker, no_flow
-from gateway.metrics import CONTENT_TYPE as METRICS_TYPE
-from gateway.metrics import render as render_metrics
-from gateway.quota import Quota, Slot
-from gateway.service import CommandService
+from gateway.core.auth import Authenticator, bearer
+from gateway.core.command import Client, Request, peer_host
+from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
+from gateway.core.events import Error, Event, Lines, Result
+from gateway.core.flow import FlowMaker, no_flow
+from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
+from gateway.core.metrics import render as render_metrics
+from gateway.core.quota import Quota, Slot
+from gateway.core.service import CommandService
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
@@ -245,7 +245,7 @@ def console_dir() -> Traversable:
 
 class RestAPI:
     app = Klein()
-    log = Logger(namespace="gateway.http")
+    log = Logger(namespace="gateway.frontends.http.routes")
 
     def __init__(
         self,

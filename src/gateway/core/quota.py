@@ -16,8 +16,8 @@ from typing import Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from gateway.errors import QuotaExceeded
-from gateway.peers import limit_key
+from gateway.core.errors import QuotaExceeded
+from gateway.core.peers import limit_key
 
 TRANSPORTS: tuple[str, ...] = ("tcp", "http", "websocket")
 
@@ -99,7 +99,7 @@ def hold_slot(
 class ClientQuota:
     """In-process quota: ``max_clients`` overall, ``max_per_ip`` per address.
 
-    Addresses are counted by :func:`gateway.peers.limit_key` (an IPv6 /64).
+    Addresses are counted by :func:`gateway.core.peers.limit_key` (an IPv6 /64).
     """
 
     def __init__(self, max_clients: int, max_per_ip: int = 0) -> None:

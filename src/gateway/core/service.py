@@ -16,16 +16,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.commands.base import Client, Command, Request
-from gateway.errors import INTERNAL_MESSAGE, CommandError
-from gateway.events import Error, Result, Sink
+from gateway.core.command import Client, Command, Request
+from gateway.core.errors import INTERNAL_MESSAGE, CommandError
+from gateway.core.events import Error, Result, Sink
+from gateway.core.metrics import CommandMetrics
+from gateway.core.ratelimit import RateLimiter
 from gateway.logfmt import printable
-from gateway.metrics import CommandMetrics
-from gateway.ratelimit import RateLimiter
 
 
 class CommandService:
-    log = Logger(namespace="gateway.service")
+    log = Logger(namespace="gateway.core.service")
 
     def __init__(
         self,

@@ -8,10 +8,10 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from gateway.errors import CommandError
-from gateway.events import Result, Sink
-from gateway.flow import UNLIMITED, Flow
-from gateway.peers import peer_host
+from gateway.core.errors import CommandError
+from gateway.core.events import Result, Sink
+from gateway.core.flow import UNLIMITED, Flow
+from gateway.core.peers import peer_host
 
 __all__ = ["Client", "Command", "Request", "peer_host"]
 

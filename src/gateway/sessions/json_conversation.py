@@ -31,12 +31,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from gateway.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
-from gateway.commands.base import Client, Request
-from gateway.errors import CommandError
-from gateway.events import Error, Event, Lines, Progress, Result
+from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
+from gateway.core.command import Client, Request
+from gateway.core.errors import CommandError
+from gateway.core.events import Error, Event, Lines, Progress, Result
+from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
-from gateway.service import CommandService
 
 Id = int | str
 FIELDS = frozenset({"id", "command", "args", "line", "cancel", "auth"})
@@ -164,7 +164,7 @@ def event_replies(id: Id, event: Event) -> list[str]:
 class JSONConversation:
     """Commands with ids, several at once, over any message transport."""
 
-    log = Logger(namespace="gateway.websocket")
+    log = Logger(namespace="gateway.frontends.websocket")
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ The wording of the original line server is kept: ``Command not found.``,
 
 from __future__ import annotations
 
-from gateway.events import Error, Event, Lines, Progress, Result
+from gateway.core.events import Error, Event, Lines, Progress, Result
 
 #: Errors whose message is printed as is, without ``An error occurred:``.
 BARE_CODES = frozenset({"unknown_command", "missing_argument", "quota_exceeded", "unauthorized"})

@@ -27,15 +27,15 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.auth import Authenticator
-from gateway.commands.base import Client, peer_host
 from gateway.config import TCPConfig
-from gateway.conversation import LineConversation
-from gateway.errors import QuotaExceeded
-from gateway.flow import BACKLOG, FlowMaker, ReadGate, no_flow
-from gateway.quota import Quota, Slot, hold_slot
-from gateway.service import CommandService
-from gateway.text import encode_lines, error_line
+from gateway.core.auth import Authenticator
+from gateway.core.command import Client, peer_host
+from gateway.core.errors import QuotaExceeded
+from gateway.core.flow import BACKLOG, FlowMaker, ReadGate, no_flow
+from gateway.core.quota import Quota, Slot, hold_slot
+from gateway.core.service import CommandService
+from gateway.sessions.line import LineConversation
+from gateway.sessions.text import encode_lines, error_line
 
 #: Lines waiting behind a running command before reading pauses.
 MAX_PENDING = 32
@@ -47,7 +47,7 @@ LINGER = 2.0
 @implementer(IHalfCloseableProtocol)
 class LineSession(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
-    log = Logger(namespace="gateway.tcp")
+    log = Logger(namespace="gateway.frontends.line")
 
     def __init__(
         self,

@@ -26,9 +26,9 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from gateway.commands.base import peer_host
 from gateway.config import HTTPConfig
-from gateway.http import wants_json, write_error
+from gateway.core.command import peer_host
+from gateway.frontends.http.routes import wants_json, write_error
 
 #: What ``Server`` says: no library, no version.
 SERVER = b"gateway"
@@ -117,7 +117,7 @@ def _abort_if_open(channel: HTTPChannel) -> None:
 
 
 class GuardedChannel(HTTPChannel):
-    log = Logger(namespace="gateway.http")
+    log = Logger(namespace="gateway.frontends.http.routes")
     settings = HTTPConfig()
     clock: IReactorTime
 
@@ -234,7 +234,7 @@ class GuardedChannel(HTTPChannel):
 
 
 class GuardedRequest(Request):
-    log = Logger(namespace="gateway.http")
+    log = Logger(namespace="gateway.frontends.http.routes")
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         if name in (b"Server", "Server", b"server", "server"):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.errors import CommandError
-from gateway.peers import limit_key
+from gateway.core.errors import CommandError
+from gateway.core.peers import limit_key
 
 
 @dataclass

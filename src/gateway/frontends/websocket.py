@@ -2,7 +2,7 @@
 
 Two subprotocols.  ``gateway.text`` (or none): each text frame is a command
 line and each output line comes back as one text frame, exactly the text the
-line server sends.  ``gateway.v1.json``: see :mod:`gateway.wsjson`.  A
+line server sends.  ``gateway.v1.json``: see :mod:`gateway.sessions.json_conversation`.  A
 connection holds one quota slot from handshake to close; over quota the
 handshake completes and the server closes with 1013 and the reason
 ``Too many connections. Bye!``.
@@ -20,16 +20,16 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from gateway.auth import Authenticator, bearer
-from gateway.commands.base import Client, peer_host
 from gateway.config import WebSocketConfig, parse_origin
-from gateway.conversation import LineConversation
-from gateway.errors import CommandError, QuotaExceeded
-from gateway.flow import BACKLOG, BEHIND, FlowMaker, ReadGate, no_flow
-from gateway.quota import Quota, Slot, hold_slot
-from gateway.service import CommandService
-from gateway.text import error_line
-from gateway.wsjson import JSONConversation, reply
+from gateway.core.auth import Authenticator, bearer
+from gateway.core.command import Client, peer_host
+from gateway.core.errors import CommandError, QuotaExceeded
+from gateway.core.flow import BACKLOG, BEHIND, FlowMaker, ReadGate, no_flow
+from gateway.core.quota import Quota, Slot, hold_slot
+from gateway.core.service import CommandService
+from gateway.sessions.json_conversation import JSONConversation, reply
+from gateway.sessions.line import LineConversation
+from gateway.sessions.text import error_line
 
 TEXT = "gateway.text"
 JSON = "gateway.v1.json"
@@ -68,7 +68,7 @@ def origin_allowed(
 
 
 class GatewayWebSocket(WebSocketServerProtocol):
-    log = Logger(namespace="gateway.websocket")
+    log = Logger(namespace="gateway.frontends.websocket")
     factory: GatewayWebSocketFactory
 
     def __init__(self) -> None:

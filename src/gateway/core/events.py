@@ -49,7 +49,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Error:
-    """The command failed with a stable ``code`` (see :mod:`gateway.errors`)."""
+    """The command failed with a stable ``code`` (see :mod:`gateway.core.errors`)."""
 
     code: str
     message: str
