@@ -16,16 +16,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__
-from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
-from gateway.commands.comphash import ComphashCommand
-from gateway.commands.lastlog import LastlogCommand, source_from_config
+from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, ConfigError
 from gateway.core.auth import Authenticator
-from gateway.core.command import Command
 from gateway.core.flow import flows
 from gateway.core.quota import ClientQuota
 from gateway.core.ratelimit import RateLimiter
-from gateway.core.service import CommandService
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
 from gateway.frontends.http.site import GuardedSite
@@ -125,16 +121,14 @@ class Gateway(MultiService):
         self.limiter = RateLimiter(
             config.limits.commands_per_second, config.limits.command_burst, reactor
         )
-        self.service = CommandService([], reactor, self.limiter)
+        self.runners = Runners(
+            read_log, read_file, lambda f, *args: reactor.callFromThread(f, *args), reactor
+        )
+        self.service = build_service(
+            config, reactor, self.quota, self.runners, self.limiter, self.recent_log.tail
+        )
         # Read at each new connection, so that SIGHUP applies a new stall_timeout.
         make_flow = flows(reactor, lambda: self.config.limits.stall_timeout)
-        self._read_log = read_log
-        self._read_file = read_file
-        for command in self._file_commands(config):
-            self.service.add(command)
-        self.service.add(HelpCommand(lambda: self.service.commands))
-        self.service.add(StatsCommand(self.quota, reactor))
-        self.service.add(ExitCommand())
 
         tcp = config.tcp
         sockets = GatewayWebSocketFactory(
@@ -181,28 +175,6 @@ class Gateway(MultiService):
 
         self.exit_status = 0
 
-    def _file_commands(self, config: Config) -> list[Command]:
-        lastlog = config.lastlog
-        comphash = config.comphash
-        reactor = self.reactor
-        return [
-            LastlogCommand(
-                source_from_config(lastlog.source, self._read_log, reactor, self.recent_log.tail),
-                lastlog.default_lines,
-                lastlog.max_lines,
-                lastlog.timeout,
-            ),
-            ComphashCommand(
-                comphash.allowed_roots,
-                comphash.algorithms,
-                comphash.default_algorithm,
-                comphash.chunk_size,
-                comphash.timeout,
-                self._read_file,
-                lambda f, *args: reactor.callFromThread(f, *args),
-            ),
-        ]
-
     def reload(self, config: Config) -> None:
         """Apply a new config without dropping anyone (SIGHUP).
 
@@ -230,8 +202,7 @@ class Gateway(MultiService):
             auth.max_pending_logins,
             auth.max_pending_logins_per_ip,
         )
-        for command in self._file_commands(config):
-            self.service.replace(command)
+        reconfigure(self.service, config, self.runners, self.recent_log.tail)
         self.lines.settings = config.tcp
         self.lines.login_timeout = auth.login_timeout
         self.site.configure(config.http)

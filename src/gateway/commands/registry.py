@@ -1,0 +1,99 @@
+"""The commands the gateway serves, and the one way its CommandService is built.
+
+``app.py`` and the tests both build the service here, so the two cannot drift
+apart.  Adding a command is a module in this package and a line in
+:func:`configured_commands` (or :func:`build_service` for one that needs no
+configuration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+
+from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
+from gateway.commands.comphash import ComphashCommand
+from gateway.commands.lastlog import LastlogCommand, source_from_config
+from gateway.config import Config
+from gateway.core.command import Command
+from gateway.core.quota import Quota
+from gateway.core.ratelimit import RateLimiter
+from gateway.core.service import CommandService
+
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
+@dataclass(frozen=True)
+class Runners:
+    """How commands reach beyond the reactor thread: injected, so tests run them in line.
+
+    ``read_log`` and ``read_file`` run a function in a thread pool (two pools,
+    so that log reads never queue behind long hashes); ``call_from_thread``
+    hands a call back to the reactor; ``spawner`` starts log commands.
+    """
+
+    read_log: RunInThread
+    read_file: RunInThread
+    call_from_thread: Callable[..., None]
+    spawner: IReactorProcess
+
+
+def configured_commands(
+    config: Config, runners: Runners, own_log: Callable[[int], list[str]] | None = None
+) -> list[Command]:
+    """The commands whose behaviour the configuration sets (replaced on SIGHUP)."""
+    lastlog = config.lastlog
+    comphash = config.comphash
+    return [
+        LastlogCommand(
+            source_from_config(lastlog.source, runners.read_log, runners.spawner, own_log),
+            lastlog.default_lines,
+            lastlog.max_lines,
+            lastlog.timeout,
+        ),
+        ComphashCommand(
+            comphash.allowed_roots,
+            comphash.algorithms,
+            comphash.default_algorithm,
+            comphash.chunk_size,
+            comphash.timeout,
+            runners.read_file,
+            runners.call_from_thread,
+        ),
+    ]
+
+
+def build_service(
+    config: Config,
+    clock: IReactorTime,
+    quota: Quota,
+    runners: Runners,
+    limiter: RateLimiter | None = None,
+    own_log: Callable[[int], list[str]] | None = None,
+    extra: Sequence[Command] = (),
+) -> CommandService:
+    """The command service with every command the gateway serves (and ``extra``)."""
+    service = CommandService([], clock, limiter)
+    for command in configured_commands(config, runners, own_log):
+        service.add(command)
+    service.add(HelpCommand(lambda: service.commands))
+    service.add(StatsCommand(quota, clock))
+    service.add(ExitCommand())
+    for command in extra:
+        service.add(command)
+    return service
+
+
+def reconfigure(
+    service: CommandService,
+    config: Config,
+    runners: Runners,
+    own_log: Callable[[int], list[str]] | None = None,
+) -> None:
+    """Swap in the configured commands for ``config``; runs in flight go on."""
+    for command in configured_commands(config, runners, own_log):
+        service.replace(command)
