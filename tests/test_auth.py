@@ -11,15 +11,16 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
-from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.config import ConfigError, TCPConfig, load, redacted
 from gateway.core.auth import Authenticator, bearer
 from gateway.core.errors import CommandError
 from gateway.core.quota import ClientQuota
-from gateway.core.service import CommandService
 from gateway.frontends.line import LineFactory
+
+from .support.logs import recorded_events
+from .support.services import make_service
 
 TOKEN = "s3cret-token-0123456789"
 OTHER = "another-token-abcdefghij"
@@ -27,11 +28,9 @@ OTHER = "another-token-abcdefghij"
 
 @pytest.fixture
 def logged() -> Iterator[list[str]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
     texts: list[str] = []
-    yield texts
-    globalLogPublisher.removeObserver(events.append)
+    with recorded_events() as events:
+        yield texts
     texts.extend(formatEvent(e) + repr(e) for e in events)
 
 
@@ -131,10 +130,7 @@ class TCPHarness:
         self.clock = Clock()
         self.quota = ClientQuota(10)
         self.auth = Authenticator([TOKEN], self.clock, max_failures=3)
-        self.service = CommandService([], self.clock)
-        self.service.add(HelpCommand(lambda: self.service.commands))
-        self.service.add(StatsCommand(self.quota, self.clock))
-        self.service.add(ExitCommand())
+        self.service = make_service(None, self.clock, self.quota)
         self.factory = LineFactory(
             self.service, self.quota, self.clock, TCPConfig(), self.auth, login_timeout
         )
@@ -147,7 +143,7 @@ class TCPHarness:
 
 
 def lines(t: StringTransport) -> list[str]:
-    out = t.value().decode().splitlines()
+    out: list[str] = t.value().decode().splitlines()
     t.clear()
     return out
 
@@ -212,9 +208,7 @@ def http_harness() -> Any:
 
     clock = Clock()
     quota = ClientQuota(10)
-    service = CommandService([], clock)
-    service.add(HelpCommand(lambda: service.commands))
-    service.add(StatsCommand(quota, clock))
+    service = make_service(None, clock, quota)
     auth = Authenticator([TOKEN], clock, max_failures=2)
     api = RestAPI(service, quota, HTTPConfig(), lambda: {}, auth=auth)
     return StubTreq(api.resource()), clock, api
@@ -269,7 +263,7 @@ def test_http_metrics_open_when_configured() -> None:
 
 
 def ws_harness(tmp_path: Path) -> Any:
-    from .test_websocket import Harness
+    from .support.websocket import Harness
 
     h = Harness(tmp_path)
     h.factory.auth = Authenticator([TOKEN], h.clock)

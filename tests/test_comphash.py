@@ -16,7 +16,7 @@ from gateway.commands.comphash import (
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Progress, Result
 
-from .fakes import call_now, run_now
+from .support.fakes import call_now, run_now
 
 MiB = 1024 * 1024
 

@@ -6,7 +6,7 @@ from gateway.core.events import Result
 from gateway.core.service import CommandService
 from gateway.sessions.line import LineConversation
 
-from .test_service import Stub
+from .support.commands import Stub
 
 
 def make() -> tuple[LineConversation, Stub, list[str], list[str]]:

@@ -19,9 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
-from gateway.commands.comphash import ComphashCommand
-from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.commands.builtin import HelpCommand
+from gateway.commands.lastlog import LastlogCommand
 from gateway.config import TCPConfig
 from gateway.core.command import Client, Request
 from gateway.core.errors import HTTP_STATUS, CommandError
@@ -41,7 +40,7 @@ from gateway.sessions.json_conversation import (
     parse,
 )
 
-from .fakes import call_now, run_now
+from .support.services import make_service
 
 WORDS = [
     "lastlog",
@@ -62,19 +61,10 @@ SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
 def build_service(tmp: Path, clock: Clock, quota: ClientQuota) -> CommandService:
-    log = tmp / "syslog"
-    if not log.exists():
-        log.write_bytes(b"one\ntwo\n\xff\xfe binary \x00 line\nlast\n")
+    if not (tmp / "file").exists():
         (tmp / "file").write_bytes(b"data")
-    service = CommandService([], clock)
-    service.add(LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0))
-    service.add(
-        ComphashCommand([str(tmp)], ["sha1", "md5"], "sha1", 1 << 20, 60.0, run_now, call_now)
-    )
-    service.add(HelpCommand(lambda: service.commands))
-    service.add(StatsCommand(quota, clock))
-    service.add(ExitCommand())
-    return service
+    log = b"one\ntwo\n\xff\xfe binary \x00 line\nlast\n"
+    return make_service(tmp, clock, quota, log_text=log, roots=[str(tmp)])
 
 
 command_lines = st.one_of(
@@ -168,8 +158,8 @@ class QuotaMachine(RuleBasedStateMachine):
         from gateway.config import HTTPConfig
         from gateway.frontends.http.routes import RestAPI
 
-        from .test_http import ControlledSource
-        from .test_websocket import Harness
+        from .support.commands import ControlledSource
+        from .support.websocket import Harness
 
         self.tmp = Path(tempfile.mkdtemp())
         self.ws = Harness(self.tmp, max_clients=self.MAX)
@@ -178,7 +168,9 @@ class QuotaMachine(RuleBasedStateMachine):
         self.source = ControlledSource()
         self.ws.service.replace(LastlogCommand(self.source, 10, 1000, 10_000.0))
         self.lines = LineFactory(self.ws.service, self.quota, self.clock, TCPConfig())
-        self.treq = StubTreq(RestAPI(self.ws.service, self.quota, HTTPConfig(), dict).resource())
+        self.treq: Any = StubTreq(
+            RestAPI(self.ws.service, self.quota, HTTPConfig(), dict).resource()
+        )
         self.tcp: list[tuple[Any, StringTransport]] = []
         self.sockets: list[Any] = []
         self.requests: list[Any] = []

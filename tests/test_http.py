@@ -15,43 +15,21 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
-from gateway.commands.comphash import ComphashCommand
-from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.commands.lastlog import FileSource
 from gateway.config import Config, HTTPConfig
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Sink
 from gateway.core.quota import ClientQuota
-from gateway.core.service import CommandService
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
 
-from .fakes import call_now, run_now
-from .openapi_check import check_answer
+from .support.commands import ControlledSource
+from .support.fakes import run_now
+from .support.openapi_check import check_answer
+from .support.services import make_service
 
 BASE = "http://127.0.0.1:8080"
-
-
-class ControlledSource:
-    """A log source whose answer the test gives."""
-
-    description = "controlled"
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, Sink, Deferred[str]]] = []
-        self.cancelled = 0
-
-    def note_for(self, source: str) -> str | None:
-        return None
-
-    def tail(self, n: int, sink: Sink, flow: Any = None) -> Deferred[str]:
-        def cancel(d: Deferred[str]) -> None:
-            self.cancelled += 1
-
-        d: Deferred[str] = Deferred(cancel)
-        self.calls.append((n, sink, d))
-        return d
 
 
 class Harness:
@@ -61,24 +39,15 @@ class Harness:
         self.root = tmp_path / "data"
         self.root.mkdir(exist_ok=True)
         self.log = tmp_path / "syslog"
-        self.log.write_text("".join(f"entry {i}\n" for i in range(50)))
-        self.source = source or FileSource(str(self.log), run_now)
-        self.service = CommandService([], self.clock)
-        self.service.add(LastlogCommand(self.source, 10, 1000, 10.0))
-        self.service.add(
-            ComphashCommand(
-                [str(self.root), "/dev"],
-                ["sha1", "sha256", "md5"],
-                "sha1",
-                1 << 20,
-                60.0,
-                run_now,
-                call_now,
-            )
+        self.service = make_service(
+            tmp_path,
+            self.clock,
+            self.quota,
+            log_text="".join(f"entry {i}\n" for i in range(50)),
+            roots=[str(self.root), "/dev"],
+            algorithms=["sha1", "sha256", "md5"],
+            source=source,
         )
-        self.service.add(HelpCommand(lambda: self.service.commands))
-        self.service.add(StatsCommand(self.quota, self.clock))
-        self.service.add(ExitCommand())
         config = Config()
         self.doc = document(config)
         self.api = RestAPI(
@@ -89,7 +58,7 @@ class Harness:
             websocket=None,
             console=Console.load(console_dir()),
         )
-        self.treq = StubTreq(self.api.resource())
+        self.treq: Any = StubTreq(self.api.resource())
 
     def get(
         self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET"

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.python.failure import Failure
 
 from gateway.commands.lastlog import (
     AutoSource,
@@ -17,7 +18,7 @@ from gateway.commands.lastlog import (
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Lines, Result
 
-from .fakes import FakeSpawner, run_now
+from .support.fakes import FakeSpawner, run_now
 
 
 def tail(data: bytes, n: int, block: int = 7) -> list[str]:
@@ -49,7 +50,7 @@ def test_tail_lines(data: bytes, n: int, expected: list[str]) -> None:
 @given(
     lines=st.lists(
         st.text(
-            alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)),
+            alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]),
             max_size=20,
         ),
         max_size=40,
@@ -168,7 +169,7 @@ def test_lastlog_accepts_counts() -> None:
 def test_command_source_streams_and_substitutes_lines() -> None:
     spawner = FakeSpawner()
     events: list[Event] = []
-    d = CommandSource(["echo", "-n", "{lines}"], spawner).tail(3, events.append)
+    d = CommandSource(["echo", "-n", "{lines}"], spawner.reactor).tail(3, events.append)
     (child,) = spawner.processes
     assert child.args[0].endswith("/setsid")  # in a process group of its own
     assert child.args[1] == "--" and child.args[2].endswith("/echo")
@@ -188,7 +189,7 @@ def test_command_source_streams_and_substitutes_lines() -> None:
 def test_command_source_stops_the_child_once_it_has_enough() -> None:
     spawner = FakeSpawner()
     events: list[Event] = []
-    CommandSource(["yes"], spawner).tail(2, events.append)
+    CommandSource(["yes"], spawner.reactor).tail(2, events.append)
     (child,) = spawner.processes
     child.out(b"y\ny\ny\ny\n")
     assert events == [Lines(("y", "y"))]
@@ -198,20 +199,21 @@ def test_command_source_stops_the_child_once_it_has_enough() -> None:
 
 def test_command_source_failure_is_unavailable_with_stderr() -> None:
     spawner = FakeSpawner()
-    d = CommandSource(["false"], spawner).tail(2, lambda e: None)
+    d = CommandSource(["false"], spawner.reactor).tail(2, lambda e: None)
     child = spawner.processes[0]
     child.err(b"journal: no such file\nmore\n")
     child.exit(1)
-    failure = []
+    failure: list[Failure] = []
     d.addErrback(failure.append)
     err = failure[0].value
+    assert isinstance(err, CommandError)
     assert err.code == "unavailable"
     assert err.message == "Log command false failed (exit status 1): journal: no such file"
 
 
 def test_command_source_cancel_kills_the_child() -> None:
     spawner = FakeSpawner()
-    d = CommandSource(["sleep"], spawner).tail(2, lambda e: None)
+    d = CommandSource(["sleep"], spawner.reactor).tail(2, lambda e: None)
     d.addErrback(lambda f: None)
     d.cancel()
     child = spawner.processes[0]
@@ -221,19 +223,24 @@ def test_command_source_cancel_kills_the_child() -> None:
 
 def test_command_source_missing_program() -> None:
     with pytest.raises(CommandError, match="Log command not found: no-such-program-here"):
-        CommandSource(["no-such-program-here"], FakeSpawner()).tail(2, lambda e: None)
+        CommandSource(["no-such-program-here"], FakeSpawner().reactor).tail(2, lambda e: None)
 
 
 def test_auto_source_prefers_files_then_journal(tmp_path: Path) -> None:
     second = tmp_path / "messages"
     second.write_text("m\n")
-    auto = AutoSource(run_now, FakeSpawner(), files=[str(tmp_path / "syslog"), str(second)])
+    auto = AutoSource(run_now, FakeSpawner().reactor, files=[str(tmp_path / "syslog"), str(second)])
     picked = auto.pick()
     assert isinstance(picked, FileSource) and picked.path == str(second)
     journal = tmp_path / "journal"
     journal.mkdir()
     auto = AutoSource(
-        run_now, FakeSpawner(), [str(tmp_path / "nope")], ["true"], [str(journal)], kernel=None
+        run_now,
+        FakeSpawner().reactor,
+        [str(tmp_path / "nope")],
+        ["true"],
+        [str(journal)],
+        kernel=None,
     )
     with pytest.raises(CommandError, match="No log source found"):
         auto.pick()  # journalctl is there, but the journal is empty
@@ -244,7 +251,7 @@ def test_auto_source_prefers_files_then_journal(tmp_path: Path) -> None:
 def test_auto_source_names_what_it_tried(tmp_path: Path) -> None:
     auto = AutoSource(
         run_now,
-        FakeSpawner(),
+        FakeSpawner().reactor,
         files=[str(tmp_path / "a"), str(tmp_path / "b")],
         journal=["nojournal"],
         kernel=str(tmp_path / "kmsg"),

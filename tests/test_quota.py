@@ -1,7 +1,8 @@
 import pytest
+from twisted.python.failure import Failure
 
 from gateway.core.errors import QuotaExceeded
-from gateway.core.quota import ClientQuota
+from gateway.core.quota import ClientQuota, Slot
 
 
 def test_grants_up_to_max_then_refuses_and_counts_per_transport() -> None:
@@ -54,10 +55,10 @@ def test_max_per_ip_limits_one_address_only() -> None:
 
 def test_acquire_is_a_deferred_interface() -> None:
     quota = ClientQuota(max_clients=1)
-    granted = []
+    granted: list[Slot] = []
     quota.acquire("tcp", "h").addCallback(granted.append)
     assert len(granted) == 1
-    refused = []
+    refused: list[Failure] = []
     quota.acquire("tcp", "h").addErrback(refused.append)
     assert refused[0].check(QuotaExceeded)
     granted[0].release()

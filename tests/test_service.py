@@ -1,53 +1,15 @@
-from collections.abc import Mapping
-from typing import Any
-
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand, format_duration
 from gateway.core.command import Client, Request
-from gateway.core.errors import CommandError
-from gateway.core.events import Error, Event, Lines, Result, Sink
+from gateway.core.events import Error, Event, Lines, Result
 from gateway.core.quota import ClientQuota
 from gateway.core.service import CommandService
 
+from .support.commands import Stub
+from .support.logs import recorded_events
+
 CLIENT = Client("tcp", "127.0.0.1")
-
-
-class Stub:
-    """A command whose run the test controls."""
-
-    usage = "stub"
-    summary = "for tests"
-    frame = None
-
-    def __init__(self, name: str = "stub", timeout: float = 5.0) -> None:
-        self.name = name
-        self.timeout = timeout
-        self.runs: list[Deferred[Result]] = []
-        self.cancelled = 0
-
-    def parse(self, rest: str) -> Mapping[str, object]:
-        if rest == "bad":
-            raise CommandError("bad_argument", "bad stub")
-        return {"rest": rest}
-
-    def prepare(self, args: Mapping[str, object]) -> Any:
-        return args
-
-    def run(self, args: Any, sink: Sink, flow: Any = None) -> Deferred[Result]:
-        if args.get("rest") == "boom":
-            raise RuntimeError("secret detail")
-        if args.get("rest") == "fail":
-            raise CommandError("not_found", "No such file: /x")
-        sink(Lines(("working",)))
-
-        def cancel(d: Deferred[Result]) -> None:
-            self.cancelled += 1
-
-        d: Deferred[Result] = Deferred(cancel)
-        self.runs.append(d)
-        return d
 
 
 def execute(service: CommandService, request: Request) -> tuple[list[Event], list[str]]:
@@ -88,14 +50,8 @@ def test_parse_error_and_command_error() -> None:
 
 
 def test_internal_error_hides_details() -> None:
-    from twisted.logger import globalLogPublisher
-
-    logged: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(logged.append)
-    try:
+    with recorded_events() as logged:
         events, outcome = execute(CommandService([Stub()], Clock()), Request("stub", rest="boom"))
-    finally:
-        globalLogPublisher.removeObserver(logged.append)
     assert events == [Error("internal", "Internal error (details in the server log only)")]
     assert "secret detail" not in repr(events)
     assert any("log_failure" in e for e in logged)  # the details are in the server log
@@ -126,14 +82,8 @@ def test_caller_cancel_stops_the_command_quietly() -> None:
 
 
 def test_one_log_event_per_command() -> None:
-    from twisted.logger import globalLogPublisher
-
-    logged: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(logged.append)
-    try:
+    with recorded_events() as logged:
         execute(CommandService([ExitCommand()], Clock()), Request("exit", rest=""))
-    finally:
-        globalLogPublisher.removeObserver(logged.append)
     mine = [e for e in logged if e.get("log_namespace", "").startswith("gateway.core.service")]
     assert len(mine) == 1
     event = mine[0]

@@ -9,20 +9,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
-from gateway.commands.comphash import ComphashCommand
-from gateway.commands.lastlog import FileSource, LastlogCommand
 from gateway.config import TCPConfig
 from gateway.core.events import Result
 from gateway.core.quota import ClientQuota, Slot
-from gateway.core.service import CommandService
 from gateway.frontends.line import MAX_PENDING, LineFactory, LineSession
 
-from .fakes import call_now, run_now
-from .test_service import Stub
+from .support.commands import Stub
+from .support.logs import recorded_events
+from .support.services import make_service
 
 
 class Harness:
@@ -30,20 +26,15 @@ class Harness:
         self.clock = Clock()
         self.quota = quota or ClientQuota(max_clients)
         self.log = tmp_path / "syslog"
-        self.log.write_text(
-            "".join(f"Aug 29 15:02:{i:02d} lab cron[1]: line {i}\n" for i in range(20))
-        )
         self.stub = Stub(timeout=10_000)
-        self.service = CommandService([], self.clock)
-        self.service.add(LastlogCommand(FileSource(str(self.log), run_now), 10, 1000, 10.0))
-        self.service.add(
-            ComphashCommand(["/"], ["sha1", "md5"], "sha1", 1 << 20, 60.0, run_now, call_now)
-        )
-        self.service.add(HelpCommand(lambda: self.service.commands))
         snap_quota = self.quota if isinstance(self.quota, ClientQuota) else ClientQuota(1)
-        self.service.add(StatsCommand(snap_quota, self.clock))
-        self.service.add(ExitCommand())
-        self.service.add(self.stub)
+        self.service = make_service(
+            tmp_path,
+            self.clock,
+            snap_quota,
+            log_text="".join(f"Aug 29 15:02:{i:02d} lab cron[1]: line {i}\n" for i in range(20)),
+            extra=[self.stub],
+        )
         self.factory = LineFactory(self.service, self.quota, self.clock, TCPConfig())
 
     def connect(self, host: str = "127.0.0.1") -> tuple[LineSession, StringTransport]:
@@ -54,7 +45,7 @@ class Harness:
 
 
 def output(transport: StringTransport) -> list[str]:
-    text = transport.value().decode()
+    text: str = transport.value().decode()
     transport.clear()
     return text.splitlines()
 
@@ -66,10 +57,8 @@ def h(tmp_path: Path) -> Harness:
 
 @pytest.fixture
 def logged() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
+    with recorded_events() as events:
+        yield events
 
 
 def test_seed_transcript(h: Harness, tmp_path: Path) -> None:

@@ -8,24 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.test import iosim
 
-from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
-from gateway.commands.comphash import ComphashCommand
-from gateway.commands.lastlog import FileSource, LastlogCommand
+from gateway.commands.builtin import ExitCommand
 from gateway.config import WebSocketConfig
 from gateway.core.command import Client
 from gateway.core.events import Result
-from gateway.core.quota import ClientQuota
 from gateway.core.service import CommandService
-from gateway.frontends.websocket import GatewayWebSocketFactory, origin_allowed
+from gateway.frontends.websocket import origin_allowed
 from gateway.sessions.json_conversation import Cancel, JSONConversation, MessageError, Run, parse
 
-from .fakes import call_now, run_now
-from .test_service import Stub
+from .support.commands import Stub
+from .support.websocket import Harness
 
 # -- origins
 
@@ -181,71 +175,6 @@ def test_messages_wait_for_the_quota() -> None:
 
 
 # -- the real protocol, in memory
-
-
-class Recorder(WebSocketClientProtocol):
-    def onOpen(self) -> None:
-        self.factory.opened.append(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.messages.append(payload.decode())
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.closed.append((code, reason))
-
-
-class Harness:
-    def __init__(
-        self, tmp_path: Path, max_clients: int = 10, settings: WebSocketConfig | None = None
-    ) -> None:
-        self.clock = Clock()
-        self.quota = ClientQuota(max_clients)
-        log = tmp_path / "syslog"
-        log.write_text("".join(f"entry {i}\n" for i in range(20)))
-        self.root = tmp_path
-        self.stub = Stub(timeout=1000)
-        self.service = CommandService([], self.clock)
-        self.service.add(LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0))
-        self.service.add(
-            ComphashCommand([str(tmp_path)], ["sha1"], "sha1", 1 << 20, 60.0, run_now, call_now)
-        )
-        self.service.add(HelpCommand(lambda: self.service.commands))
-        self.service.add(StatsCommand(self.quota, self.clock))
-        self.service.add(ExitCommand())
-        self.service.add(self.stub)
-        self.factory = GatewayWebSocketFactory(
-            self.service, self.quota, settings or WebSocketConfig(), self.clock
-        )
-        self.pumps: list[iosim.IOPump] = []
-
-    def connect(self, protocols: list[str] | None = None, origin: str | None = None) -> Any:
-        client_factory = WebSocketClientFactory(
-            "ws://127.0.0.1:8080/ws", protocols=protocols, origin=origin, reactor=self.clock
-        )
-        client_factory.protocol = Recorder
-        client_factory.opened, client_factory.messages, client_factory.closed = [], [], []
-        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
-        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
-        server_t = iosim.FakeTransport(
-            server, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
-        )
-        client_t = iosim.FakeTransport(client, isServer=False)
-        pump = iosim.connect(server, server_t, client, client_t, greet=False)
-        self.pumps.append(pump)
-        self.flush()
-        client_factory.client = client
-        client_factory.server = server
-        return client_factory
-
-    def flush(self) -> None:
-        for _ in range(5):
-            for pump in self.pumps:
-                pump.flush()
-            self.clock.advance(0)
-
-    def send(self, conn: Any, text: str | bytes, binary: bool = False) -> None:
-        conn.client.sendMessage(text.encode() if isinstance(text, str) else text, isBinary=binary)
-        self.flush()
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BIN, open_nc, require_tool
-from .test_netcat import read_line
+from ..support.e2e import BIN, open_nc, read_line, require_tool
 
 pytestmark = pytest.mark.e2e
 

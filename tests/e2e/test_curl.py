@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import curl, open_nc, require_tool
-from .test_netcat import read_chars, read_line
+from ..support.e2e import curl, open_nc, read_chars, read_line, require_tool
 
 pytestmark = pytest.mark.e2e
 

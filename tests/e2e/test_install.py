@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
-from .conftest import Gateway, curl, nc, require_tool
+from ..support.e2e import Gateway, curl, nc, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -126,7 +127,7 @@ def check_every_front_end(gw: Gateway) -> None:
     assert nc(gw.tcp_port, b"help\n").startswith("lastlog [N]")
     with connect(
         f"ws://127.0.0.1:{gw.http_port}/ws",
-        subprotocols=["gateway.v1.json"],  # type: ignore[list-item]
+        subprotocols=[Subprotocol("gateway.v1.json")],
     ) as ws:
         ws.send(json.dumps({"id": 1, "line": "stats"}))
         assert json.loads(ws.recv(10))["type"] == "result"

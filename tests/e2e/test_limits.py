@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
-from .conftest import curl, nc
+from ..support.e2e import curl, nc
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,9 @@ def test_command_rate_limit_on_every_transport(
     assert (status, headers["retry-after"]) == (429, "5")
     assert body == b"error: Too many commands from 127.0.0.1; slow down (try again in 5 s).\n"
     assert curl(gw.url("/healthz"))[0] == 200  # not a command: never limited
-    with connect(f"ws://127.0.0.1:{gw.http_port}/ws", subprotocols=["gateway.v1.json"]) as ws:  # type: ignore[list-item]
+    with connect(
+        f"ws://127.0.0.1:{gw.http_port}/ws", subprotocols=[Subprotocol("gateway.v1.json")]
+    ) as ws:
         ws.send(json.dumps({"id": 1, "line": "help"}))
         reply = json.loads(ws.recv(10))
     assert reply["code"] == "rate_limited" and reply["retry_after"] == 5

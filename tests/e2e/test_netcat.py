@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import nc, open_nc
+from ..support.e2e import nc, open_nc, pid_alive, read_chars, read_line
 
 pytestmark = pytest.mark.e2e
 
@@ -137,43 +137,6 @@ def test_megabyte_line_is_refused_and_others_are_served(start_gateway: Any, nc_p
     assert nc(gw.tcp_port, b"test\n") == "Command not found.\n"
 
 
-def read_until_closed(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    """What ``proc`` prints until its stdout closes or ``timeout`` passes."""
-    assert proc.stdout is not None
-    out = proc.stdout.fileno()
-    os.set_blocking(out, False)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = os.read(out, 65536)
-        except BlockingIOError:
-            time.sleep(0.02)
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
-    assert proc.stdout is not None
-    out = proc.stdout.fileno()
-    os.set_blocking(out, False)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in data and time.monotonic() < deadline:
-        try:
-            chunk = os.read(out, 1)
-        except BlockingIOError:
-            time.sleep(0.01)
-            continue
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_idle_connection_is_closed(start_gateway: Any, nc_path: str) -> None:
     gw = start_gateway(env={"GATEWAY_TCP_IDLE_TIMEOUT": "0.5"})
     proc = open_nc(gw.tcp_port)
@@ -185,11 +148,6 @@ def test_idle_connection_is_closed(start_gateway: Any, nc_path: str) -> None:
         proc.kill()
         proc.wait()
     gw.wait_for(r"Closing idle connection from 127\.0\.0\.1")
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists at all, zombie included (a zombie is not reaped)."""
-    return os.path.exists(f"/proc/{pid}")
 
 
 def test_disconnect_mid_lastlog_kills_and_reaps_the_child(
@@ -228,14 +186,6 @@ def test_lastlog_timeout_kills_the_child(start_gateway: Any, nc_path: str, tmp_p
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(pid)
-
-
-def read_chars(pid: int) -> int:
-    with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError("no rchar")
 
 
 def test_disconnect_mid_hash_stops_reading(
@@ -322,9 +272,9 @@ def test_hundred_clients_against_a_quota_of_ten(start_gateway: Any, nc_path: str
     lines = stats.splitlines()
     assert lines[0] == "clients: 1/10 in use (tcp 1, http 0, websocket 0)"
     assert lines[2] == "refused: 90 (tcp 90, http 0, websocket 0)"
-    served = re.fullmatch(r"served: (\d+) \(tcp (\d+), http 0, websocket 0\)", lines[1])
-    assert served is not None and served.group(1) == served.group(2)
-    assert int(served.group(1)) >= 10 + 1
+    counted = re.fullmatch(r"served: (\d+) \(tcp (\d+), http 0, websocket 0\)", lines[1])
+    assert counted is not None and counted.group(1) == counted.group(2)
+    assert int(counted.group(1)) >= 10 + 1
 
 
 def test_lastlog_answers_while_hashes_fill_the_pool(

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BIN, nc, open_nc
-from .test_netcat import read_line
+from ..support.e2e import BIN, nc, open_nc, read_line
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BIN, curl, nc
-from .test_storm import rss_kib
-from .test_tls import make_certificate
-from .test_websocket import masked_text_frame, raw_handshake
+from ..support.e2e import BIN, curl, make_certificate, masked_text_frame, nc, raw_handshake, rss_kib
 
 pytestmark = pytest.mark.e2e
 

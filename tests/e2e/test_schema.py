@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import BIN
+from ..support.e2e import BIN
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,7 @@ from typing import Any
 
 import pytest
 
-from .test_netcat import pid_alive
-from .test_storm import rss_kib
-from .test_websocket import masked_text_frame, raw_handshake
+from ..support.e2e import masked_text_frame, pid_alive, raw_handshake, rss_kib
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
-from .conftest import curl, nc
+from ..support.e2e import curl, nc, rss_kib
 
 pytestmark = pytest.mark.e2e
 
@@ -99,8 +100,8 @@ async def ws_client(port: int, rng: random.Random, until: float, big: Path) -> N
         try:
             async with connect(
                 f"ws://127.0.0.1:{port}/ws",
-                subprotocols=["gateway.v1.json"],
-                open_timeout=2,  # type: ignore[list-item]
+                subprotocols=[Subprotocol("gateway.v1.json")],
+                open_timeout=2,
             ) as ws:
                 for _ in range(rng.randint(1, 4)):
                     await ws.send(rng.choice(messages))
@@ -121,14 +122,6 @@ async def storm(gw: Any, big: Path, seed: int) -> None:
         tasks.append(http_client(gw.http_port, random.Random(seed * 2000 + i), until, big))
         tasks.append(ws_client(gw.http_port, random.Random(seed * 3000 + i), until, big))
     await asyncio.gather(*tasks)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def children(pid: int) -> list[int]:

@@ -3,8 +3,6 @@ certificate the test makes."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import subprocess
@@ -12,53 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+from websockets.typing import Origin, Subprotocol
 
-from .conftest import BIN, curl, require_tool
-from .test_netcat import read_line
+from ..support.e2e import BIN, curl, make_certificate, read_line, require_tool
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "tls-test-token-0123456789"
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_path = directory / "key.pem"
-    cert_path = directory / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 @pytest.fixture
@@ -145,12 +105,14 @@ def test_wss_with_the_browser_origin_of_https(tls_gateway: tuple[Any, Path]) -> 
     gw, cert = tls_gateway
     context = ssl.create_default_context(cafile=str(cert))
     url = f"wss://127.0.0.1:{gw.http_port}/ws"
-    origin = f"https://127.0.0.1:{gw.http_port}"  # what a browser on the console sends
-    with connect(url, ssl=context, origin=origin, subprotocols=["gateway.v1.json"]) as ws:  # type: ignore[arg-type,list-item]
+    origin = Origin(f"https://127.0.0.1:{gw.http_port}")  # what a browser on the console sends
+    with connect(
+        url, ssl=context, origin=origin, subprotocols=[Subprotocol("gateway.v1.json")]
+    ) as ws:
         ws.send(json.dumps({"id": 1, "auth": TOKEN}))
         assert json.loads(ws.recv(10))["result"] == {"authenticated": True}
         ws.send(json.dumps({"id": 2, "line": "nope"}))
         assert json.loads(ws.recv(10))["code"] == "unknown_command"
     with pytest.raises(InvalidStatus) as info:  # http:// on the same host is another origin
-        connect(url, ssl=context, origin=f"http://127.0.0.1:{gw.http_port}")  # type: ignore[arg-type]
+        connect(url, ssl=context, origin=f"http://127.0.0.1:{gw.http_port}")  # type: ignore[call-overload]
     assert info.value.response.status_code == 403

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,9 +12,18 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
-from .conftest import curl, nc, open_nc
-from .test_netcat import pid_alive, read_line
+from ..support.e2e import (
+    curl,
+    frames_until_closed,
+    masked_text_frame,
+    nc,
+    open_nc,
+    pid_alive,
+    raw_handshake,
+    read_line,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +41,7 @@ def write_log(tmp_path: Path) -> Path:
 def test_text_mode_feels_like_netcat(start_gateway: Any, tmp_path: Path) -> None:
     log = write_log(tmp_path)
     gw = start_gateway(f'[lastlog]\nsource = "{log}"\n')
-    with connect(ws_url(gw), subprotocols=["gateway.text"]) as ws:  # type: ignore[list-item]
+    with connect(ws_url(gw), subprotocols=[Subprotocol("gateway.text")]) as ws:
         assert ws.subprotocol == "gateway.text"
         ws.send("test")
         assert ws.recv(10) == "Command not found."
@@ -57,7 +63,7 @@ def test_json_mode_with_commands_in_flight(start_gateway: Any, tmp_path: Path) -
     target = tmp_path / "data.bin"
     target.write_bytes(b"\0" * (5 * 1024 * 1024))
     gw = start_gateway(f'[lastlog]\nsource = "{write_log(tmp_path)}"\n')
-    with connect(ws_url(gw), subprotocols=["gateway.v1.json"]) as ws:  # type: ignore[list-item]
+    with connect(ws_url(gw), subprotocols=[Subprotocol("gateway.v1.json")]) as ws:
         ws.send(json.dumps({"id": 1, "command": "comphash", "args": {"path": str(target)}}))
         ws.send(json.dumps({"id": 2, "line": "lastlog 1"}))
         ws.send("not json")
@@ -76,10 +82,10 @@ def test_json_mode_with_commands_in_flight(start_gateway: Any, tmp_path: Path) -
 def test_foreign_origin_is_refused(start_gateway: Any) -> None:
     gw = start_gateway()
     with pytest.raises(InvalidStatus) as info:
-        connect(ws_url(gw), origin="http://evil.example")  # type: ignore[arg-type]
+        connect(ws_url(gw), origin="http://evil.example")  # type: ignore[call-overload]
     assert info.value.response.status_code == 403
     own = f"http://127.0.0.1:{gw.http_port}"
-    with connect(ws_url(gw), origin=own) as ws:  # type: ignore[arg-type]
+    with connect(ws_url(gw), origin=own) as ws:  # type: ignore[call-overload]
         ws.send("help")
         assert ws.recv(10).startswith("lastlog [N]")
 
@@ -103,7 +109,7 @@ def test_closing_mid_lastlog_kills_the_child(start_gateway: Any, tmp_path: Path)
     pidfile = tmp_path / "child.pid"
     script = f"echo $$ > {pidfile}; echo first; exec sleep 120"
     gw = start_gateway(f"[lastlog]\nsource = 'command:/bin/sh -c \"{script}\"'\n")
-    with connect(ws_url(gw), subprotocols=["gateway.text"]) as ws:  # type: ignore[list-item]
+    with connect(ws_url(gw), subprotocols=[Subprotocol("gateway.text")]) as ws:
         ws.send("lastlog 5")
         assert ws.recv(10) == "Begin lastlog"
         assert ws.recv(10) == "first"
@@ -170,54 +176,11 @@ def test_one_quota_across_all_three_front_ends(
 def test_works_without_autobahn_native_helpers(start_gateway: Any) -> None:
     gw = start_gateway(env={"AUTOBAHN_USE_NVX": "0"})
     gw.wait_for(r"native WebSocket helpers \(NVX\) off")
-    with connect(ws_url(gw), subprotocols=["gateway.v1.json"]) as ws:  # type: ignore[list-item]
+    with connect(ws_url(gw), subprotocols=[Subprotocol("gateway.v1.json")]) as ws:
         ws.send(json.dumps({"id": 1, "line": "x" * 60_000}))  # masking and UTF-8 checks, in Python
         assert json.loads(ws.recv(10))["code"] == "unknown_command"
         ws.send(json.dumps({"id": 2, "line": "help ünïcödé"}))
         assert json.loads(ws.recv(10))["message"] == "help takes no arguments"
-
-
-def raw_handshake(port: int) -> socket.socket:
-    """A WebSocket opened by hand, so the test decides what (not) to answer."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(
-        (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    return s
-
-
-def masked_text_frame(text: str) -> bytes:
-    payload = text.encode()
-    mask = os.urandom(4)
-    assert len(payload) < 126
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x81, 0x80 | len(payload)]) + mask + body
-
-
-def frames_until_closed(s: socket.socket, limit: float) -> tuple[list[int], float]:
-    """Opcodes received until the server closes the TCP connection, and when."""
-    started = time.monotonic()
-    s.settimeout(limit)
-    data = b""
-    try:
-        while chunk := s.recv(4096):
-            data += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    opcodes = []
-    while len(data) >= 2:
-        opcodes.append(data[0] & 0x0F)
-        length = data[1] & 0x7F
-        data = data[2 + length :]
-    return opcodes, time.monotonic() - started
 
 
 def test_a_client_that_never_answers_pings_is_dropped(start_gateway: Any) -> None:
@@ -244,12 +207,12 @@ def test_close_handshake_timeout(start_gateway: Any) -> None:
 def test_null_origin_and_explicit_default_port(start_gateway: Any) -> None:
     gw = start_gateway()
     with pytest.raises(InvalidStatus) as info:
-        connect(ws_url(gw), origin="null")  # type: ignore[arg-type]
+        connect(ws_url(gw), origin="null")  # type: ignore[call-overload]
     assert info.value.response.status_code == 403
     allowed = start_gateway('[websocket]\nallowed_origins = ["null", "http://admin.example"]\n')
-    with connect(ws_url(allowed), origin="null") as ws:  # type: ignore[arg-type]
+    with connect(ws_url(allowed), origin="null") as ws:  # type: ignore[call-overload]
         ws.send("test")
         assert ws.recv(10) == "Command not found."
-    with connect(ws_url(allowed), origin="http://admin.example:80") as ws:  # type: ignore[arg-type]
+    with connect(ws_url(allowed), origin="http://admin.example:80") as ws:  # type: ignore[call-overload]
         ws.send("test")
         assert ws.recv(10) == "Command not found."

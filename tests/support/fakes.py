@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -59,13 +60,20 @@ class FakeProcess:
 
 
 class FakeSpawner:
+    """Records the processes it is asked to start; none is real."""
+
     def __init__(self) -> None:
         self.processes: list[FakeProcess] = []
+
+    @property
+    def reactor(self) -> IReactorProcess:
+        """This spawner, where code asks for a reactor that spawns processes."""
+        return cast(IReactorProcess, self)
 
     def spawnProcess(
         self, proto: ProcessProtocol, executable: str, args: list[str], env: Any = None, **kw: Any
     ) -> FakeProcess:
         process = FakeProcess(proto, executable, list(args), env)
         self.processes.append(process)
-        proto.makeConnection(process)  # type: ignore[arg-type]
+        proto.makeConnection(process)
         return process
