@@ -17,6 +17,7 @@ from gateway.config import ConfigError, TCPConfig, load, redacted
 from gateway.core.auth import Authenticator, bearer
 from gateway.core.errors import CommandError
 from gateway.core.quota import ClientQuota
+from gateway.frontends.admission import Admission
 from gateway.frontends.line import LineFactory
 
 from .support.logs import recorded_events
@@ -131,9 +132,8 @@ class TCPHarness:
         self.quota = ClientQuota(10)
         self.auth = Authenticator([TOKEN], self.clock, max_failures=3)
         self.service = make_service(None, self.clock, self.quota)
-        self.factory = LineFactory(
-            self.service, self.quota, self.clock, TCPConfig(), self.auth, login_timeout
-        )
+        self.admission = Admission(self.quota, self.clock, self.auth, login_timeout=login_timeout)
+        self.factory = LineFactory(self.admission, self.service, TCPConfig())
 
     def connect(self, host: str = "10.0.0.1") -> tuple[Any, StringTransport]:
         session = self.factory.buildProtocol(None)
@@ -210,7 +210,7 @@ def http_harness() -> Any:
     quota = ClientQuota(10)
     service = make_service(None, clock, quota)
     auth = Authenticator([TOKEN], clock, max_failures=2)
-    api = RestAPI(service, quota, HTTPConfig(), lambda: {}, auth=auth)
+    api = RestAPI(Admission(quota, clock, auth), service, HTTPConfig(), lambda: {})
     return StubTreq(api.resource()), clock, api
 
 
@@ -255,7 +255,7 @@ def test_http_lockout_is_429_with_retry_after() -> None:
 
 def test_http_metrics_open_when_configured() -> None:
     stub, clock, api = http_harness()
-    api.metrics_need_token = False
+    api.admission.metrics_need_token = False
     assert get(stub, clock, "/metrics")[0] == 200
 
 
@@ -266,8 +266,8 @@ def ws_harness(tmp_path: Path) -> Any:
     from .support.websocket import Harness
 
     h = Harness(tmp_path)
-    h.factory.auth = Authenticator([TOKEN], h.clock)
-    h.factory.login_timeout = 10.0
+    h.admission.auth = Authenticator([TOKEN], h.clock)
+    h.admission.login_timeout = 10.0
     return h
 
 

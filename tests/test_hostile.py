@@ -28,6 +28,7 @@ from gateway.core.events import Error, Event, Lines, Progress, Result
 from gateway.core.peers import limit_key, normalise
 from gateway.core.quota import ClientQuota
 from gateway.core.service import CommandService
+from gateway.frontends.admission import Admission
 from gateway.frontends.http.site import host_allowed, host_name
 from gateway.frontends.line import LineFactory
 from gateway.logfmt import JSONLinesObserver, TextObserver, redact
@@ -111,7 +112,7 @@ def feed(chunks: list[bytes], tmp: Path) -> tuple[bytes, bool]:
     clock = Clock()
     quota = ClientQuota(10)
     factory = LineFactory(
-        build_service(tmp, clock, quota), quota, clock, TCPConfig(max_line_length=64)
+        Admission(quota, clock), build_service(tmp, clock, quota), TCPConfig(max_line_length=64)
     )
     session = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
@@ -167,9 +168,9 @@ class QuotaMachine(RuleBasedStateMachine):
         self.clock = self.ws.clock
         self.source = ControlledSource()
         self.ws.service.replace(LastlogCommand(self.source, 10, 1000, 10_000.0))
-        self.lines = LineFactory(self.ws.service, self.quota, self.clock, TCPConfig())
+        self.lines = LineFactory(self.ws.admission, self.ws.service, TCPConfig())
         self.treq: Any = StubTreq(
-            RestAPI(self.ws.service, self.quota, HTTPConfig(), dict).resource()
+            RestAPI(self.ws.admission, self.ws.service, HTTPConfig(), dict).resource()
         )
         self.tcp: list[tuple[Any, StringTransport]] = []
         self.sockets: list[Any] = []

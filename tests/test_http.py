@@ -21,6 +21,7 @@ from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Sink
 from gateway.core.quota import ClientQuota
+from gateway.frontends.admission import Admission
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
 
@@ -51,8 +52,8 @@ class Harness:
         config = Config()
         self.doc = document(config)
         self.api = RestAPI(
+            Admission(self.quota, self.clock),
             self.service,
-            self.quota,
             HTTPConfig(),
             lambda: self.doc,
             websocket=None,
@@ -414,7 +415,7 @@ def test_route_failure_is_500_without_traceback(tmp_path: Path) -> None:
         def acquire(self, transport: str, peer: str) -> Any:
             raise RuntimeError("secret internals")
 
-    h.api.quota = BrokenQuota(1)
+    h.api.admission.quota = BrokenQuota(1)
     code, _, body = h.get("/lastlog", JSON)
     assert code == 500
     assert json.loads(body)["detail"] == "Internal error (details in the server log only)"

@@ -46,6 +46,7 @@ from gateway.core.flow import Flow
 from gateway.core.peers import limit_key, normalise
 from gateway.core.quota import ClientQuota
 from gateway.core.ratelimit import RateLimiter
+from gateway.frontends.admission import Admission
 from gateway.frontends.http.site import GuardedSite, host_allowed
 from gateway.frontends.line import LINGER, MAX_PENDING, LineFactory, LineSession
 from gateway.logfmt import JSONLinesObserver, RecentLog, TextObserver, redact
@@ -121,9 +122,8 @@ class Lines_:
         self.clock = Clock()
         self.quota = ClientQuota(max_clients)
         self.service = service(self.clock, self.quota, limiter)
-        self.factory = LineFactory(
-            self.service, self.quota, self.clock, settings or TCPConfig(), auth, login_timeout
-        )
+        admission = Admission(self.quota, self.clock, auth, limiter, login_timeout)
+        self.factory = LineFactory(admission, self.service, settings or TCPConfig())
 
     def connect(
         self, host: str = "127.0.0.1", transport: StringTransport | None = None
@@ -469,7 +469,7 @@ def test_allowed_hosts_config_is_checked() -> None:
 
 def ws_with_header(tmp_path: Path, token: str) -> tuple[WSHarness, Any]:
     h = WSHarness(tmp_path)
-    h.factory.auth = Authenticator([TOKEN], h.clock)
+    h.admission.auth = Authenticator([TOKEN], h.clock)
     client_factory: Any = WebSocketClientFactory(
         "ws://127.0.0.1:8080/ws",
         protocols=["gateway.text"],
@@ -816,13 +816,13 @@ def test_reload_applies_stall_and_http_idle_timeouts() -> None:
 
     reactor = MemoryReactorClock()
     gateway = Gateway(Config(), reactor)
-    before = gateway.lines.make_flow(lambda: None)
+    before = gateway.admission.make_flow(lambda: None)
     assert before._stall_timeout == 30.0
     assert gateway.site.timeOut == 60.0
     fresh = load(None, {"GATEWAY_LIMITS_STALL_TIMEOUT": "7", "GATEWAY_HTTP_IDLE_TIMEOUT": "9"})
     gateway.reload(fresh)
-    assert gateway.lines.make_flow(lambda: None)._stall_timeout == 7.0
-    assert gateway.sockets.make_flow(lambda: None)._stall_timeout == 7.0
+    assert gateway.admission.make_flow(lambda: None)._stall_timeout == 7.0
+    assert gateway.lines.admission is gateway.sockets.admission is gateway.admission
     assert gateway.site.timeOut == 9.0
     channel = gateway.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     assert channel.timeOut == 9.0

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from gateway.config import TCPConfig
 from gateway.core.events import Result
 from gateway.core.quota import ClientQuota, Slot
+from gateway.frontends.admission import Admission
 from gateway.frontends.line import MAX_PENDING, LineFactory, LineSession
 
 from .support.commands import Stub
@@ -35,7 +36,7 @@ class Harness:
             log_text="".join(f"Aug 29 15:02:{i:02d} lab cron[1]: line {i}\n" for i in range(20)),
             extra=[self.stub],
         )
-        self.factory = LineFactory(self.service, self.quota, self.clock, TCPConfig())
+        self.factory = LineFactory(Admission(self.quota, self.clock), self.service, TCPConfig())
 
     def connect(self, host: str = "127.0.0.1") -> tuple[LineSession, StringTransport]:
         session = self.factory.buildProtocol(IPv4Address("TCP", host, 40000))

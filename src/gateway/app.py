@@ -18,10 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from gateway import __version__
 from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, ConfigError
-from gateway.core.auth import Authenticator
-from gateway.core.flow import flows
-from gateway.core.quota import ClientQuota
-from gateway.core.ratelimit import RateLimiter
+from gateway.frontends.admission import Admission
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
 from gateway.frontends.http.site import GuardedSite
@@ -103,66 +100,40 @@ class Gateway(MultiService):
         #: The daemon's own last log lines: what ``lastlog`` shows on a
         #: machine with no system log at all.
         self.recent_log = RecentLog(level=config.log.level)
-        self.quota = ClientQuota(config.quota.max_clients, config.quota.max_per_ip)
-        auth_config = config.auth
-        self.auth = Authenticator(
-            auth_config.all_tokens(),
-            reactor,
-            auth_config.max_failures,
-            auth_config.failure_window,
-            auth_config.lockout,
-            auth_config.max_pending_logins,
-            auth_config.max_pending_logins_per_ip,
-        )
+        #: Who may come in, on what terms: one for every front-end.
+        self.admission = admission = Admission.from_config(config, reactor)
+        self.quota = admission.quota
+        self.auth = admission.auth
+        self.limiter = admission.limiter
         # Two pools, so that log reads never queue behind long hashes.
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
         read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
 
-        self.limiter = RateLimiter(
-            config.limits.commands_per_second, config.limits.command_burst, reactor
-        )
         self.runners = Runners(
             read_log, read_file, lambda f, *args: reactor.callFromThread(f, *args), reactor
         )
         self.service = build_service(
             config, reactor, self.quota, self.runners, self.limiter, self.recent_log.tail
         )
-        # Read at each new connection, so that SIGHUP applies a new stall_timeout.
-        make_flow = flows(reactor, lambda: self.config.limits.stall_timeout)
 
         tcp = config.tcp
         sockets = GatewayWebSocketFactory(
+            admission,
             self.service,
-            self.quota,
             config.websocket,
-            reactor,
             secure=config.http.listen.startswith("ssl:"),
-            auth=self.auth,
-            login_timeout=auth_config.login_timeout,
-            make_flow=make_flow,
         )
         api = RestAPI(
+            admission,
             self.service,
-            self.quota,
             config.http,
-            lambda: document(config),
+            lambda: document(self.config),
             websocket=websocket_resource(sockets),
             console=Console.load(console_dir()),
-            auth=self.auth,
-            metrics_need_token=auth_config.metrics,
-            make_flow=make_flow,
         )
         self.api = api
         self.sockets = sockets
-        self.lines = LineFactory(
-            self.service,
-            self.quota,
-            reactor,
-            tcp,
-            self.auth,
-            auth_config.login_timeout,
-            make_flow,
-        )
+        self.lines = LineFactory(admission, self.service, tcp)
         self.site = GuardedSite(api.resource(), config.http, reactor)
         self.listeners = [
             ListeningService("TCP", endpoint(reactor, "tcp.listen", tcp.listen), self.lines),
@@ -182,7 +153,6 @@ class Gateway(MultiService):
         the line, HTTP and WebSocket limits take effect for what starts from
         now on; listen addresses need a restart.  ``config`` must be checked.
         """
-        tokens = config.auth.all_tokens()  # may raise ConfigError: nothing changed yet
         old = self.config
         for key, before, after in (
             ("tcp.listen", old.tcp.listen, config.tcp.listen),
@@ -191,25 +161,12 @@ class Gateway(MultiService):
         ):
             if before != after:
                 log.warn("{key} changed: restart the daemon to apply it", key=key)
-        self.quota.configure(config.quota.max_clients, config.quota.max_per_ip)
-        self.limiter.configure(config.limits.commands_per_second, config.limits.command_burst)
-        auth = config.auth
-        self.auth.replace_tokens(tokens)
-        self.auth.configure(
-            auth.max_failures,
-            auth.failure_window,
-            auth.lockout,
-            auth.max_pending_logins,
-            auth.max_pending_logins_per_ip,
-        )
+        self.admission.reload(config)  # may raise ConfigError first: nothing changed yet
         reconfigure(self.service, config, self.runners, self.recent_log.tail)
         self.lines.settings = config.tcp
-        self.lines.login_timeout = auth.login_timeout
         self.site.configure(config.http)
         self.api.settings = config.http
-        self.api.metrics_need_token = auth.metrics
         self.sockets.configure(config.websocket)
-        self.sockets.login_timeout = auth.login_timeout
         self.config = config
         log.info("Configuration reloaded")
 

@@ -12,6 +12,7 @@ from twisted.test import iosim
 
 from gateway.config import WebSocketConfig
 from gateway.core.quota import ClientQuota
+from gateway.frontends.admission import Admission
 from gateway.frontends.websocket import GatewayWebSocketFactory
 
 from .commands import Stub
@@ -46,8 +47,9 @@ class Harness:
             algorithms=["sha1"],
             extra=[self.stub],
         )
+        self.admission = Admission(self.quota, self.clock)
         self.factory = GatewayWebSocketFactory(
-            self.service, self.quota, settings or WebSocketConfig(), self.clock
+            self.admission, self.service, settings or WebSocketConfig()
         )
         self.pumps: list[iosim.IOPump] = []
 

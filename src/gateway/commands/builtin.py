@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.core.command import Command, no_arguments, reject_unknown
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.quota import TRANSPORTS, Quota
+from gateway.core.quota import Quota
 
 
 class HelpCommand:
@@ -78,7 +78,7 @@ class StatsCommand:
         uptime = self._clock.seconds() - self._started
 
         def per(counts: Mapping[str, int]) -> str:
-            return ", ".join(f"{t} {counts[t]}" for t in TRANSPORTS)
+            return ", ".join(f"{t} {n}" for t, n in counts.items())
 
         data: dict[str, Any] = {
             "clients": {
@@ -91,7 +91,7 @@ class StatsCommand:
                         "served": snap.granted[t],
                         "refused": snap.refused[t],
                     }
-                    for t in TRANSPORTS
+                    for t in snap.in_use
                 },
             },
             "uptime_seconds": round(uptime, 3),

@@ -92,24 +92,6 @@ class Flow:
 #: For callers with no transport to push back (tests, batch use).
 UNLIMITED = Flow()
 
-#: What front-ends get: makes a connection's Flow given what to do when stalled.
-FlowMaker = Callable[[Callable[[], None]], Flow]
-
-
-def flows(clock: IReactorTime, stall_timeout: Callable[[], float]) -> FlowMaker:
-    """Flows that give up after ``stall_timeout()`` seconds, read per connection."""
-
-    def make(on_stalled: Callable[[], None]) -> Flow:
-        return Flow(clock, stall_timeout(), on_stalled)
-
-    return make
-
-
-def no_flow(on_stalled: Callable[[], None]) -> Flow:
-    """A FlowMaker whose flows never give up on a client (tests)."""
-    return Flow()
-
-
 #: Why a front-end stops reading from its client (see :class:`ReadGate`).
 BACKLOG = 1  # too many commands wait their turn
 BEHIND = 2  # the client does not read its answers

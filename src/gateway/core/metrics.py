@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 
-from gateway.core.quota import TRANSPORTS, QuotaSnapshot
+from gateway.core.quota import QuotaSnapshot
 
 #: Upper bounds (seconds) of the command duration histogram.
 BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)
@@ -64,20 +64,20 @@ def render(quota: QuotaSnapshot, commands: CommandMetrics, in_flight: int, uptim
         "gateway_clients_in_use",
         "gauge",
         "Quota slots held, per transport.",
-        [(_labels(transport=t), quota.in_use[t]) for t in TRANSPORTS],
+        [(_labels(transport=t), n) for t, n in quota.in_use.items()],
     )
     metric("gateway_clients_max", "gauge", "Size of the client quota.", [("", quota.max_clients)])
     metric(
         "gateway_clients_served_total",
         "counter",
         "Quota slots granted, per transport.",
-        [(_labels(transport=t), quota.granted[t]) for t in TRANSPORTS],
+        [(_labels(transport=t), n) for t, n in quota.granted.items()],
     )
     metric(
         "gateway_clients_refused_total",
         "counter",
         "Clients refused for lack of a quota slot, per transport.",
-        [(_labels(transport=t), quota.refused[t]) for t in TRANSPORTS],
+        [(_labels(transport=t), n) for t, n in quota.refused.items()],
     )
     metric(
         "gateway_commands_total",

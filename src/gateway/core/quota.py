@@ -9,17 +9,45 @@ any front-end changing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python.failure import Failure
 
 from gateway.core.errors import QuotaExceeded
 from gateway.core.peers import limit_key
 
-TRANSPORTS: tuple[str, ...] = ("tcp", "http", "websocket")
+#: Registered transport names, in the order stats and metrics list them.
+_TRANSPORTS: list[str] = []
+_ORDER: dict[str, int] = {}
+
+
+def register_transport(name: str, order: int = 100) -> str:
+    """Declare a front-end's transport name; quotas count it, stats and metrics list it.
+
+    Each front-end module registers itself when it is imported, so a new
+    transport is one new module.  ``order`` places it in listings (the line
+    server, HTTP and the WebSocket are 0, 1 and 2; newcomers follow).
+    Registering twice is harmless.
+    """
+    if name not in _ORDER:
+        _ORDER[name] = order
+        _TRANSPORTS.append(name)
+        _TRANSPORTS.sort(key=lambda t: (_ORDER[t], t))
+    return name
+
+
+def unregister_transport(name: str) -> None:
+    """Forget a transport (a front-end that is unloaded; tests)."""
+    if name in _ORDER:
+        del _ORDER[name]
+        _TRANSPORTS.remove(name)
+
+
+def transports() -> tuple[str, ...]:
+    """The registered transports, in listing order."""
+    return tuple(_TRANSPORTS)
 
 
 @dataclass(frozen=True)
@@ -69,33 +97,6 @@ class Quota(Protocol):
     def snapshot(self) -> QuotaSnapshot: ...
 
 
-def hold_slot(
-    quota: Quota,
-    transport: str,
-    peer: str,
-    gone: Callable[[], bool],
-    granted: Callable[[Slot], None],
-    refused: Callable[[QuotaExceeded], None],
-) -> None:
-    """Ask ``quota`` for a connection's slot; the front-ends' one way to do it.
-
-    A slot granted after the client has gone (``gone()``; the answer may come
-    later) goes straight back, so it is released exactly once either way.
-    """
-
-    def got(slot: Slot) -> None:
-        if gone():
-            slot.release()
-        else:
-            granted(slot)
-
-    def failed(failure: Failure) -> None:
-        failure.trap(QuotaExceeded)
-        refused(failure.value)  # type: ignore[arg-type]
-
-    quota.acquire(transport, peer).addCallbacks(got, failed)
-
-
 class ClientQuota:
     """In-process quota: ``max_clients`` overall, ``max_per_ip`` per address.
 
@@ -124,7 +125,7 @@ class ClientQuota:
 
     def try_acquire(self, transport: str, peer: str) -> Slot:
         """Take a slot now or raise :class:`QuotaExceeded`.  O(1)."""
-        if transport not in TRANSPORTS:
+        if transport not in _TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         if self._total >= self.max_clients:
             self._refused[transport] += 1
@@ -159,7 +160,7 @@ class ClientQuota:
         return QuotaSnapshot(
             max_clients=self.max_clients,
             max_per_ip=self.max_per_ip,
-            in_use={t: self._in_use[t] for t in TRANSPORTS},
-            granted={t: self._granted[t] for t in TRANSPORTS},
-            refused={t: self._refused[t] for t in TRANSPORTS},
+            in_use={t: self._in_use[t] for t in _TRANSPORTS},
+            granted={t: self._granted[t] for t in _TRANSPORTS},
+            refused={t: self._refused[t] for t in _TRANSPORTS},
         )

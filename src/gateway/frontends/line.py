@@ -17,7 +17,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
-    IReactorTime,
     ISSLTransport,
 )
 from twisted.internet.protocol import ServerFactory, connectionDone
@@ -28,15 +27,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import TCPConfig
-from gateway.core.auth import Authenticator
 from gateway.core.command import Client, peer_host
-from gateway.core.errors import QuotaExceeded
-from gateway.core.flow import BACKLOG, FlowMaker, ReadGate, no_flow
-from gateway.core.quota import Quota, Slot, hold_slot
+from gateway.core.errors import CommandError
+from gateway.core.flow import BACKLOG, ReadGate
+from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
+from gateway.frontends.admission import Admission
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import encode_lines, error_line
 
+TRANSPORT = register_transport("tcp", order=0)
 #: Lines waiting behind a running command before reading pauses.
 MAX_PENDING = 32
 #: Seconds a closing connection keeps draining input, so that the last answer
@@ -49,22 +49,11 @@ class LineSession(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger(namespace="gateway.frontends.line")
 
-    def __init__(
-        self,
-        service: CommandService,
-        quota: Quota,
-        clock: IReactorTime,
-        settings: TCPConfig,
-        auth: Authenticator | None = None,
-        login_timeout: float = 0.0,
-        make_flow: FlowMaker = no_flow,
-    ) -> None:
+    def __init__(self, admission: Admission, service: CommandService, settings: TCPConfig) -> None:
+        self.admission = admission
         self.service = service
-        self.quota = quota
-        self.clock = clock
-        self.auth = auth
-        self.login_timeout = login_timeout
-        self.flow = make_flow(self._stalled)
+        self.clock = admission.clock
+        self.flow = admission.make_flow(self._stalled)
         self.MAX_LENGTH = settings.max_line_length
         self.idle_timeout = settings.idle_timeout or None
         self.eof_grace = settings.eof_grace
@@ -93,25 +82,25 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.transport.registerProducer(self.flow, True)  # type: ignore[attr-defined]
         self.conversation = LineConversation(
             self.service,
-            Client("tcp", self.peer, self.flow),
+            Client(TRANSPORT, self.peer, self.flow),
             self._write,
             self._close,
             self._changed,
-            self.auth,
-            self.login_timeout,
+            self.admission.login_auth,
+            self.admission.login_timeout,
         )
         self.setTimeout(self.idle_timeout)
-        hold_slot(self.quota, "tcp", self.peer, lambda: self._gone, self._granted, self._refused)
+        self.admission.hold(TRANSPORT, self.peer, lambda: self._gone, self._granted, self._refused)
 
     def _granted(self, slot: Slot) -> None:
         self.slot = slot
         assert self.conversation is not None
         self.conversation.start()
 
-    def _refused(self, error: QuotaExceeded) -> None:
+    def _refused(self, error: CommandError) -> None:
         self.log.info("{message} (refused {peer})", message=error.message, peer=self.peer)
         if not self._gone:
-            self._write([error.message])
+            self._write([error_line(error.code, error.message)])
             self._close()
 
     def _write(self, lines: list[str]) -> None:
@@ -269,35 +258,14 @@ class LineSession(LineReceiver, TimeoutMixin):
 class LineFactory(ServerFactory):
     noisy = False
 
-    def __init__(
-        self,
-        service: CommandService,
-        quota: Quota,
-        clock: IReactorTime,
-        settings: TCPConfig,
-        auth: Authenticator | None = None,
-        login_timeout: float = 0.0,
-        make_flow: FlowMaker = no_flow,
-    ) -> None:
+    def __init__(self, admission: Admission, service: CommandService, settings: TCPConfig) -> None:
+        self.admission = admission
         self.service = service
-        self.quota = quota
-        self.clock = clock
         self.settings = settings
-        self.auth = auth
-        self.login_timeout = login_timeout
-        self.make_flow = make_flow
         self.sessions: set[LineSession] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> LineSession:
-        session = LineSession(
-            self.service,
-            self.quota,
-            self.clock,
-            self.settings,
-            self.auth,
-            self.login_timeout,
-            self.make_flow,
-        )
+        session = LineSession(self.admission, self.service, self.settings)
         session.factory = self
         self.sessions.add(session)
         return session

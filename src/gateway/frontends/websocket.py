@@ -16,27 +16,29 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.config import WebSocketConfig, parse_origin
-from gateway.core.auth import Authenticator, bearer
 from gateway.core.command import Client, peer_host
-from gateway.core.errors import CommandError, QuotaExceeded
-from gateway.core.flow import BACKLOG, BEHIND, FlowMaker, ReadGate, no_flow
-from gateway.core.quota import Quota, Slot, hold_slot
+from gateway.core.errors import CommandError
+from gateway.core.flow import BACKLOG, BEHIND, ReadGate
+from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
+from gateway.frontends.admission import Admission, is_quota_refusal
 from gateway.sessions.json_conversation import JSONConversation, reply
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import error_line
 
+TRANSPORT = register_transport("websocket", order=2)
 TEXT = "gateway.text"
 JSON = "gateway.v1.json"
 SUBPROTOCOLS = (TEXT, JSON)
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_INTERNAL_ERROR = 1011
 #: Commands waiting their turn (text mode) before reading from the client stops.
 MAX_PENDING = 32
 #: Seconds a close may take before the connection is aborted (TLS included).
@@ -90,22 +92,21 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if not origin_allowed(request.origin, host, self.factory.secure, settings.allowed_origins):
             self.log.info("Refused WebSocket from origin {origin}", origin=request.origin)
             raise ConnectionDeny(403, "Origin not allowed")
-        auth = self.factory.auth
+        admission = self.factory.admission
         header = request.headers.get("authorization")
-        if auth is not None and auth.enabled and header is not None:
+        if admission.auth.enabled and header is not None:
             # A client that can set headers (not a browser) may log in here.
             peer = peer_host(self.transport.getPeer())  # type: ignore[union-attr]
-            presented = bearer(header)
-            try:
-                auth.check(peer, presented)
-            except CommandError as e:
+            denial = admission.check_bearer(peer, header)
+            if denial is not None:
+                e = denial.error
                 deny = ConnectionDeny(401 if e.code == "unauthorized" else 429, e.message)
-                if e.code != "unauthorized" or presented is None:
-                    raise deny from None
+                if not denial.delay:
+                    raise deny
                 # A wrong token is answered slowly, more slowly each time, as
                 # on every other way in.
                 self.log.info("Wrong token in the WebSocket handshake from {peer}", peer=peer)
-                return deferLater(self.factory.clock, auth.delay(peer), _raise, deny)
+                return deferLater(admission.clock, denial.delay, _raise, deny)
             self._preauthenticated = True
         return self._subprotocol(request)
 
@@ -126,7 +127,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
             "WebSocket connection from {peer} ({mode})", peer=self.peer_host, mode=self.mode
         )
         factory = self.factory
-        flow = factory.make_flow(self._stalled)
+        admission = factory.admission
+        flow = admission.make_flow(self._stalled)
         # The HTTP channel this connection was upgraded from is still the
         # transport's registered producer; the WebSocket takes over.
         transport: Any = self.transport
@@ -137,7 +139,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if gate is not None:
             # Nothing more is read from a client that does not read its answers.
             flow.watch(lambda: gate.hold(BEHIND, True), lambda: gate.hold(BEHIND, False))
-        client = Client("websocket", self.peer_host, flow)
+        client = Client(TRANSPORT, self.peer_host, flow)
         if self.mode == JSON:
             self.conversation = JSONConversation(
                 factory.service,
@@ -145,8 +147,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 self._deliver,
                 self._finish,
                 factory.settings.max_in_flight,
-                factory.auth,
-                factory.login_timeout,
+                admission.login_auth,
+                admission.login_timeout,
                 idle=self._drained,
                 authenticated=self._preauthenticated,
             )
@@ -156,20 +158,13 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 client,
                 self._deliver_lines,
                 self._finish,
-                auth=factory.auth,
-                login_timeout=factory.login_timeout,
+                auth=admission.login_auth,
+                login_timeout=admission.login_timeout,
                 changed=self._changed,
                 authenticated=self._preauthenticated,
             )
         factory.sessions.add(self)
-        hold_slot(
-            factory.quota,
-            "websocket",
-            self.peer_host,
-            lambda: self._gone,
-            self._granted,
-            self._refused,
-        )
+        admission.hold(TRANSPORT, self.peer_host, lambda: self._gone, self._granted, self._refused)
 
     def dropConnection(self, abort: bool = False) -> None:
         # A TLS transport does not close while a producer is registered.
@@ -181,7 +176,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if not abort and self._abort_timer is None and not self._gone:
             # A close ends in an abort after a bounded wait, whatever the
             # client does (never reads, never finishes TLS).
-            self._abort_timer = self.factory.clock.callLater(LINGER, self._abort)
+            self._abort_timer = self.factory.admission.clock.callLater(LINGER, self._abort)
         super().dropConnection(abort)
 
     def _abort(self) -> None:
@@ -221,12 +216,14 @@ class GatewayWebSocket(WebSocketServerProtocol):
         assert self.conversation is not None
         self.conversation.start()
 
-    def _refused(self, error: QuotaExceeded) -> None:
+    def _refused(self, error: CommandError) -> None:
         message = error.message
         self.log.info("{message} (refused WebSocket {peer})", message=message, peer=self.peer_host)
         if not self._gone:
-            # sendClose() only takes 1000 or 3000-4999; 1013 is the registered code.
-            self.sendCloseFrame(code=CLOSE_TRY_AGAIN_LATER, reasonUtf8=message.encode()[:123])
+            # sendClose() only takes 1000 or 3000-4999: 1013 (try again later)
+            # and 1011 (internal error) are the registered codes.
+            code = CLOSE_TRY_AGAIN_LATER if is_quota_refusal(error) else CLOSE_INTERNAL_ERROR
+            self.sendCloseFrame(code=code, reasonUtf8=message.encode()[:123])
 
     def _deliver(self, text: str) -> None:
         # Once a close has begun (either side) Autobahn refuses to send; what
@@ -291,24 +288,16 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
 
     def __init__(
         self,
+        admission: Admission,
         service: CommandService,
-        quota: Quota,
         settings: WebSocketConfig,
-        reactor: IReactorTime,
         secure: bool = False,
-        auth: Authenticator | None = None,
-        login_timeout: float = 0.0,
-        make_flow: FlowMaker = no_flow,
     ) -> None:
-        super().__init__(reactor=reactor, server=SERVER)
-        self.clock = reactor
-        self.make_flow = make_flow
+        super().__init__(reactor=admission.clock, server=SERVER)
+        self.admission = admission
         self.service = service
-        self.quota = quota
         self.settings = settings
         self.secure = secure
-        self.auth = auth
-        self.login_timeout = login_timeout
         self.sessions: set[GatewayWebSocket] = set()
         self.configure(settings)
 

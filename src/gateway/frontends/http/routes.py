@@ -26,16 +26,16 @@ from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.config import HTTPConfig
-from gateway.core.auth import Authenticator, bearer
 from gateway.core.command import Client, Request, peer_host
-from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError, QuotaExceeded
+from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Event, Lines, Result
-from gateway.core.flow import FlowMaker, no_flow
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
-from gateway.core.quota import Quota, Slot
+from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
+from gateway.frontends.admission import Admission, is_quota_refusal
 
+TRANSPORT = register_transport("http", order=1)
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -249,47 +249,42 @@ class RestAPI:
 
     def __init__(
         self,
+        admission: Admission,
         service: CommandService,
-        quota: Quota,
         settings: HTTPConfig,
         openapi: Callable[[], Mapping[str, Any]],
         websocket: Any = None,
         console: Console | None = None,
-        auth: Authenticator | None = None,
-        metrics_need_token: bool = True,
-        make_flow: FlowMaker = no_flow,
     ) -> None:
-        self.make_flow = make_flow
+        self.admission = admission
         self.service = service
-        self.quota = quota
         self.settings = settings
         self._openapi = openapi
         self._websocket = websocket
         self._console = console
-        self.auth = auth
-        self.metrics_need_token = metrics_need_token
         self.shutting_down = False
 
     def _denied(self, request: IRequest, as_json: bool) -> Deferred[None] | None:
         """``None`` if the request may go on; else the (delayed) 401 or 429 answer."""
-        auth = self.auth
-        if auth is None or not auth.enabled:
+        denial = self.admission.check_bearer(peer_of(request), request.getHeader("authorization"))
+        if denial is None:
             return None
-        peer = peer_of(request)
-        presented = bearer(request.getHeader("authorization"))
-        try:
-            auth.check(peer, presented)
-            return None
-        except CommandError as e:
-            if e.code == "rate_limited":
-                headers = {"retry-after": str(max(1, round(auth.locked(peer))))}
-            else:
-                headers = {"www-authenticate": 'Bearer realm="gateway"'}
-            # A wrong token is answered slowly, more slowly each time.
-            delay = auth.delay(peer) if presented is not None else 0.0
-            return deferLater(
-                self.service.clock, delay, write_error, request, e.code, e.message, as_json, headers
-            )
+        e = denial.error
+        if denial.retry_after is not None:
+            headers = {"retry-after": str(denial.retry_after)}
+        else:
+            headers = {"www-authenticate": 'Bearer realm="gateway"'}
+        # A wrong token is answered slowly, more slowly each time.
+        return deferLater(
+            self.admission.clock,
+            denial.delay,
+            write_error,
+            request,
+            e.code,
+            e.message,
+            as_json,
+            headers,
+        )
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -338,7 +333,7 @@ class RestAPI:
             if transport is not None:
                 transport.abortConnection()
 
-        flow = self.make_flow(stalled)
+        flow = self.admission.make_flow(stalled)
 
         def granted(got: Slot) -> None:
             nonlocal slot, running
@@ -348,7 +343,7 @@ class RestAPI:
             slot = got
             writer = ResponseWriter(request, as_json, lines_key)
             request.registerProducer(flow, True)  # paused while the client does not read
-            client = Client("http", peer, flow)
+            client = Client(TRANSPORT, peer, flow)
             running = self.service.execute(Request(name, args=args), client, writer)
             running.addCallback(finished)
 
@@ -365,15 +360,13 @@ class RestAPI:
             if done.called:
                 return
             error = failure.value
-            if isinstance(error, QuotaExceeded):
-                retry = {"retry-after": str(self.settings.retry_after)}
-                write_error(request, error.code, error.message, as_json, retry)
-            else:
-                self.log.failure("quota failed", failure)
-                write_error(request, "internal", INTERNAL_MESSAGE, as_json)
+            assert isinstance(error, CommandError)  # admission says what went wrong
+            retry = {"retry-after": str(self.settings.retry_after)}
+            headers = retry if is_quota_refusal(error) else {}
+            write_error(request, error.code, error.message, as_json, headers)
             done.callback(None)
 
-        self.quota.acquire("http", peer).addCallbacks(granted, refused)
+        self.admission.acquire(TRANSPORT, peer).addCallbacks(granted, refused)
         return done
 
     # -- routes that take no slot: monitoring keeps working when the quota is full
@@ -397,7 +390,7 @@ class RestAPI:
             write_error(request, e.code, e.message, as_json)
             return b""
         writer = ResponseWriter(request, as_json)
-        client = Client("http", peer_of(request))
+        client = Client(TRANSPORT, peer_of(request))
         return self.service.execute(Request(name), client, writer).addCallback(lambda _: None)
 
     @app.route("/healthz", methods=["GET"])
@@ -419,14 +412,17 @@ class RestAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> Deferred[None] | bytes:
-        if self.metrics_need_token:
+        if self.admission.metrics_need_token:
             denied = self._denied(request, wants_json(request))
             if denied is not None:
                 return denied
         request.setHeader("content-type", METRICS_TYPE)
         request.setHeader("cache-control", "no-store")
         text = render_metrics(
-            self.quota.snapshot(), self.service.metrics, self.service.running, self.service.uptime()
+            self.admission.quota.snapshot(),
+            self.service.metrics,
+            self.service.running,
+            self.service.uptime(),
         )
         return text.encode()
 

@@ -1,0 +1,193 @@
+"""Admission: who may come in, and on what terms, for every front-end.
+
+One object owns what each front-end used to wire for itself: the quota slot
+(held for a connection's life on the line server and the WebSocket, for a
+request's on HTTP), the token check with its growing delay and lockout, the
+login timeout, the rate limit, the stall policy for clients that stop reading,
+and applying a new configuration (SIGHUP).  A front-end's factory takes the
+admission, the command service and its own settings, nothing more.
+
+Whatever goes wrong with the quota store, the client gets an answer: a full
+quota is ``quota_exceeded``; any other failure (a store that is down, a bug)
+is logged with its traceback and answered ``internal``, never silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.config import Config
+from gateway.core.auth import Authenticator, bearer
+from gateway.core.errors import INTERNAL_MESSAGE, CommandError, QuotaExceeded
+from gateway.core.flow import Flow
+from gateway.core.quota import ClientQuota, Quota, Slot
+from gateway.core.ratelimit import RateLimiter
+
+log = Logger(namespace="gateway.admission")
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A token the front-end must refuse: the error, and how long to hold the answer."""
+
+    error: CommandError
+    delay: float
+    retry_after: int | None
+
+
+class Admission:
+    def __init__(
+        self,
+        quota: Quota,
+        clock: IReactorTime,
+        auth: Authenticator | None = None,
+        limiter: RateLimiter | None = None,
+        login_timeout: float = 0.0,
+        stall_timeout: float = 0.0,
+        metrics_need_token: bool = True,
+    ) -> None:
+        self.quota = quota
+        self.clock = clock
+        self.auth = auth if auth is not None else Authenticator([], clock)
+        self.limiter = limiter
+        self.login_timeout = login_timeout
+        self.stall_timeout = stall_timeout
+        self.metrics_need_token = metrics_need_token
+
+    @classmethod
+    def from_config(cls, config: Config, clock: IReactorTime) -> Admission:
+        auth = config.auth
+        return cls(
+            ClientQuota(config.quota.max_clients, config.quota.max_per_ip),
+            clock,
+            Authenticator(
+                auth.all_tokens(),
+                clock,
+                auth.max_failures,
+                auth.failure_window,
+                auth.lockout,
+                auth.max_pending_logins,
+                auth.max_pending_logins_per_ip,
+            ),
+            RateLimiter(config.limits.commands_per_second, config.limits.command_burst, clock),
+            auth.login_timeout,
+            config.limits.stall_timeout,
+            auth.metrics,
+        )
+
+    def reload(self, config: Config) -> None:
+        """Apply ``config`` (checked) to everyone who comes in from now on.
+
+        Raises :class:`~gateway.config.ConfigError` before changing anything
+        if the token file cannot be read.
+        """
+        auth = config.auth
+        tokens = auth.all_tokens()
+        configure = getattr(self.quota, "configure", None)
+        if configure is not None:
+            configure(config.quota.max_clients, config.quota.max_per_ip)
+        if self.limiter is not None:
+            self.limiter.configure(config.limits.commands_per_second, config.limits.command_burst)
+        self.auth.replace_tokens(tokens)
+        self.auth.configure(
+            auth.max_failures,
+            auth.failure_window,
+            auth.lockout,
+            auth.max_pending_logins,
+            auth.max_pending_logins_per_ip,
+        )
+        self.login_timeout = auth.login_timeout
+        self.stall_timeout = config.limits.stall_timeout
+        self.metrics_need_token = auth.metrics
+
+    # -- tokens
+
+    @property
+    def login_auth(self) -> Authenticator | None:
+        """The authenticator a conversation checks ``auth`` lines with (``None``: off)."""
+        return self.auth if self.auth.enabled else None
+
+    def check_bearer(self, peer: str, header: str | None) -> Denial | None:
+        """``None`` if the request may go on; else why not and how long to wait.
+
+        A wrong token is answered after a growing delay; a locked-out address
+        at once, with ``Retry-After``.
+        """
+        if not self.auth.enabled:
+            return None
+        presented = bearer(header)
+        try:
+            self.auth.check(peer, presented)
+            return None
+        except CommandError as e:
+            if e.code == "rate_limited":
+                return Denial(e, 0.0, max(1, round(self.auth.locked(peer))))
+            delay = self.auth.delay(peer) if presented is not None else 0.0
+            return Denial(e, delay, None)
+
+    def later(self, delay: float, call: Callable[[], object]) -> Deferred[object]:
+        """Run ``call`` after ``delay`` seconds on the admission's clock."""
+        return deferLater(self.clock, delay, call)
+
+    # -- back-pressure
+
+    def make_flow(self, on_stalled: Callable[[], None]) -> Flow:
+        """A connection's flow; read per connection, so SIGHUP applies to new ones."""
+        return Flow(self.clock, self.stall_timeout, on_stalled)
+
+    # -- the quota
+
+    def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
+        """A slot, or a failure with a :class:`CommandError` (quota or internal)."""
+
+        def explain(failure: Failure) -> Failure:
+            if isinstance(failure.value, CommandError):
+                return failure
+            log.failure("the quota failed for {peer}", failure, peer=peer)
+            return Failure(CommandError("internal", INTERNAL_MESSAGE))
+
+        try:
+            d = self.quota.acquire(transport, peer)
+        except Exception:
+            d = Deferred()
+            d.errback(Failure())
+        return d.addErrback(explain)
+
+    def hold(
+        self,
+        transport: str,
+        peer: str,
+        gone: Callable[[], bool],
+        granted: Callable[[Slot], None],
+        refused: Callable[[CommandError], None],
+    ) -> None:
+        """Ask for a connection's slot; ``refused`` gets the error to tell the client.
+
+        A slot granted after the client has gone (the answer may come later)
+        goes straight back, so it is released exactly once either way.
+        """
+
+        def got(slot: Slot) -> None:
+            if gone():
+                slot.release()
+            else:
+                granted(slot)
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            assert isinstance(error, CommandError)
+            if not gone():
+                refused(error)
+
+        self.acquire(transport, peer).addCallbacks(got, failed)
+
+
+def is_quota_refusal(error: CommandError) -> bool:
+    return isinstance(error, QuotaExceeded) or error.code == "quota_exceeded"

@@ -1,0 +1,158 @@
+"""The admission layer: quota failures answered on every transport, tokens, reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from gateway.config import TCPConfig, load
+from gateway.core.auth import Authenticator
+from gateway.core.quota import ClientQuota, Slot
+from gateway.frontends.admission import Admission
+from gateway.frontends.line import LineFactory
+
+from .support.logs import recorded_events
+from .support.services import make_service
+from .support.websocket import Harness as WSHarness
+
+TOKEN = "admission-token-0123456789"
+INTERNAL = "An error occurred: Internal error (details in the server log only)"
+
+
+class BrokenQuota(ClientQuota):
+    """A quota store that is down: every acquire fails with something unexpected."""
+
+    def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
+        return fail(ConnectionRefusedError("quota store at 10.9.9.9:6379 is down"))
+
+
+class RaisingQuota(ClientQuota):
+    def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
+        raise RuntimeError("bug in the quota")
+
+
+class LateQuota(ClientQuota):
+    """Answers when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__(10)
+        self.pending: list[Deferred[Slot]] = []
+
+    def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
+        d: Deferred[Slot] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def line_client(quota: ClientQuota) -> tuple[Any, StringTransport]:
+    clock = Clock()
+    factory = LineFactory(Admission(quota, clock), make_service(None, clock, quota), TCPConfig())
+    session = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+    session.makeConnection(transport)
+    return session, transport
+
+
+def test_a_failing_quota_store_is_answered_on_the_line_server() -> None:
+    for quota in (BrokenQuota(10), RaisingQuota(10)):
+        with recorded_events() as events:
+            _, t = line_client(quota)
+        assert t.value().decode().splitlines() == [INTERNAL]
+        assert t.disconnecting
+        logged = [e for e in events if e.get("log_failure") is not None]
+        assert len(logged) == 1  # the details go to the log, once
+        assert "10.9.9.9" not in t.value().decode()
+
+
+def test_a_failing_quota_store_closes_the_websocket_with_1011(tmp_path: Path) -> None:
+    h = WSHarness(tmp_path)
+    h.admission.quota = BrokenQuota(10)
+    with recorded_events():
+        conn = h.connect(["gateway.text"])
+    assert conn.closed and conn.closed[0][0] == 1011
+    assert conn.closed[0][1] == "Internal error (details in the server log only)"
+
+
+def test_a_late_failure_after_the_client_left_is_quiet() -> None:
+    quota = LateQuota()
+    session, t = line_client(quota)
+    session.connectionLost()
+    with recorded_events():
+        quota.pending[0].errback(ConnectionRefusedError("down"))
+    assert t.value() == b""
+
+
+def test_a_late_slot_after_the_client_left_goes_back() -> None:
+    quota = LateQuota()
+    session, _ = line_client(quota)
+    session.connectionLost()
+    slot = ClientQuota(1).try_acquire("tcp", "127.0.0.1")
+    quota.pending[0].callback(slot)
+    assert not slot.held
+
+
+def test_check_bearer() -> None:
+    clock = Clock()
+    off = Admission(ClientQuota(1), clock)
+    assert off.check_bearer("h", None) is None
+    on = Admission(ClientQuota(1), clock, Authenticator([TOKEN], clock, max_failures=2))
+    assert on.check_bearer("h", f"Bearer {TOKEN}") is None
+    missing = on.check_bearer("h", None)
+    assert missing is not None and (missing.error.code, missing.delay) == ("unauthorized", 0.0)
+    wrong = on.check_bearer("h", "Bearer wrong-token-000000000")
+    assert wrong is not None and wrong.delay == 0.25 and wrong.retry_after is None
+    on.check_bearer("h", "Bearer wrong-token-000000000")
+    locked = on.check_bearer("h", f"Bearer {TOKEN}")
+    assert locked is not None and locked.error.code == "rate_limited"
+    assert locked.retry_after == 300 and locked.delay == 0.0
+
+
+def test_reload_reaches_every_admission_setting(tmp_path: Path) -> None:
+    clock = Clock()
+    admission = Admission.from_config(load(None, {}), clock)
+    token_file = tmp_path / "tokens"
+    token_file.write_text(TOKEN + "\n")
+    admission.reload(
+        load(
+            None,
+            {
+                "GATEWAY_QUOTA_MAX_CLIENTS": "3",
+                "GATEWAY_LIMITS_COMMANDS_PER_SECOND": "2",
+                "GATEWAY_LIMITS_STALL_TIMEOUT": "4",
+                "GATEWAY_AUTH_LOGIN_TIMEOUT": "5",
+                "GATEWAY_AUTH_METRICS": "false",
+                "GATEWAY_AUTH_TOKEN_FILE": str(token_file),
+            },
+        )
+    )
+    assert admission.quota.snapshot().max_clients == 3
+    assert admission.limiter is not None and admission.limiter.rate == 2.0
+    assert admission.make_flow(lambda: None)._stall_timeout == 4.0
+    assert admission.login_timeout == 5.0
+    assert admission.metrics_need_token is False
+    assert admission.login_auth is not None
+    assert admission.check_bearer("h", f"Bearer {TOKEN}") is None
+
+
+def test_a_new_transport_is_listed_by_stats_and_metrics() -> None:
+    from gateway.core.metrics import CommandMetrics, render
+    from gateway.core.quota import register_transport, transports, unregister_transport
+
+    assert transports() == ("tcp", "http", "websocket")
+    register_transport("serial-console-test", order=50)
+    try:
+        quota = ClientQuota(5)
+        quota.try_acquire("serial-console-test", "ttyS0")
+        snap = quota.snapshot()
+        assert list(snap.in_use) == ["tcp", "http", "websocket", "serial-console-test"]
+        assert snap.in_use["serial-console-test"] == 1
+        text = render(snap, CommandMetrics(), 0, 1.0)
+        assert 'gateway_clients_in_use{transport="serial-console-test"} 1' in text
+    finally:
+        unregister_transport("serial-console-test")
+    assert transports() == ("tcp", "http", "websocket")
