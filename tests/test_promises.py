@@ -48,7 +48,7 @@ from gateway.core.quota import ClientQuota
 from gateway.core.ratelimit import RateLimiter
 from gateway.frontends.admission import Admission
 from gateway.frontends.http.site import GuardedSite, host_allowed
-from gateway.frontends.line import LINGER, MAX_PENDING, LineFactory, LineSession
+from gateway.frontends.line import LINGER, MAX_PENDING, LineFactory, LineSession, LineState
 from gateway.logfmt import JSONLinesObserver, RecentLog, TextObserver, redact
 from gateway.sessions.json_conversation import Auth, JSONConversation, MessageError, parse
 
@@ -173,7 +173,7 @@ def test_slot_is_free_at_goodbye_not_after_the_drain(goodbye: bytes) -> None:
     h = Lines_(max_clients=1)
     session, t = h.connect()
     session.dataReceived(goodbye + b"help\nhelp\n")  # unread input: the socket lingers
-    assert t.disconnecting or session._draining
+    assert session.state is LineState.DRAINING
     assert h.quota.snapshot().total_in_use == 0
     _, t2 = h.connect("127.0.0.2")  # served at once, not "Too many connections"
     assert out(t2) == []

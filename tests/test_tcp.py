@@ -302,3 +302,47 @@ def test_hundred_clients_against_ten(tmp_path: Path) -> None:
         session.connectionLost(Failure(ConnectionDone()))
     snap = h.quota.snapshot()
     assert (snap.total_in_use, snap.granted["tcp"], snap.refused["tcp"]) == (0, 10, 90)
+
+
+# -- the connection's state: one enum, one place that moves it
+
+
+def test_states_follow_the_connection(h: Harness) -> None:
+    from gateway.frontends.line import LineState
+
+    session, t = h.connect()
+
+    def state() -> LineState:  # read afresh each time (no narrowing across calls)
+        return session.state
+
+    assert state() is LineState.OPEN
+    session.dataReceived(b"stub\n")  # a command that keeps running
+    session.readConnectionLost()  # nc -N: the client closed its side
+    assert state() is LineState.HALF_CLOSED
+    h.stub.runs[0].callback(Result("stub", text=("done",)))
+    assert output(t) == ["working", "done"]
+    assert state() is LineState.DRAINING  # answered, then goodbye
+    session.connectionLost(Failure(ConnectionDone()))
+    assert state() is LineState.CLOSED
+
+
+def test_nothing_is_written_after_goodbye(h: Harness) -> None:
+    from gateway.frontends.line import LineState
+
+    session, t = h.connect()
+    session.dataReceived(b"stub\nexit\n")
+    h.stub.runs[0].callback(Result("stub", text=("late",)))
+    written = output(t)
+    assert written == ["working", "late"] and session.state is LineState.DRAINING
+    session.dataReceived(b"help\n")  # read and dropped
+    session.timeoutConnection()  # nor an idle notice
+    assert output(t) == []
+
+
+def test_an_impossible_move_is_a_loud_bug(h: Harness) -> None:
+    from gateway.frontends.line import LineState
+
+    session, _ = h.connect()
+    session.connectionLost(Failure(ConnectionDone()))
+    with pytest.raises(RuntimeError, match="cannot go from closed to open"):
+        session._move(LineState.OPEN)

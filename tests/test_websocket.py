@@ -312,3 +312,29 @@ def test_cancel_over_the_wire(h: Harness) -> None:
     h.send(conn, '{"id": 5, "cancel": true}')
     assert json.loads(conn.messages[-1]) == {"id": 5, "type": "cancelled"}
     assert h.stub.cancelled == 1
+
+
+# -- the session's state: one enum, one place that moves it
+
+
+def test_websocket_states_and_nothing_after_goodbye(h: Harness) -> None:
+    from gateway.frontends.websocket import SocketState
+
+    conn = h.connect(["gateway.text"])
+    server = conn.server
+
+    def state() -> SocketState:
+        return server.session_state  # type: ignore[no-any-return]
+
+    assert state() is SocketState.OPEN
+    server.onMessage(b"stub", False)
+    server.onMessage(b"exit", False)  # waits its turn behind stub
+    h.stub.runs[0].callback(Result("stub", text=("late",)))
+    assert state() is SocketState.CLOSING
+    server._deliver("never sent")
+    h.flush()
+    assert conn.messages == ["working", "late"]
+    assert conn.closed and conn.closed[0][0] == 1000
+    assert state() is SocketState.CLOSED
+    with pytest.raises(RuntimeError, match="cannot go from closed to open"):
+        server._move(SocketState.OPEN)

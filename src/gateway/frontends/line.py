@@ -11,6 +11,7 @@ a socket by never answering.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -44,6 +45,26 @@ MAX_PENDING = 32
 LINGER = 2.0
 
 
+class LineState(enum.Enum):
+    """Where a line connection is; :meth:`LineSession._move` is the only way on."""
+
+    OPEN = "open"  # serving commands
+    HALF_CLOSED = "half-closed"  # the client closed its side; what it sent still runs
+    DRAINING = "draining"  # goodbye said: input is read and dropped until the close ends
+    CLOSED = "closed"  # the connection is gone
+
+
+#: The transitions there are; anything else is a bug, and says so.
+MOVES: dict[LineState, frozenset[LineState]] = {
+    LineState.OPEN: frozenset({LineState.HALF_CLOSED, LineState.DRAINING, LineState.CLOSED}),
+    LineState.HALF_CLOSED: frozenset({LineState.DRAINING, LineState.CLOSED}),
+    LineState.DRAINING: frozenset({LineState.CLOSED}),
+    LineState.CLOSED: frozenset(),
+}
+#: States in which the session still answers: nothing is written after them.
+SPEAKING = frozenset({LineState.OPEN, LineState.HALF_CLOSED})
+
+
 @implementer(IHalfCloseableProtocol)
 class LineSession(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
@@ -61,10 +82,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         self.slot: Slot | None = None
         self.conversation: LineConversation | None = None
         self._gate: ReadGate | None = None
-        self._closing = False  # no more commands: exit, error, refusal or timeout
-        self._input_done = False
-        self._gone = False
-        self._draining = False
+        self.state = LineState.OPEN
         self._linger: IDelayedCall | None = None
         self._eof_timer: IDelayedCall | None = None
         self._shutting_down = False
@@ -90,7 +108,15 @@ class LineSession(LineReceiver, TimeoutMixin):
             self.admission.login_timeout,
         )
         self.setTimeout(self.idle_timeout)
-        self.admission.hold(TRANSPORT, self.peer, lambda: self._gone, self._granted, self._refused)
+        self.admission.hold(TRANSPORT, self.peer, self._is_gone, self._granted, self._refused)
+
+    def _move(self, to: LineState) -> None:
+        if to not in MOVES[self.state]:
+            raise RuntimeError(f"line session cannot go from {self.state.value} to {to.value}")
+        self.state = to
+
+    def _is_gone(self) -> bool:
+        return self.state is LineState.CLOSED
 
     def _granted(self, slot: Slot) -> None:
         self.slot = slot
@@ -99,24 +125,24 @@ class LineSession(LineReceiver, TimeoutMixin):
 
     def _refused(self, error: CommandError) -> None:
         self.log.info("{message} (refused {peer})", message=error.message, peer=self.peer)
-        if not self._gone:
+        if self.state in SPEAKING:
             self._write([error_line(error.code, error.message)])
             self._close()
 
     def _write(self, lines: list[str]) -> None:
-        if lines and not self._gone and self.transport is not None:
+        if lines and self.state in SPEAKING and self.transport is not None:
             self.transport.write(encode_lines(lines))
 
     def shutdown(self) -> None:
         """The daemon is stopping: finish what runs, then say so and close."""
         self._shutting_down = True
-        if self.conversation is not None and not self._closing:
+        if self.conversation is not None and self.state in SPEAKING:
             self.conversation.drain()
 
     def _changed(self) -> None:
         """The conversation moved on: manage reading, idleness and a finished client."""
         conversation = self.conversation
-        if conversation is None or self._gone or self._closing:
+        if conversation is None or self.state not in SPEAKING:
             return
         if self._shutting_down and not conversation.busy:
             self._write(["Server shutting down."])
@@ -126,7 +152,7 @@ class LineSession(LineReceiver, TimeoutMixin):
             self._gate.hold(BACKLOG, conversation.waiting >= MAX_PENDING)
         if conversation.busy:
             self.setTimeout(None)  # a client waiting for an answer is not idle
-        elif self._input_done:
+        elif self.state is LineState.HALF_CLOSED:
             self._close()
         else:
             self.setTimeout(self.idle_timeout)
@@ -139,7 +165,6 @@ class LineSession(LineReceiver, TimeoutMixin):
         (``line too long``, ``Too many connections. Bye!``) before the client
         reads it.
         """
-        self._closing = True
         if self.conversation is not None:
             self.conversation.closed = True
         self.setTimeout(None)
@@ -147,9 +172,12 @@ class LineSession(LineReceiver, TimeoutMixin):
         # Goodbye said: the slot is for clients being served, not for a
         # socket that drains its last bytes.
         self._release_slot()
-        if self._gone or self._draining or self.transport is None:
+        if self.state not in SPEAKING:
             return
-        self._draining = True
+        input_done = self.state is LineState.HALF_CLOSED
+        self._move(LineState.DRAINING)
+        if self.transport is None:
+            return
         # A TLS transport does not close while a producer is registered.
         if getattr(self.transport, "producer", None) is not None:
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
@@ -160,7 +188,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         # cannot keep the socket.
         self._linger = self.clock.callLater(LINGER, self._abort)
         half_close = getattr(self.transport, "loseWriteConnection", None)
-        if self._input_done or ISSLTransport.providedBy(self.transport) or half_close is None:
+        if input_done or ISSLTransport.providedBy(self.transport) or half_close is None:
             # Nothing more can arrive; or TLS, whose half-close Twisted does
             # not do cleanly: close both ways (TLS sends close_notify first).
             self.transport.loseConnection()
@@ -180,17 +208,17 @@ class LineSession(LineReceiver, TimeoutMixin):
 
     def _abort(self) -> None:
         self._linger = None
-        if self.transport is not None and not self._gone:
+        if self.transport is not None and self.state is not LineState.CLOSED:
             abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
             abort()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._draining:
-            return
+        if self.state is not LineState.OPEN:
+            return  # draining after goodbye (or nothing can arrive)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
-        if self._closing or self.conversation is None:
+        if self.state is not LineState.OPEN or self.conversation is None:
             return
         self.resetTimeout()
         self.conversation.submit(line)
@@ -202,7 +230,7 @@ class LineSession(LineReceiver, TimeoutMixin):
 
     def _stalled(self) -> None:
         self.log.info("Client {peer} stopped reading; closing", peer=self.peer)
-        if self.transport is not None and not self._gone:
+        if self.transport is not None and self.state is not LineState.CLOSED:
             abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
             abort()
 
@@ -220,11 +248,13 @@ class LineSession(LineReceiver, TimeoutMixin):
         already received get ``eof_grace`` seconds to answer; whatever still
         runs then is cancelled, as for a client that has left.
         """
-        self._input_done = True
-        if self._draining:
+        if self.state is LineState.DRAINING:
             if self.transport is not None:
                 self.transport.loseConnection()
             return
+        if self.state is not LineState.OPEN:
+            return
+        self._move(LineState.HALF_CLOSED)
         if self.conversation is not None and self.conversation.busy:
             self._eof_timer = self.clock.callLater(self.eof_grace, self._eof_expired)
         self._changed()
@@ -240,10 +270,9 @@ class LineSession(LineReceiver, TimeoutMixin):
         """Never called for TCP (no such half-close notification)."""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._gone:
+        if self.state is LineState.CLOSED:
             return
-        self._gone = True
-        self._closing = True
+        self._move(LineState.CLOSED)
         self.setTimeout(None)
         self._cancel_timers()
         self.log.info("Lost client connection. Reason: {reason}", reason=reason.getErrorMessage())

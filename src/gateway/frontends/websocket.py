@@ -10,6 +10,7 @@ handshake completes and the server closes with 1013 and the reason
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,23 @@ LINGER = 2.0
 SERVER = "gateway"
 
 
+class SocketState(enum.Enum):
+    """Where a WebSocket session is; :meth:`GatewayWebSocket._move` is the only way on."""
+
+    HANDSHAKE = "handshake"  # upgraded, not yet open
+    OPEN = "open"  # serving commands
+    CLOSING = "closing"  # we said goodbye (exit, refusal, shutdown): nothing more is sent
+    CLOSED = "closed"  # the connection is gone
+
+
+MOVES: dict[SocketState, frozenset[SocketState]] = {
+    SocketState.HANDSHAKE: frozenset({SocketState.OPEN, SocketState.CLOSED}),
+    SocketState.OPEN: frozenset({SocketState.CLOSING, SocketState.CLOSED}),
+    SocketState.CLOSING: frozenset({SocketState.CLOSED}),
+    SocketState.CLOSED: frozenset(),
+}
+
+
 def origin_allowed(
     origin: str | None, host: str | None, secure: bool, allowed: Sequence[str]
 ) -> bool:
@@ -79,10 +97,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.peer_host = "unknown"
         self.slot: Slot | None = None
         self.conversation: LineConversation | JSONConversation | None = None
-        self._gone = False
+        self.session_state = SocketState.HANDSHAKE
         self._preauthenticated = False
         self._shutting_down = False
-        self._closing_for_shutdown = False
         self._gate: ReadGate | None = None
         self._abort_timer: IDelayedCall | None = None
 
@@ -122,6 +139,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         assert self.transport is not None
+        self._move(SocketState.OPEN)
         self.peer_host = peer_host(self.transport.getPeer())
         self.log.info(
             "WebSocket connection from {peer} ({mode})", peer=self.peer_host, mode=self.mode
@@ -164,7 +182,24 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 authenticated=self._preauthenticated,
             )
         factory.sessions.add(self)
-        admission.hold(TRANSPORT, self.peer_host, lambda: self._gone, self._granted, self._refused)
+        admission.hold(TRANSPORT, self.peer_host, self._is_gone, self._granted, self._refused)
+
+    def _move(self, to: SocketState) -> None:
+        if to not in MOVES[self.session_state]:
+            raise RuntimeError(
+                f"WebSocket session cannot go from {self.session_state.value} to {to.value}"
+            )
+        self.session_state = to
+
+    def _is_gone(self) -> bool:
+        return self.session_state is SocketState.CLOSED
+
+    def _say_goodbye(self) -> bool:
+        """Move to CLOSING if still open; ``True`` if this call did (send the close)."""
+        if self.session_state is not SocketState.OPEN:
+            return False
+        self._move(SocketState.CLOSING)
+        return True
 
     def dropConnection(self, abort: bool = False) -> None:
         # A TLS transport does not close while a producer is registered.
@@ -173,7 +208,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             transport.unregisterProducer()
         if self._gate is not None:
             self._gate.open()
-        if not abort and self._abort_timer is None and not self._gone:
+        if not abort and self._abort_timer is None and not self._is_gone():
             # A close ends in an abort after a bounded wait, whatever the
             # client does (never reads, never finishes TLS).
             self._abort_timer = self.factory.admission.clock.callLater(LINGER, self._abort)
@@ -182,12 +217,12 @@ class GatewayWebSocket(WebSocketServerProtocol):
     def _abort(self) -> None:
         self._abort_timer = None
         transport: Any = self.transport
-        if not self._gone and transport is not None:
+        if not self._is_gone() and transport is not None:
             transport.abortConnection()
 
     def _stalled(self) -> None:
         self.log.info("WebSocket client {peer} stopped reading; closing", peer=self.peer_host)
-        if not self._gone:
+        if not self._is_gone():
             self.dropConnection(abort=True)
 
     def shutdown(self) -> None:
@@ -206,8 +241,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             self._drained()
 
     def _drained(self) -> None:
-        if not self._gone and not self._closing_for_shutdown:
-            self._closing_for_shutdown = True
+        if self._say_goodbye():
             # sendClose() refuses 1001; it is the registered "going away" code.
             self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"Server shutting down")
 
@@ -219,7 +253,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
     def _refused(self, error: CommandError) -> None:
         message = error.message
         self.log.info("{message} (refused WebSocket {peer})", message=message, peer=self.peer_host)
-        if not self._gone:
+        if self._say_goodbye():
             # sendClose() only takes 1000 or 3000-4999: 1013 (try again later)
             # and 1011 (internal error) are the registered codes.
             code = CLOSE_TRY_AGAIN_LATER if is_quota_refusal(error) else CLOSE_INTERNAL_ERROR
@@ -228,7 +262,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
     def _deliver(self, text: str) -> None:
         # Once a close has begun (either side) Autobahn refuses to send; what
         # still runs is cancelled when the close completes (onClose).
-        if not self._gone and self.state == self.STATE_OPEN:
+        if self.session_state is SocketState.OPEN and self.state == self.STATE_OPEN:
             self.sendMessage(text.encode("utf-8", "replace"), isBinary=False)
 
     def _deliver_lines(self, lines: list[str]) -> None:
@@ -238,7 +272,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
     def _finish(self) -> None:
         """``exit`` (or a login that failed): a normal close, and the slot goes back."""
         self._release_slot()
-        if not self._gone:
+        if self._say_goodbye():
             self.sendClose(CLOSE_NORMAL)
 
     def _release_slot(self) -> None:
@@ -248,7 +282,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         conversation = self.conversation
-        if conversation is None or self._gone:
+        if conversation is None or self.session_state is not SocketState.OPEN:
             return
         if isBinary:
             message = "Binary frames are not supported; send text."
@@ -265,9 +299,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 conversation.submit(line)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._gone:
+        if self._is_gone():
             return
-        self._gone = True
+        self._move(SocketState.CLOSED)
         if self.conversation is not None:
             self.log.info(
                 "Lost WebSocket connection from {peer}: {code} {reason}",
