@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
+from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Error, Event, Lines, Progress, Result
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
+from gateway.sessions.login import Login
 
 Id = int | str
 FIELDS = frozenset({"id", "command", "args", "line", "cancel", "auth"})
@@ -188,11 +188,9 @@ class JSONConversation:
         self._close = close
         self.max_in_flight = max_in_flight
         self._auth = auth if auth is not None and auth.enabled else None
-        self.authenticated = self._auth is None or authenticated
-        self._login_timeout = login_timeout
-        self._login_timer: IDelayedCall | None = None
-        self._login_held = False
-        self._strikes = 0
+        self._login = Login(
+            self._auth, client.peer, service.clock, login_timeout, self._too_late, authenticated
+        )
         self.running: dict[Id, Deferred[str]] = {}
         self._waiting: list[str] = []
         self._started = False
@@ -200,27 +198,22 @@ class JSONConversation:
 
     def start(self) -> None:
         self._started = True
-        if not self.authenticated and self._auth is not None:
-            if not self._auth.begin_login(self.client.peer):
-                self.log.info(
-                    "Too many clients waiting to log in; refusing {peer}", peer=self.client.peer
-                )
-                self._send(reply(None, "error", code="quota_exceeded", message=TOO_MANY_WAITING))
-                self.stop()
-                self._close()
-                return
-            self._login_held = True
-            if self._login_timeout:
-                self._login_timer = self.service.clock.callLater(
-                    self._login_timeout, self._too_late
-                )
+        refusal = self._login.begin()
+        if refusal is not None:
+            self._send(reply(None, "error", code=refusal.code, message=refusal.message))
+            self.stop()
+            self._close()
+            return
         waiting, self._waiting = self._waiting, []
         for text in waiting:
             self.receive(text)
 
+    @property
+    def authenticated(self) -> bool:
+        return self._login.authenticated
+
     def _too_late(self) -> None:
-        self._login_timer = None
-        if not self.authenticated and not self.closed:
+        if not self.closed:
             self._send(reply(None, "error", code="unauthorized", message=REQUIRED))
             self.stop()
             self._close()
@@ -259,29 +252,11 @@ class JSONConversation:
         else:
             self._run(action)
 
-    def _release_login(self) -> None:
-        if self._login_held and self._auth is not None:
-            self._login_held = False
-            self._auth.end_login(self.client.peer)
-
     def _unauthenticated(self, id: Id) -> None:
         """A request before logging in: refused, and what it may cost is bounded."""
-        self._strikes += 1
-        peer = self.client.peer
-        if self._strikes == 1:  # one log line per client, however much it sends
-            self.log.info("Command from {peer} before logging in: refused", peer=peer)
-        limiter = self.service.limiter
-        try:
-            if limiter is not None:
-                limiter.take(peer)
-        except CommandError as e:
-            self._send(reply(id, "error", code=e.code, message=e.message))
-            self.stop()
-            self._close()
-            return
-        self._send(reply(id, "error", code="unauthorized", message=REQUIRED))
-        if self._strikes >= MAX_UNAUTHENTICATED_LINES:
-            self.log.info("Closing {peer}: too many commands before logging in", peer=peer)
+        error, close = self._login.refuse(self.service.limiter)
+        self._send(reply(id, "error", code=error.code, message=error.message))
+        if close:
             self.stop()
             self._close()
 
@@ -302,10 +277,7 @@ class JSONConversation:
             delay = self._auth.delay(self.client.peer)
             self.service.clock.callLater(delay, self._send_unless_closed, answer)
             return
-        self.authenticated = True
-        self._release_login()
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
+        self._login.succeeded()
         self._send(reply(action.id, "result", result={"authenticated": True}))
 
     def _send_unless_closed(self, text: str) -> None:
@@ -359,9 +331,7 @@ class JSONConversation:
     def stop(self) -> None:
         """The connection is ending: cancel everything still running."""
         self.closed = True
-        self._release_login()
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
+        self._login.end()
         self._waiting.clear()
         running, self.running = self.running, {}
         for d in running.values():

@@ -13,16 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
+from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Result
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable, redact
+from gateway.sessions.login import Login
 from gateway.sessions.text import TextRenderer, error_line
 
 
@@ -36,16 +36,12 @@ class LineConversation:
         "_auth",
         "_changed",
         "_close",
-        "_login_held",
-        "_login_timeout",
-        "_login_timer",
+        "_login",
         "_pending",
         "_running",
         "_started",
-        "_strikes",
         "_unwatch",
         "_write",
-        "authenticated",
         "client",
         "closed",
         "draining",
@@ -77,11 +73,14 @@ class LineConversation:
         self._close = close
         self._changed = changed
         self._auth = auth if auth is not None and auth.enabled else None
-        self.authenticated = self._auth is None or authenticated
-        self._login_timeout = login_timeout
-        self._login_timer: IDelayedCall | None = None
-        self._login_held = False
-        self._strikes = 0
+        # Made only when tokens are on: idle clients are many.
+        self._login = (
+            Login(
+                self._auth, client.peer, service.clock, login_timeout, self._too_late, authenticated
+            )
+            if self._auth is not None
+            else None
+        )
         self._unwatch: Callable[[], None] | None = None
         # A list, not a deque: an empty deque costs 600 bytes per idle client.
         self._pending: list[bytes | str] = []
@@ -99,32 +98,26 @@ class LineConversation:
     def waiting(self) -> int:
         return len(self._pending)
 
+    @property
+    def authenticated(self) -> bool:
+        return self._login is None or self._login.authenticated
+
     def start(self) -> None:
         """Begin running commands (once the client holds its quota slot)."""
         self._started = True
-        if not self.authenticated and self._auth is not None:
-            if not self._auth.begin_login(self.client.peer):
-                self.log.info(
-                    "Too many clients waiting to log in; refusing {peer}", peer=self.client.peer
-                )
-                self._write([error_line("quota_exceeded", TOO_MANY_WAITING)])
-                self._end()
-                return
-            self._login_held = True
-            if self._login_timeout:
-                self._login_timer = self.service.clock.callLater(
-                    self._login_timeout, self._too_late
-                )
+        refusal = self._login.begin() if self._login is not None else None
+        if refusal is not None:
+            self._write([error_line(refusal.code, refusal.message)])
+            self._end()
+            return
         self._next()
 
     def _release_login(self) -> None:
-        if self._login_held and self._auth is not None:
-            self._login_held = False
-            self._auth.end_login(self.client.peer)
+        if self._login is not None:
+            self._login.end()
 
     def _too_late(self) -> None:
-        self._login_timer = None
-        if self.authenticated or self.closed:
+        if self.closed:
             return
         self._write([error_line("unauthorized", REQUIRED)])
         self._end()
@@ -162,8 +155,6 @@ class LineConversation:
         self._pending.clear()
         self._release_login()
         self._stop_watching()
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
         running, self._running = self._running, None
         if running is not None:
             running.cancel()
@@ -218,21 +209,10 @@ class LineConversation:
 
     def _unauthenticated(self) -> None:
         """A command before logging in: refused, and what it may cost is bounded."""
-        self._strikes += 1
-        peer = self.client.peer
-        if self._strikes == 1:  # one log line per client, however much it sends
-            self.log.info("Command from {peer} before logging in: refused", peer=peer)
-        limiter = self.service.limiter
-        try:
-            if limiter is not None:
-                limiter.take(peer)
-        except CommandError as e:
-            self._write([error_line(e.code, e.message)])
-            self._end()
-            return
-        self._write([error_line("unauthorized", REQUIRED)])
-        if self._strikes >= MAX_UNAUTHENTICATED_LINES:
-            self.log.info("Closing {peer}: too many commands before logging in", peer=peer)
+        assert self._login is not None
+        error, close = self._login.refuse(self.service.limiter)
+        self._write([error_line(error.code, error.message)])
+        if close:
             self._end()
 
     def _authenticate(self, line: str) -> None:
@@ -265,10 +245,8 @@ class LineConversation:
 
             wait.addBoth(done)
             return
-        self.authenticated = True
-        self._release_login()
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
+        assert self._login is not None
+        self._login.succeeded()
         self._write(["Authenticated."])
 
     def _run(self, request: Request) -> None:
