@@ -127,7 +127,7 @@ class Gateway(MultiService):
             admission,
             self.service,
             config.http,
-            lambda: document(self.config),
+            lambda: document(self.config, self.service.commands),
             websocket=websocket_resource(sockets),
             console=Console.load(console_dir()),
         )
@@ -197,10 +197,12 @@ class Gateway(MultiService):
             nvx=nvx,
         )
         globalLogPublisher.addObserver(self.recent_log)
+        if self.loader is not None:
+            # Before listening: a SIGHUP that arrives as soon as the listeners
+            # are announced must reload, not end the daemon (SIGHUP's default).
+            signal.signal(signal.SIGHUP, self._sighup)
         super().startService()
         self.ready().addErrback(self._cannot_listen)
-        if self.loader is not None:
-            signal.signal(signal.SIGHUP, self._sighup)
 
     def _sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_from_source)
