@@ -50,7 +50,7 @@ class Harness:
             source=source,
         )
         config = Config()
-        self.doc = document(config)
+        self.doc = document(config, self.service.commands)
         self.api = RestAPI(
             Admission(self.quota, self.clock),
             self.service,

@@ -9,12 +9,14 @@ from twisted.internet.defer import Deferred
 
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Result, Sink
+from gateway.core.params import Param
 
 
 class Stub:
     """A command whose run the test controls."""
 
     usage = "stub"
+    params: tuple[Param, ...] = ()
     summary = "for tests"
     frame = None
 

@@ -11,12 +11,14 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.core.command import Command, no_arguments, reject_unknown
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
+from gateway.core.params import Param, describe
 from gateway.core.quota import Quota
 
 
 class HelpCommand:
     name = "help"
     usage = "help"
+    params: tuple[Param, ...] = ()
     summary = "list the commands"
     timeout = 5.0
     frame = None
@@ -38,7 +40,13 @@ class HelpCommand:
                 command=self.name,
                 data={
                     "commands": [
-                        {"name": c.name, "usage": c.usage, "summary": c.summary} for c in commands
+                        {
+                            "name": c.name,
+                            "usage": c.usage,
+                            "summary": c.summary,
+                            "params": [describe(p) for p in c.params],
+                        }
+                        for c in commands
                     ]
                 },
                 text=tuple(f"{c.usage.ljust(width)}  {c.summary}" for c in commands),
@@ -58,6 +66,7 @@ def format_duration(seconds: float) -> str:
 class StatsCommand:
     name = "stats"
     usage = "stats"
+    params: tuple[Param, ...] = ()
     summary = "clients in use and refused, per transport; uptime"
     timeout = 5.0
     frame = None
@@ -108,6 +117,7 @@ class StatsCommand:
 class ExitCommand:
     name = "exit"
     usage = "exit"
+    params: tuple[Param, ...] = ()
     summary = "close this connection"
     timeout = 5.0
     frame = None

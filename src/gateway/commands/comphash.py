@@ -25,10 +25,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gateway.core.command import reject_unknown
 from gateway.core.errors import CommandError
 from gateway.core.events import Progress, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
+from gateway.core.params import Param, parse_line, usage, validate
 
 #: Never hashed, wherever the allowed roots point: kernel views that look like
 #: files but are not (``/proc/self/environ`` would leak the daemon's secrets).
@@ -194,7 +194,6 @@ class ComphashArgs:
 
 class ComphashCommand:
     name = "comphash"
-    usage = "comphash [-a ALGO] <path>"
     frame = None
 
     def __init__(
@@ -215,39 +214,33 @@ class ComphashCommand:
         self._run_in_thread = run_in_thread
         self._call_from_thread = call_from_thread
         self.summary = f"hash of a file (default {default_algorithm}; {', '.join(self.algorithms)})"
+        self.params = (
+            Param(
+                "algorithm",
+                "choice",
+                "the hash algorithm",
+                default=default_algorithm,
+                choices=self.algorithms,
+                flag="-a",
+                metavar="ALGO",
+                noun="an algorithm name",
+            ),
+            Param(
+                "path",
+                "path",
+                "absolute path of a regular file",
+                required=True,
+                missing="Please provide a path.",
+            ),
+        )
+        self.usage = usage(self.name, self.params)
 
     def parse(self, rest: str) -> Mapping[str, object]:
-        text = rest.strip()
-        head, _, tail = text.partition(" ")
-        if head in ("-a", "--algorithm"):
-            algorithm, _, path = tail.strip().partition(" ")
-            if not algorithm:
-                raise CommandError("bad_argument", f"{head} needs an algorithm name")
-            return {"algorithm": algorithm, "path": path.strip()}
-        if head.startswith("--algorithm="):
-            return {"algorithm": head.split("=", 1)[1], "path": tail.strip()}
-        return {"path": text}
+        return parse_line(self.name, self.params, rest)
 
     def prepare(self, args: Mapping[str, object]) -> ComphashArgs:
-        reject_unknown(self.name, args, frozenset({"path", "algorithm"}))
-        path = args.get("path", "")
-        algorithm = args.get("algorithm", self.default_algorithm)
-        if not isinstance(path, str) or not isinstance(algorithm, str):
-            raise CommandError("bad_argument", "path and algorithm must be strings")
-        if not path:
-            raise CommandError("missing_argument", "Please provide a path.")
-        if "\x00" in path:
-            raise CommandError("bad_argument", "Path contains a NUL byte.")
-        if any("\ud800" <= c <= "\udfff" for c in path):
-            raise CommandError("bad_argument", "Path holds an unpaired surrogate; send UTF-8.")
-        if not os.path.isabs(path):
-            raise CommandError("bad_argument", f"Path must be absolute: {path}")
-        if algorithm not in self.algorithms:
-            raise CommandError(
-                "bad_argument",
-                f"Unknown algorithm: {algorithm} (allowed: {', '.join(self.algorithms)})",
-            )
-        return ComphashArgs(path=path, algorithm=algorithm)
+        checked = validate(self.name, self.params, args)
+        return ComphashArgs(path=checked["path"], algorithm=checked["algorithm"])
 
     def run(self, args: ComphashArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         stop = threading.Event()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -27,10 +26,10 @@ from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from gateway.core.command import reject_unknown
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
+from gateway.core.params import Param, parse_line, usage, validate
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -47,8 +46,6 @@ JOURNAL_DIRS: tuple[str, ...] = ("/var/log/journal", "/run/log/journal")
 KMSG = "/dev/kmsg"
 OWN_LOG = "the gateway's own log"
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-
-_DIGITS = re.compile(r"[0-9]+")
 
 
 def _decode(raw: bytes) -> str:
@@ -502,7 +499,6 @@ class LastlogArgs:
 
 class LastlogCommand:
     name = "lastlog"
-    usage = "lastlog [N]"
     frame = ("Begin lastlog", "End lastlog")
 
     def __init__(
@@ -512,27 +508,27 @@ class LastlogCommand:
         self.default_lines = default_lines
         self.max_lines = max_lines
         self.timeout = timeout
+        self.params = (
+            Param(
+                "lines",
+                "int",
+                "how many of the last lines",
+                default=default_lines,
+                minimum=1,
+                maximum=max_lines,
+                metavar="N",
+            ),
+        )
+        self.usage = usage(self.name, self.params)
         self.summary = (
             f"last N lines of the system log (default {default_lines}, at most {max_lines})"
         )
 
     def parse(self, rest: str) -> Mapping[str, object]:
-        rest = rest.strip()
-        return {"lines": rest} if rest else {}
+        return parse_line(self.name, self.params, rest)
 
     def prepare(self, args: Mapping[str, object]) -> LastlogArgs:
-        reject_unknown(self.name, args, frozenset({"lines"}))
-        value = args.get("lines", self.default_lines)
-        bad = CommandError("bad_argument", f"lines must be an integer from 1 to {self.max_lines}")
-        if isinstance(value, str):
-            if not _DIGITS.fullmatch(value) or len(value) > 12:
-                raise bad
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        if not 1 <= value <= self.max_lines:
-            raise bad
-        return LastlogArgs(lines=value)
+        return LastlogArgs(lines=validate(self.name, self.params, args)["lines"])
 
     def run(self, args: LastlogArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         counted: list[int] = [0]

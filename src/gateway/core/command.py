@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from gateway.core.errors import CommandError
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
+from gateway.core.params import Param
 from gateway.core.peers import peer_host
 
 __all__ = ["Client", "Command", "Request", "peer_host"]
@@ -52,6 +53,10 @@ class Client:
 class Command(Protocol):
     @property
     def name(self) -> str: ...
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """The parameters, declared once: parsing, validation, help, HTTP, OpenAPI."""
+
     @property
     def usage(self) -> str: ...
     @property

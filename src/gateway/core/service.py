@@ -20,6 +20,7 @@ from gateway.core.command import Client, Command, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Result, Sink
 from gateway.core.metrics import CommandMetrics
+from gateway.core.params import Param
 from gateway.core.ratelimit import RateLimiter
 from gateway.logfmt import printable
 
@@ -58,6 +59,11 @@ class CommandService:
     @property
     def commands(self) -> Sequence[Command]:
         return tuple(self._commands.values())
+
+    def params_of(self, name: str) -> tuple[Param, ...]:
+        """The declared parameters of command ``name`` (none if there is no such command)."""
+        command = self._commands.get(name)
+        return command.params if command is not None else ()
 
     def text_frame(self, name: str) -> tuple[str, str] | None:
         command = self._commands.get(name)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
 from gateway.config import Config
+from gateway.core.command import Command
+from gateway.core.params import query_parameter
 
 TEXT = "text/plain; charset=utf-8"
 
@@ -50,9 +53,14 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: {"$ref": f"#/components/responses/E{code}"} for code in codes}
 
 
-def document(config: Config) -> dict[str, Any]:
-    lastlog = config.lastlog
-    comphash = config.comphash
+def document(config: Config, commands: Sequence[Command]) -> dict[str, Any]:
+    """The document; each command route's parameters come from the command's own
+    declaration (:mod:`gateway.core.params`)."""
+    declared = {c.name: c.params for c in commands}
+
+    def params(name: str) -> list[dict[str, Any]]:
+        return [query_parameter(p) for p in declared.get(name, ())]
+
     get = "get"
     return {
         "openapi": "3.1.0",
@@ -71,17 +79,7 @@ def document(config: Config) -> dict[str, Any]:
                     "summary": "The last lines of the system log, streamed",
                     "operationId": "lastlog",
                     "parameters": [
-                        {
-                            "name": "lines",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": lastlog.max_lines,
-                                "default": lastlog.default_lines,
-                            },
-                        },
+                        *params("lastlog"),
                         FORMAT,
                     ],
                     "responses": {
@@ -99,23 +97,7 @@ def document(config: Config) -> dict[str, Any]:
                     "summary": "The hash of a file, in the sha1sum format",
                     "operationId": "comphash",
                     "parameters": [
-                        {
-                            "name": "path",
-                            "in": "query",
-                            "required": True,
-                            "description": "absolute path of a regular file",
-                            "schema": {"type": "string", "minLength": 1, "pattern": "^/[^\\x00]*$"},
-                        },
-                        {
-                            "name": "algorithm",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "string",
-                                "enum": list(comphash.algorithms),
-                                "default": comphash.default_algorithm,
-                            },
-                        },
+                        *params("comphash"),
                         FORMAT,
                     ],
                     "responses": {
@@ -278,7 +260,7 @@ def document(config: Config) -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         "path": {"type": "string"},
-                        "algorithm": {"type": "string", "enum": list(comphash.algorithms)},
+                        "algorithm": {"type": "string", "enum": list(config.comphash.algorithms)},
                         "hex": {"type": "string", "pattern": "^[0-9a-f]+$"},
                         "size": {"type": "integer", "minimum": 0},
                     },
@@ -295,8 +277,22 @@ def document(config: Config) -> dict[str, Any]:
                                     "name": {"type": "string"},
                                     "usage": {"type": "string"},
                                     "summary": {"type": "string"},
+                                    "params": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "name": {"type": "string"},
+                                                "type": {
+                                                    "enum": ["int", "choice", "path", "string"]
+                                                },
+                                                "required": {"type": "boolean"},
+                                            },
+                                            "required": ["name", "type", "required"],
+                                        },
+                                    },
                                 },
-                                "required": ["name", "usage", "summary"],
+                                "required": ["name", "usage", "summary", "params"],
                             },
                         }
                     },

@@ -293,15 +293,16 @@ class RestAPI:
 
     @app.route("/lastlog", methods=["GET"])
     def lastlog(self, request: IRequest) -> Deferred[None] | bytes:
-        return self._command(request, "lastlog", ("lines",), lines_key="lines")
+        return self._command(request, "lastlog", lines_key="lines")
 
     @app.route("/comphash", methods=["GET"])
     def comphash(self, request: IRequest) -> Deferred[None] | bytes:
-        return self._command(request, "comphash", ("path", "algorithm"))
+        return self._command(request, "comphash")
 
     def _command(
-        self, request: IRequest, name: str, allowed: tuple[str, ...], lines_key: str | None = None
+        self, request: IRequest, name: str, lines_key: str | None = None
     ) -> Deferred[None] | bytes:
+        """Run command ``name``; its declared parameters are the query names it takes."""
         as_json = wants_json(request)
         if self.shutting_down:
             write_error(request, "unavailable", "Server shutting down.", as_json)
@@ -310,7 +311,7 @@ class RestAPI:
         if denied is not None:
             return denied
         try:
-            args = query(request, allowed)
+            args = query(request, (p.name for p in self.service.params_of(name)))
         except CommandError as e:
             write_error(request, e.code, e.message, as_json)
             return b""

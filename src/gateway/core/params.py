@@ -1,0 +1,201 @@
+"""A command's parameters, declared once.
+
+From one tuple of :class:`Param` come the line syntax (``comphash -a md5 /x``),
+the validation every transport shares (a query string, a JSON message, a
+parsed line all end in :func:`validate`), the usage line ``help`` prints, the
+list ``GET /commands`` returns, and the OpenAPI schema of each query
+parameter.  Pure: no transport, no reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.core.errors import CommandError
+
+Kind = Literal["int", "choice", "path", "string"]
+_DIGITS = frozenset("0123456789")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter.
+
+    ``flag`` (``"-a"``) makes it an option on the command line (also written
+    ``--<name> VALUE`` and ``--<name>=VALUE``); without one it is positional,
+    and the last positional parameter of kind ``path`` or ``string`` takes the
+    rest of the line (paths with spaces).  ``missing`` is what a client is
+    told when a required parameter is absent; ``noun`` names an option's
+    value when it is left out (``-a needs an algorithm name``).
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    required: bool = False
+    default: object = None
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[str, ...] = ()
+    flag: str | None = None
+    metavar: str | None = None
+    missing: str | None = None
+    noun: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return self.metavar or self.name.upper()
+
+
+def usage(command: str, params: Sequence[Param]) -> str:
+    """``comphash [-a ALGO] <path>``, ``lastlog [N]``."""
+    words = [command]
+    for p in params:
+        if p.flag is not None:
+            words.append(f"[{p.flag} {p.shown}]")
+        elif p.required:
+            words.append(f"<{p.metavar or p.name}>")
+        else:
+            words.append(f"[{p.shown}]")
+    return " ".join(words)
+
+
+def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, object]:
+    """The named arguments in the text after the command name (not yet validated)."""
+    text = rest.strip()
+    if not params:
+        if text:
+            raise CommandError("bad_argument", f"{command} takes no arguments")
+        return {}
+    options = {p.flag: p for p in params if p.flag is not None}
+    longs = {f"--{p.name}": p for p in params if p.flag is not None}
+    out: dict[str, object] = {}
+    while text.startswith("-"):
+        head, _, tail = text.partition(" ")
+        option = options.get(head) or longs.get(head)
+        if option is None and "=" in head and head.startswith("--"):
+            name, _, value = head.partition("=")
+            option = longs.get(name)
+            if option is not None:
+                out[option.name] = value
+                text = tail.strip()
+                continue
+        if option is None:
+            break  # not an option: a positional value that starts with "-"
+        value, _, tail = tail.strip().partition(" ")
+        if not value:
+            noun = option.noun or f"a value for {option.name}"
+            raise CommandError("bad_argument", f"{head} needs {noun}")
+        out[option.name] = value
+        text = tail.strip()
+    positional = [p for p in params if p.flag is None]
+    for index, p in enumerate(positional):
+        if not text:
+            break
+        if index == len(positional) - 1:  # the last one takes the rest of the line
+            out[p.name], text = text, ""
+        else:
+            out[p.name], _, text = text.partition(" ")
+            text = text.strip()
+    if text:
+        raise CommandError("bad_argument", f"{command}: unexpected {text.split()[0]!r}")
+    return out
+
+
+def validate(command: str, params: Sequence[Param], raw: Mapping[str, object]) -> dict[str, Any]:
+    """Checked, typed arguments (defaults filled in), or a :class:`CommandError`."""
+    known = {p.name: p for p in params}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise CommandError("bad_argument", f"{command}: unknown argument {unknown[0]!r}")
+    out: dict[str, Any] = {}
+    # Positional parameters (the subject: a path) are checked before options.
+    for p in sorted(params, key=lambda p: p.flag is not None):
+        value = raw.get(p.name)
+        if p.name not in raw or (value == "" and p.required):
+            if p.required:
+                message = p.missing or f"{command} needs {p.name}"
+                raise CommandError("missing_argument", message)
+            out[p.name] = p.default
+            continue
+        out[p.name] = _check(p, value)
+    return out
+
+
+def _check(p: Param, value: object) -> object:
+    if p.kind == "int":
+        bad = CommandError(
+            "bad_argument", f"{p.name} must be an integer from {p.minimum} to {p.maximum}"
+        )
+        if isinstance(value, str):
+            if not value or len(value) > 12 or not set(value) <= _DIGITS:
+                raise bad
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        if (p.minimum is not None and value < p.minimum) or (
+            p.maximum is not None and value > p.maximum
+        ):
+            raise bad
+        return value
+    if not isinstance(value, str):
+        raise CommandError("bad_argument", f"{p.name} must be a string")
+    if p.kind == "choice":
+        if value not in p.choices:
+            raise CommandError(
+                "bad_argument",
+                f"Unknown {p.name}: {value} (allowed: {', '.join(p.choices)})",
+            )
+        return value
+    if p.kind == "path":
+        if "\x00" in value:
+            raise CommandError("bad_argument", "Path contains a NUL byte.")
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            raise CommandError("bad_argument", "Path holds an unpaired surrogate; send UTF-8.")
+        if not value.startswith("/"):
+            raise CommandError("bad_argument", f"Path must be absolute: {value}")
+    return value
+
+
+def describe(p: Param) -> dict[str, object]:
+    """The parameter as ``GET /commands`` lists it."""
+    out: dict[str, object] = {"name": p.name, "type": p.kind, "required": p.required}
+    if p.help:
+        out["help"] = p.help
+    if p.default is not None:
+        out["default"] = p.default
+    if p.choices:
+        out["choices"] = list(p.choices)
+    if p.minimum is not None:
+        out["minimum"] = p.minimum
+    if p.maximum is not None:
+        out["maximum"] = p.maximum
+    if p.flag is not None:
+        out["flag"] = p.flag
+    return out
+
+
+def query_parameter(p: Param) -> dict[str, Any]:
+    """The parameter as an OpenAPI query parameter."""
+    schema: dict[str, Any]
+    if p.kind == "int":
+        schema = {"type": "integer"}
+        if p.minimum is not None:
+            schema["minimum"] = p.minimum
+        if p.maximum is not None:
+            schema["maximum"] = p.maximum
+    elif p.kind == "choice":
+        schema = {"type": "string", "enum": list(p.choices)}
+    elif p.kind == "path":
+        schema = {"type": "string", "minLength": 1, "pattern": "^/[^\\x00]*$"}
+    else:
+        schema = {"type": "string"}
+    if p.default is not None:
+        schema["default"] = p.default
+    out: dict[str, Any] = {"name": p.name, "in": "query", "required": p.required}
+    if p.help:
+        out["description"] = p.help
+    out["schema"] = schema
+    return out
