@@ -62,6 +62,44 @@ def usage(command: str, params: Sequence[Param]) -> str:
     return " ".join(words)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What parsing and validating need, worked out once per declaration."""
+
+    known: frozenset[str]
+    order: tuple[Param, ...]  # positional parameters (the subject) before options
+    options: dict[str, Param]
+    positional: tuple[Param, ...]
+
+
+#: Plans by the identity of the declaration they were made for (parsing is on
+#: the hot path: a declaration is a command's attribute and lives as long).
+_PLANS: dict[int, tuple[Sequence[Param], _Plan]] = {}
+
+
+def _plan(params: Sequence[Param]) -> _Plan:
+    found = _PLANS.get(id(params))
+    if found is not None and found[0] is params:
+        return found[1]
+    plan = _make_plan(tuple(params))
+    if len(_PLANS) > 1024:
+        _PLANS.clear()
+    _PLANS[id(params)] = (params, plan)
+    return plan
+
+
+def _make_plan(params: tuple[Param, ...]) -> _Plan:
+    options = {p.flag: p for p in params if p.flag is not None}
+    options.update({f"--{p.name}": p for p in params if p.flag is not None})
+    positional = tuple(p for p in params if p.flag is None)
+    return _Plan(
+        frozenset(p.name for p in params),
+        positional + tuple(p for p in params if p.flag is not None),
+        options,
+        positional,
+    )
+
+
 def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, object]:
     """The named arguments in the text after the command name (not yet validated)."""
     text = rest.strip()
@@ -69,15 +107,15 @@ def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, ob
         if text:
             raise CommandError("bad_argument", f"{command} takes no arguments")
         return {}
-    options = {p.flag: p for p in params if p.flag is not None}
-    longs = {f"--{p.name}": p for p in params if p.flag is not None}
+    plan = _plan(params)
+    options = plan.options
     out: dict[str, object] = {}
     while text.startswith("-"):
         head, _, tail = text.partition(" ")
-        option = options.get(head) or longs.get(head)
+        option = options.get(head)
         if option is None and "=" in head and head.startswith("--"):
             name, _, value = head.partition("=")
-            option = longs.get(name)
+            option = options.get(name)
             if option is not None:
                 out[option.name] = value
                 text = tail.strip()
@@ -90,7 +128,7 @@ def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, ob
             raise CommandError("bad_argument", f"{head} needs {noun}")
         out[option.name] = value
         text = tail.strip()
-    positional = [p for p in params if p.flag is None]
+    positional = plan.positional
     for index, p in enumerate(positional):
         if not text:
             break
@@ -106,13 +144,13 @@ def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, ob
 
 def validate(command: str, params: Sequence[Param], raw: Mapping[str, object]) -> dict[str, Any]:
     """Checked, typed arguments (defaults filled in), or a :class:`CommandError`."""
-    known = {p.name: p for p in params}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
+    plan = _plan(params)
+    if not plan.known.issuperset(raw):
+        unknown = sorted(set(raw) - plan.known)
         raise CommandError("bad_argument", f"{command}: unknown argument {unknown[0]!r}")
     out: dict[str, Any] = {}
     # Positional parameters (the subject: a path) are checked before options.
-    for p in sorted(params, key=lambda p: p.flag is not None):
+    for p in plan.order:
         value = raw.get(p.name)
         if p.name not in raw or (value == "" and p.required):
             if p.required:
@@ -126,19 +164,17 @@ def validate(command: str, params: Sequence[Param], raw: Mapping[str, object]) -
 
 def _check(p: Param, value: object) -> object:
     if p.kind == "int":
-        bad = CommandError(
-            "bad_argument", f"{p.name} must be an integer from {p.minimum} to {p.maximum}"
-        )
-        if isinstance(value, str):
-            if not value or len(value) > 12 or not set(value) <= _DIGITS:
-                raise bad
+        if isinstance(value, str) and value and len(value) <= 12 and set(value) <= _DIGITS:
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        if (p.minimum is not None and value < p.minimum) or (
-            p.maximum is not None and value > p.maximum
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (p.minimum is not None and value < p.minimum)
+            or (p.maximum is not None and value > p.maximum)
         ):
-            raise bad
+            raise CommandError(
+                "bad_argument", f"{p.name} must be an integer from {p.minimum} to {p.maximum}"
+            )
         return value
     if not isinstance(value, str):
         raise CommandError("bad_argument", f"{p.name} must be a string")
