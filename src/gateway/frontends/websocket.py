@@ -28,6 +28,7 @@ from gateway.core.flow import BACKLOG, BEHIND, ReadGate
 from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal
+from gateway.logfmt import printable
 from gateway.sessions.json_conversation import JSONConversation, reply
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import error_line
@@ -107,7 +108,9 @@ class GatewayWebSocket(WebSocketServerProtocol):
         settings = self.factory.settings
         host = request.headers.get("host")
         if not origin_allowed(request.origin, host, self.factory.secure, settings.allowed_origins):
-            self.log.info("Refused WebSocket from origin {origin}", origin=request.origin)
+            self.log.info(
+                "Refused WebSocket from origin {origin}", origin=printable(request.origin or "")
+            )
             raise ConnectionDeny(403, "Origin not allowed")
         admission = self.factory.admission
         header = request.headers.get("authorization")
@@ -307,7 +310,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 "Lost WebSocket connection from {peer}: {code} {reason}",
                 peer=self.peer_host,
                 code=code,
-                reason=reason or "",
+                reason=printable(reason or ""),
             )
             self.conversation.stop()
         self._release_slot()

@@ -240,7 +240,9 @@ class JSONConversation:
         try:
             action = parse(text)
         except MessageError as e:
-            self.log.info("Bad message from {peer}: {why}", peer=self.client.peer, why=e.message)
+            self.log.info(
+                "Bad message from {peer}: {why}", peer=self.client.peer, why=printable(e.message)
+            )
             self._send(reply(e.id, "error", code=e.code, message=e.message))
             return
         if isinstance(action, Auth):

@@ -29,6 +29,7 @@ from twisted.web.server import Request, Site
 from gateway.config import HTTPConfig
 from gateway.core.command import peer_host
 from gateway.frontends.http.routes import wants_json, write_error
+from gateway.logfmt import printable
 
 #: What ``Server`` says: no library, no version.
 SERVER = b"gateway"
@@ -250,7 +251,7 @@ class GuardedRequest(Request):
             self.log.info(
                 "Refused request from {peer} for Host {host} (not one of ours)",
                 peer=peer_host(self.getClientAddress()),
-                host=host,
+                host=printable(host or ""),
             )
             self.setHeader("server", SERVER)
             write_error(
