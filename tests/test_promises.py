@@ -39,16 +39,16 @@ from gateway.commands.lastlog import (
 )
 from gateway.config import Config, ConfigError, HTTPConfig, TCPConfig, load
 from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, Authenticator
-from gateway.core.command import Client, peer_host
+from gateway.core.command import Client
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Lines, Result
 from gateway.core.flow import Flow
-from gateway.core.peers import limit_key, normalise
+from gateway.core.peers import limit_key, normalise, peer_host
 from gateway.core.quota import ClientQuota
 from gateway.core.ratelimit import RateLimiter
-from gateway.frontends.admission import Admission
+from gateway.frontends.admission import LINGER, Admission
 from gateway.frontends.http.site import GuardedSite, host_allowed
-from gateway.frontends.line import LINGER, MAX_PENDING, LineFactory, LineSession, LineState
+from gateway.frontends.line import MAX_PENDING, LineFactory, LineSession, LineState
 from gateway.logfmt import JSONLinesObserver, RecentLog, TextObserver, redact
 from gateway.sessions.json_conversation import Auth, JSONConversation, MessageError, parse
 

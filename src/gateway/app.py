@@ -18,11 +18,11 @@ from twisted.python.threadpool import ThreadPool
 from gateway import __version__
 from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, ConfigError
-from gateway.frontends.admission import Admission
+from gateway.frontends.admission import LINGER, Admission
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
 from gateway.frontends.http.site import GuardedSite
-from gateway.frontends.line import LINGER, LineFactory
+from gateway.frontends.line import LineFactory
 from gateway.frontends.websocket import GatewayWebSocketFactory, websocket_resource
 from gateway.logfmt import RecentLog
 
@@ -103,8 +103,6 @@ class Gateway(MultiService):
         #: Who may come in, on what terms: one for every front-end.
         self.admission = admission = Admission.from_config(config, reactor)
         self.quota = admission.quota
-        self.auth = admission.auth
-        self.limiter = admission.limiter
         # Two pools, so that log reads never queue behind long hashes.
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
         read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
@@ -113,7 +111,7 @@ class Gateway(MultiService):
             read_log, read_file, lambda f, *args: reactor.callFromThread(f, *args), reactor
         )
         self.service = build_service(
-            config, reactor, self.quota, self.runners, self.limiter, self.recent_log.tail
+            config, reactor, self.quota, self.runners, admission.limiter, self.recent_log.tail
         )
 
         tcp = config.tcp

@@ -43,11 +43,7 @@ class Authenticator:
     ) -> None:
         self._tokens = [t.encode() for t in tokens]
         self.clock = clock
-        self.max_failures = max_failures
-        self.window = window
-        self.lockout = lockout
-        self.max_pending = max_pending
-        self.max_pending_per_ip = max_pending_per_ip
+        self.configure(max_failures, window, lockout, max_pending, max_pending_per_ip)
         self._failures: dict[str, _Failures] = {}
         self._pending: dict[str, int] = {}
         self._pending_total = 0

@@ -12,9 +12,6 @@ from gateway.core.errors import CommandError
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param
-from gateway.core.peers import peer_host
-
-__all__ = ["Client", "Command", "Request", "peer_host"]
 
 
 @dataclass(frozen=True, slots=True)

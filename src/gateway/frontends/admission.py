@@ -17,20 +17,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import Config
 from gateway.core.auth import Authenticator, bearer
-from gateway.core.errors import INTERNAL_MESSAGE, CommandError, QuotaExceeded
+from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.flow import Flow
 from gateway.core.quota import ClientQuota, Quota, Slot
 from gateway.core.ratelimit import RateLimiter
 
 log = Logger(namespace="gateway.admission")
+
+#: Seconds a close the server started may take (the client reading its last
+#: answer) before the connection is aborted, on every front-end, TLS or not.
+LINGER = 2.0
 
 
 @dataclass(frozen=True)
@@ -63,24 +66,15 @@ class Admission:
 
     @classmethod
     def from_config(cls, config: Config, clock: IReactorTime) -> Admission:
-        auth = config.auth
-        return cls(
-            ClientQuota(config.quota.max_clients, config.quota.max_per_ip),
+        quota = config.quota
+        admission = cls(
+            ClientQuota(quota.max_clients, quota.max_per_ip),
             clock,
-            Authenticator(
-                auth.all_tokens(),
-                clock,
-                auth.max_failures,
-                auth.failure_window,
-                auth.lockout,
-                auth.max_pending_logins,
-                auth.max_pending_logins_per_ip,
-            ),
+            Authenticator([], clock),
             RateLimiter(config.limits.commands_per_second, config.limits.command_burst, clock),
-            auth.login_timeout,
-            config.limits.stall_timeout,
-            auth.metrics,
         )
+        admission.reload(config)  # one place that reads the settings
+        return admission
 
     def reload(self, config: Config) -> None:
         """Apply ``config`` (checked) to everyone who comes in from now on.
@@ -132,10 +126,6 @@ class Admission:
             delay = self.auth.delay(peer) if presented is not None else 0.0
             return Denial(e, delay, None)
 
-    def later(self, delay: float, call: Callable[[], object]) -> Deferred[object]:
-        """Run ``call`` after ``delay`` seconds on the admission's clock."""
-        return deferLater(self.clock, delay, call)
-
     # -- back-pressure
 
     def make_flow(self, on_stalled: Callable[[], None]) -> Flow:
@@ -153,12 +143,8 @@ class Admission:
             log.failure("the quota failed for {peer}", failure, peer=peer)
             return Failure(CommandError("internal", INTERNAL_MESSAGE))
 
-        try:
-            d = self.quota.acquire(transport, peer)
-        except Exception:
-            d = Deferred()
-            d.errback(Failure())
-        return d.addErrback(explain)
+        acquired: Deferred[Slot] = maybeDeferred(self.quota.acquire, transport, peer)
+        return acquired.addErrback(explain)
 
     def hold(
         self,
@@ -190,4 +176,4 @@ class Admission:
 
 
 def is_quota_refusal(error: CommandError) -> bool:
-    return isinstance(error, QuotaExceeded) or error.code == "quota_exceeded"
+    return error.code == "quota_exceeded"

@@ -28,21 +28,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.config import TCPConfig
-from gateway.core.command import Client, peer_host
+from gateway.core.command import Client
 from gateway.core.errors import CommandError
 from gateway.core.flow import BACKLOG, ReadGate
+from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
-from gateway.frontends.admission import Admission
+from gateway.frontends.admission import LINGER, Admission
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import encode_lines, error_line
 
 TRANSPORT = register_transport("tcp", order=0)
 #: Lines waiting behind a running command before reading pauses.
 MAX_PENDING = 32
-#: Seconds a closing connection keeps draining input, so that the last answer
-#: is not lost to a reset while the client is still sending.
-LINGER = 2.0
 
 
 class LineState(enum.Enum):

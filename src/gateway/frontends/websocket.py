@@ -22,12 +22,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from gateway.config import WebSocketConfig, parse_origin
-from gateway.core.command import Client, peer_host
+from gateway.core.command import Client
 from gateway.core.errors import CommandError
 from gateway.core.flow import BACKLOG, BEHIND, ReadGate
+from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
-from gateway.frontends.admission import Admission, is_quota_refusal
+from gateway.frontends.admission import LINGER, Admission, is_quota_refusal
 from gateway.logfmt import printable
 from gateway.sessions.json_conversation import JSONConversation, reply
 from gateway.sessions.line import LineConversation
@@ -43,8 +44,6 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_INTERNAL_ERROR = 1011
 #: Commands waiting their turn (text mode) before reading from the client stops.
 MAX_PENDING = 32
-#: Seconds a close may take before the connection is aborted (TLS included).
-LINGER = 2.0
 #: What the handshake answer says in ``Server``: no library, no version.
 SERVER = "gateway"
 

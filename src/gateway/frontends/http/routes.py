@@ -26,11 +26,12 @@ from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.config import HTTPConfig
-from gateway.core.command import Client, Request, peer_host
+from gateway.core.command import Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Event, Lines, Result
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
+from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal

@@ -27,14 +27,13 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from gateway.config import HTTPConfig
-from gateway.core.command import peer_host
+from gateway.core.peers import peer_host
+from gateway.frontends.admission import LINGER
 from gateway.frontends.http.routes import wants_json, write_error
 from gateway.logfmt import printable
 
 #: What ``Server`` says: no library, no version.
 SERVER = b"gateway"
-#: Seconds a refused connection may take to close before it is aborted.
-LINGER = 2.0
 
 
 def host_name(host: str) -> str:
@@ -93,8 +92,8 @@ STATUS_TEXT = {
 }
 
 
-def refuse(channel: HTTPChannel, status: int, message: str) -> None:
-    """Answer ``status`` with ``error: message`` and close, outside any route."""
+def refusal(status: int, message: str) -> bytes:
+    """A whole ``status`` answer with ``error: message``, for outside any route."""
     body = f"error: {message}\n".encode()
     head = (
         b"HTTP/1.1 %d %s\r\n"
@@ -102,19 +101,7 @@ def refuse(channel: HTTPChannel, status: int, message: str) -> None:
         b"Content-Length: %d\r\n"
         b"Connection: close\r\n\r\n" % (status, STATUS_TEXT[status], len(body))
     )
-    transport: Any = channel.transport
-    if transport is not None:
-        transport.write(head + body)
-        # A client that never reads (or never finishes TLS) cannot keep it.
-        clock: IReactorTime = channel.clock  # type: ignore[attr-defined]
-        clock.callLater(LINGER, _abort_if_open, channel)
-    channel.loseConnection()
-
-
-def _abort_if_open(channel: HTTPChannel) -> None:
-    transport: Any = channel.transport
-    if transport is not None and getattr(transport, "connected", False):
-        transport.abortConnection()
+    return head + body
 
 
 class GuardedChannel(HTTPChannel):
@@ -160,7 +147,9 @@ class GuardedChannel(HTTPChannel):
             return
         self._refused = True
         self._stop_deadline()
-        refuse(self, status, message)
+        if self.transport is not None:
+            self.transport.write(refusal(status, message))
+        self._close_within(LINGER)  # nothing more to say: a short wait
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
@@ -215,8 +204,11 @@ class GuardedChannel(HTTPChannel):
         A client that stops reading its answer (or never finishes TLS) would
         otherwise keep the socket for ever once the daemon wants it closed.
         """
+        self._close_within(self.abortTimeout)
+
+    def _close_within(self, seconds: float) -> None:
         if self._closing is None and self.transport is not None:
-            self._closing = self.clock.callLater(self.abortTimeout, self._abort_close)
+            self._closing = self.clock.callLater(seconds, self._abort_close)
         super().loseConnection()
 
     def _abort_close(self) -> None:
