@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
-from twisted.test import iosim
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -56,7 +54,6 @@ from .support.commands import Stub
 from .support.fakes import FakeSpawner, call_now, run_now
 from .support.services import make_service
 from .support.websocket import Harness as WSHarness
-from .support.websocket import Recorder
 
 TOKEN = "promise-token-0123456789"
 
@@ -470,25 +467,8 @@ def test_allowed_hosts_config_is_checked() -> None:
 def ws_with_header(tmp_path: Path, token: str) -> tuple[WSHarness, Any]:
     h = WSHarness(tmp_path)
     h.admission.auth = Authenticator([TOKEN], h.clock)
-    client_factory: Any = WebSocketClientFactory(
-        "ws://127.0.0.1:8080/ws",
-        protocols=["gateway.text"],
-        headers={"Authorization": f"Bearer {token}"},
-        reactor=h.clock,
-    )
-    client_factory.protocol = Recorder
-    client_factory.opened, client_factory.messages, client_factory.closed = [], [], []
-    server = h.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
-    client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8080))
-    server_t = iosim.FakeTransport(
-        server, isServer=True, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
-    )
-    client_t = iosim.FakeTransport(client, isServer=False)
-    h.pumps.append(iosim.connect(server, server_t, client, client_t, greet=False))
-    h.flush()
-    client_factory.client = client
-    client_factory.server = server
-    return h, client_factory
+    conn = h.connect(["gateway.text"], headers={"Authorization": f"Bearer {token}"})
+    return h, conn
 
 
 def test_wrong_token_in_the_websocket_header_is_answered_slowly(tmp_path: Path) -> None:

@@ -143,57 +143,33 @@ def test_gateway_runs_from_the_wheel(
     assert "Warning" not in first_screen and "Traceback" not in first_screen
 
 
+def installed_run(tool: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run an installed command as an operator would: outside the checkout, clean env."""
+    return subprocess.run(
+        [str(tool), *args], capture_output=True, text=True, cwd=cwd, env=clean_env()
+    )
+
+
 def test_version_and_the_documented_config_come_with_it(installed: Path, tmp_path: Path) -> None:
     from gateway import __version__
 
-    done = subprocess.run(
-        [str(installed / "gateway"), "--version"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(),
-        check=True,
+    gateway = installed / "gateway"
+    assert installed_run(gateway, "--version", cwd=tmp_path).stdout.strip() == (
+        f"gateway {__version__}"
     )
-    assert done.stdout.strip() == f"gateway {__version__}"
-    example = subprocess.run(
-        [str(installed / "gateway"), "--print-config-example"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(),
-        check=True,
-    ).stdout
+    example = installed_run(gateway, "--print-config-example", cwd=tmp_path).stdout
     assert example == (ROOT / "config" / "gateway.toml").read_text()
     (tmp_path / "gateway.toml").write_text(example)
-    check = subprocess.run(
-        [str(installed / "gateway"), "--config", "gateway.toml", "--check-config"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(),
-    )
+    check = installed_run(gateway, "--config", "gateway.toml", "--check-config", cwd=tmp_path)
     assert check.returncode == 0, check.stderr
-    unit = subprocess.run(
-        [str(installed / "gateway"), "--print-systemd-unit"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(),
-        check=True,
-    ).stdout
+    unit = installed_run(gateway, "--print-systemd-unit", cwd=tmp_path).stdout
     assert unit == (ROOT / "config" / "gateway.service").read_text()
 
 
 def test_twistd_plugin_from_the_wheel(
     installed: Path, tmp_path: Path, running: list[Gateway], nc_path: str, curl_path: str
 ) -> None:
-    listed = subprocess.run(
-        [str(installed / "twistd"), "--help-plugins"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env(),
-    )
+    listed = installed_run(installed / "twistd", "--help-plugins", cwd=tmp_path)
     assert re.search(r"^\s*gateway\s", listed.stdout, re.M), listed.stdout
     assert "cache" not in (listed.stdout + listed.stderr).lower()
     gw = start(

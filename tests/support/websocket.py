@@ -53,9 +53,18 @@ class Harness:
         )
         self.pumps: list[iosim.IOPump] = []
 
-    def connect(self, protocols: list[str] | None = None, origin: str | None = None) -> Any:
+    def connect(
+        self,
+        protocols: list[str] | None = None,
+        origin: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         client_factory: Any = WebSocketClientFactory(
-            "ws://127.0.0.1:8080/ws", protocols=protocols, origin=origin, reactor=self.clock
+            "ws://127.0.0.1:8080/ws",
+            protocols=protocols,
+            origin=origin,
+            headers=headers,
+            reactor=self.clock,
         )
         client_factory.protocol = Recorder
         client_factory.opened, client_factory.messages, client_factory.closed = [], [], []
