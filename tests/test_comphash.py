@@ -126,6 +126,7 @@ def test_hash_matches_hashlib_with_progress(root: Path, algorithm: str) -> None:
         data={"path": str(big), "algorithm": algorithm, "hex": hexdigest, "size": len(data)},
         text=(f"File hash is: {hexdigest}",),
         body=(f"{hexdigest}  {big}",),
+        summary=f"{algorithm} of {big} (3.0 MiB)",
     )
     assert events[0] == Progress(0, len(data))
     assert events[-1] == Progress(len(data), len(data))

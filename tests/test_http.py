@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from gateway.commands.lastlog import FileSource
-from gateway.config import Config, HTTPConfig
+from gateway.config import HTTPConfig
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Sink
@@ -49,8 +49,7 @@ class Harness:
             algorithms=["sha1", "sha256", "md5"],
             source=source,
         )
-        config = Config()
-        self.doc = document(config, self.service.commands)
+        self.doc = document(self.service.commands)
         self.api = RestAPI(
             Admission(self.quota, self.clock),
             self.service,
@@ -112,7 +111,13 @@ def test_lastlog_json(h: Harness, path: str, headers: Any) -> None:
     code, out_headers, body = h.get(path, headers)
     assert code == 200
     assert out_headers["content-type"] == "application/json"
-    assert json.loads(body) == {"lines": ["entry 48", "entry 49"], "count": 2, "source": str(h.log)}
+    assert json.loads(body) == {
+        "lines": ["entry 48", "entry 49"],
+        "count": 2,
+        "source": str(h.log),
+        "text": [],
+        "summary": f"2 lines from {h.log}",
+    }
 
 
 def test_format_text_wins_over_accept(h: Harness) -> None:
@@ -242,6 +247,8 @@ def test_comphash_json_and_algorithm(h: Harness) -> None:
         "algorithm": "sha256",
         "hex": hashlib.sha256(b"x").hexdigest(),
         "size": 1,
+        "text": [f"{hashlib.sha256(b'x').hexdigest()}  {target}"],
+        "summary": f"sha256 of {target} (1 B)",
     }
 
 

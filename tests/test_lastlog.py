@@ -272,7 +272,9 @@ def test_lastlog_run_counts_lines(tmp_path: Path) -> None:
     command = make_lastlog(FileSource(str(log), run_now))
     d = command.run(command.prepare({"lines": 5}), events.append)
     assert events == [Lines(("a", "b"))]
-    assert d.result == Result(command="lastlog", data={"count": 2, "source": str(log)})
+    assert d.result == Result(
+        command="lastlog", data={"count": 2, "source": str(log)}, summary=f"2 lines from {log}"
+    )
 
 
 def test_real_file_source_on_disk_is_never_read_whole(tmp_path: Path) -> None:

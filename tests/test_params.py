@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from gateway.config import Config
 from gateway.core.errors import CommandError
 from gateway.core.params import Param, describe, parse_line, query_parameter, usage, validate
 from gateway.core.quota import ClientQuota
@@ -94,7 +93,7 @@ def test_describe_and_openapi_come_from_the_same_declaration(tmp_path: Path) -> 
         "default": "fast",
     }
     service = make_service(tmp_path, Clock(), ClientQuota(1), algorithms=["sha256", "md5"])
-    doc = document(Config(), service.commands)
+    doc = document(service.commands)
     comphash = doc["paths"]["/comphash"]["get"]["parameters"]
     assert [p["name"] for p in comphash] == ["algorithm", "path", "format"]
     assert comphash[0]["schema"]["enum"] == ["sha256", "md5"]

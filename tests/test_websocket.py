@@ -123,7 +123,7 @@ def test_several_in_flight_with_ids_and_cancel() -> None:
     c.receive('{"id": 1, "cancel": true}')
     assert stub.cancelled == 1 and sent[-1] == {"id": 1, "type": "cancelled"}
     stub.runs[1].callback(Result("stub", {"n": 2}))
-    assert sent[-1] == {"id": 2, "type": "result", "result": {"n": 2}}
+    assert sent[-1] == {"id": 2, "type": "result", "result": {"n": 2, "text": [], "summary": ""}}
     assert c.running == {}
 
 
@@ -158,7 +158,7 @@ def test_exit_closes_and_stop_cancels() -> None:
     c, stub, sent, closed = make_conversation()
     c.receive('{"id": 1, "line": "stub"}')
     c.receive('{"id": 2, "command": "exit"}')
-    assert sent[-1] == {"id": 2, "type": "result", "result": {}}
+    assert sent[-1] == {"id": 2, "type": "result", "result": {"text": [], "summary": ""}}
     assert closed == ["x"] and stub.cancelled == 1
 
 
@@ -218,7 +218,12 @@ def test_json_mode(h: Harness, tmp_path: Path) -> None:
     assert replies[1] == {
         "id": 1,
         "type": "result",
-        "result": {"count": 1, "source": str(tmp_path / "syslog")},
+        "result": {
+            "count": 1,
+            "source": str(tmp_path / "syslog"),
+            "text": [],
+            "summary": f"1 line from {tmp_path / 'syslog'}",
+        },
     }
     assert {"id": "b", "type": "progress", "done": 1, "total": 1} in replies
     assert (

@@ -125,7 +125,7 @@ class Gateway(MultiService):
             admission,
             self.service,
             config.http,
-            lambda: document(self.config, self.service.commands),
+            lambda: document(self.service.commands),
             websocket=websocket_resource(sockets),
             console=Console.load(console_dir()),
         )

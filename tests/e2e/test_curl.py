@@ -45,6 +45,8 @@ def test_lastlog_and_friends(start_gateway: Any, curl_path: str, tmp_path: Path)
         "lines": ["Nov 25 10:00:38 lab app[1]: event 38", "Nov 25 10:00:39 lab app[1]: event 39"],
         "count": 2,
         "source": str(log),
+        "text": [],
+        "summary": f"2 lines from {log}",
     }
     assert curl(gw.url("/healthz"))[::2] == (200, b"ok\n")
     assert curl(gw.url("/commands"))[2].startswith(b"lastlog [N]")

@@ -72,7 +72,12 @@ def test_json_mode_with_commands_in_flight(start_gateway: Any, tmp_path: Path) -
             replies.append(json.loads(ws.recv(10)))
     by_id = {r["id"]: r for r in replies if r["type"] in ("result", "error")}
     assert by_id[1]["result"]["hex"] == hashlib.sha1(target.read_bytes()).hexdigest()
-    assert by_id[2]["result"] == {"count": 1, "source": str(tmp_path / "syslog")}
+    assert by_id[2]["result"] == {
+        "count": 1,
+        "source": str(tmp_path / "syslog"),
+        "text": [],
+        "summary": f"1 line from {tmp_path / 'syslog'}",
+    }
     assert by_id[None]["code"] == "bad_argument"
     assert {"id": 2, "type": "line", "text": "Nov 25 10:00:39 lab app[1]: event 39"} in replies
     progress = [r for r in replies if r["type"] == "progress"]

@@ -7,18 +7,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from gateway.core.command import Command
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Result, Sink
-from gateway.core.params import Param
 
 
-class Stub:
+class Stub(Command[Mapping[str, object]]):
     """A command whose run the test controls."""
 
-    usage = "stub"
-    params: tuple[Param, ...] = ()
     summary = "for tests"
-    frame = None
+    on_http = False
 
     def __init__(self, name: str = "stub", timeout: float = 5.0) -> None:
         self.name = name
@@ -31,10 +29,10 @@ class Stub:
             raise CommandError("bad_argument", "bad stub")
         return {"rest": rest}
 
-    def prepare(self, args: Mapping[str, object]) -> Any:
+    def prepare(self, args: Mapping[str, object]) -> Mapping[str, object]:
         return args
 
-    def run(self, args: Any, sink: Sink, flow: Any = None) -> Deferred[Result]:
+    def run(self, args: Mapping[str, object], sink: Sink, flow: Any = None) -> Deferred[Result]:
         if args.get("rest") == "boom":
             raise RuntimeError("secret detail")
         if args.get("rest") == "fail":

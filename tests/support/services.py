@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from gateway.commands.lastlog import LastlogCommand, LogSource
 from gateway.commands.registry import Runners, build_service
 from gateway.config import ComphashConfig, Config, LastlogConfig
-from gateway.core.command import Command
+from gateway.core.command import AnyCommand
 from gateway.core.quota import Quota
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.service import CommandService
@@ -34,7 +34,7 @@ def make_service(
     algorithms: Sequence[str] = ("sha1", "md5"),
     source: LogSource | None = None,
     limiter: RateLimiter | None = None,
-    extra: Sequence[Command] = (),
+    extra: Sequence[AnyCommand] = (),
 ) -> CommandService:
     """The gateway's commands over ``tmp_path/syslog`` (written from ``log_text``
     when given; ``/dev/null`` without a ``tmp_path``), hashing under ``roots``;

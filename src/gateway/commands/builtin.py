@@ -8,22 +8,51 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.core.command import Command, no_arguments, reject_unknown
+from gateway.core.command import AnyCommand, Command, Field, no_arguments, reject_unknown
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.params import Param, describe
+from gateway.core.params import describe
 from gateway.core.quota import Quota
 
+PARAM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"enum": ["int", "choice", "path", "string"]},
+        "required": {"type": "boolean"},
+        "help": {"type": "string"},
+    },
+    "required": ["name", "type", "required"],
+}
 
-class HelpCommand:
+COMMAND_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "usage": {"type": "string"},
+        "summary": {"type": "string"},
+        "route": {"type": ["string", "null"]},
+        "params": {"type": "array", "items": PARAM_SCHEMA},
+    },
+    "required": ["name", "usage", "summary", "route", "params"],
+}
+
+
+class HelpCommand(Command[None]):
     name = "help"
-    usage = "help"
-    params: tuple[Param, ...] = ()
     summary = "list the commands"
     timeout = 5.0
-    frame = None
+    http_path = "/commands"
+    metered = False  # monitoring keeps working when the quota is full
+    result_fields = (
+        Field(
+            "commands",
+            {"type": "array", "items": COMMAND_SCHEMA},
+            "each command: usage, summary, HTTP route and parameters",
+        ),
+    )
 
-    def __init__(self, commands: Callable[[], Sequence[Command]]) -> None:
+    def __init__(self, commands: Callable[[], Sequence[AnyCommand]]) -> None:
         self._commands = commands
 
     def parse(self, rest: str) -> Mapping[str, object]:
@@ -44,12 +73,14 @@ class HelpCommand:
                             "name": c.name,
                             "usage": c.usage,
                             "summary": c.summary,
+                            "route": c.route,
                             "params": [describe(p) for p in c.params],
                         }
                         for c in commands
                     ]
                 },
                 text=tuple(f"{c.usage.ljust(width)}  {c.summary}" for c in commands),
+                summary=f"{len(commands)} commands",
             )
         )
 
@@ -63,13 +94,39 @@ def format_duration(seconds: float) -> str:
     return f"{days}d {clock}" if days else clock
 
 
-class StatsCommand:
+COUNTS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "in_use": {"type": "integer"},
+        "served": {"type": "integer"},
+        "refused": {"type": "integer"},
+    },
+    "required": ["in_use", "served", "refused"],
+}
+
+
+class StatsCommand(Command[None]):
     name = "stats"
-    usage = "stats"
-    params: tuple[Param, ...] = ()
     summary = "clients in use and refused, per transport; uptime"
     timeout = 5.0
-    frame = None
+    metered = False  # monitoring keeps working when the quota is full
+    result_fields = (
+        Field(
+            "clients",
+            {
+                "type": "object",
+                "properties": {
+                    "in_use": {"type": "integer"},
+                    "max": {"type": "integer"},
+                    "max_per_ip": {"type": "integer"},
+                    "by_transport": {"type": "object", "additionalProperties": COUNTS_SCHEMA},
+                },
+                "required": ["in_use", "max", "max_per_ip", "by_transport"],
+            },
+            "quota slots in use, served and refused, in all and per transport",
+        ),
+        Field("uptime_seconds", {"type": "number"}, "seconds since start"),
+    )
 
     def __init__(self, quota: Quota, clock: IReactorTime) -> None:
         self._quota = quota
@@ -111,16 +168,15 @@ class StatsCommand:
             f"refused: {sum(snap.refused.values())} ({per(snap.refused)})",
             f"uptime: {format_duration(uptime)}",
         )
-        return succeed(Result(command=self.name, data=data, text=text))
+        summary = f"{snap.total_in_use} of {snap.max_clients} clients in use"
+        return succeed(Result(command=self.name, data=data, text=text, summary=summary))
 
 
-class ExitCommand:
+class ExitCommand(Command[None]):
     name = "exit"
-    usage = "exit"
-    params: tuple[Param, ...] = ()
     summary = "close this connection"
     timeout = 5.0
-    frame = None
+    on_http = False  # it ends a connection; an HTTP request has none to end
 
     def parse(self, rest: str) -> Mapping[str, object]:
         return {}

@@ -25,10 +25,11 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Progress, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.params import Param, parse_line, usage, validate
+from gateway.core.params import Param, validate
 
 #: Never hashed, wherever the allowed roots point: kernel views that look like
 #: files but are not (``/proc/self/environ`` would leak the daemon's secrets).
@@ -192,9 +193,18 @@ class ComphashArgs:
     algorithm: str
 
 
-class ComphashCommand:
+def format_size(n: int) -> str:
+    """``4.0 GiB``: a size for people (the exact count is in the result)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+class ComphashCommand(Command[ComphashArgs]):
     name = "comphash"
-    frame = None
 
     def __init__(
         self,
@@ -233,10 +243,12 @@ class ComphashCommand:
                 missing="Please provide a path.",
             ),
         )
-        self.usage = usage(self.name, self.params)
-
-    def parse(self, rest: str) -> Mapping[str, object]:
-        return parse_line(self.name, self.params, rest)
+        self.result_fields = (
+            Field("path", {"type": "string"}, "the file, as asked"),
+            Field("algorithm", {"type": "string", "enum": list(self.algorithms)}),
+            Field("hex", {"type": "string", "pattern": "^[0-9a-f]+$"}, "the digest"),
+            Field("size", {"type": "integer", "minimum": 0}, "bytes hashed"),
+        )
 
     def prepare(self, args: Mapping[str, object]) -> ComphashArgs:
         checked = validate(self.name, self.params, args)
@@ -277,6 +289,7 @@ class ComphashCommand:
                 },
                 text=(f"File hash is: {hexdigest}",),
                 body=(checksum_line(hexdigest, args.path),),
+                summary=f"{args.algorithm} of {args.path} ({format_size(done)})",
             )
 
         def report(done: int, total: int) -> None:

@@ -26,10 +26,11 @@ from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.params import Param, parse_line, usage, validate
+from gateway.core.params import Param, validate
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -497,9 +498,20 @@ class LastlogArgs:
     lines: int
 
 
-class LastlogCommand:
+class LastlogCommand(Command[LastlogArgs]):
     name = "lastlog"
     frame = ("Begin lastlog", "End lastlog")
+    stream_key = "lines"
+    result_fields = (
+        Field("count", {"type": "integer", "minimum": 0}, "how many lines were sent"),
+        Field("source", {"type": "string"}, "where they were read: a file, command or fallback"),
+        Field(
+            "note",
+            {"type": "string"},
+            "set when no system log was found and a fallback answered",
+            required=False,
+        ),
+    )
 
     def __init__(
         self, source: LogSource, default_lines: int, max_lines: int, timeout: float
@@ -519,13 +531,9 @@ class LastlogCommand:
                 metavar="N",
             ),
         )
-        self.usage = usage(self.name, self.params)
         self.summary = (
             f"last N lines of the system log (default {default_lines}, at most {max_lines})"
         )
-
-    def parse(self, rest: str) -> Mapping[str, object]:
-        return parse_line(self.name, self.params, rest)
 
     def prepare(self, args: Mapping[str, object]) -> LastlogArgs:
         return LastlogArgs(lines=validate(self.name, self.params, args)["lines"])
@@ -539,10 +547,14 @@ class LastlogCommand:
             sink(event)
 
         def result(source: str) -> Result:
-            data: dict[str, object] = {"count": counted[0], "source": source}
+            n = counted[0]
+            data: dict[str, object] = {"count": n, "source": source}
+            summary = f"{n} {'line' if n == 1 else 'lines'} from {source}"
             note = self.source.note_for(source)
             if note is None:
-                return Result(command=self.name, data=data)
-            return Result(command=self.name, data={**data, "note": note}, text=(note,))
+                return Result(command=self.name, data=data, summary=summary)
+            return Result(
+                command=self.name, data={**data, "note": note}, text=(note,), summary=summary
+            )
 
         return self.source.tail(args.lines, count, flow).addCallback(result)

@@ -19,7 +19,7 @@ from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config
-from gateway.core.command import Command
+from gateway.core.command import AnyCommand
 from gateway.core.quota import Quota
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.service import CommandService
@@ -44,7 +44,7 @@ class Runners:
 
 def configured_commands(
     config: Config, runners: Runners, own_log: Callable[[int], list[str]] | None = None
-) -> list[Command]:
+) -> list[AnyCommand]:
     """The commands whose behaviour the configuration sets (replaced on SIGHUP)."""
     lastlog = config.lastlog
     comphash = config.comphash
@@ -74,7 +74,7 @@ def build_service(
     runners: Runners,
     limiter: RateLimiter | None = None,
     own_log: Callable[[int], list[str]] | None = None,
-    extra: Sequence[Command] = (),
+    extra: Sequence[AnyCommand] = (),
 ) -> CommandService:
     """The command service with every command the gateway serves (and ``extra``)."""
     service = CommandService([], clock, limiter)

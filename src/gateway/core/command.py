@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from gateway.core.errors import CommandError
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.params import Param
+from gateway.core.params import Param, parse_line, usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,35 +47,86 @@ class Client:
     flow: Flow = field(default=UNLIMITED, compare=False, repr=False)
 
 
-class Command(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def params(self) -> tuple[Param, ...]:
-        """The parameters, declared once: parsing, validation, help, HTTP, OpenAPI."""
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a command's JSON result, declared once (OpenAPI, docs).
+
+    ``schema`` is the field's JSON Schema (``{"type": "integer"}``, or a
+    nested object for structured fields); ``required`` says whether every
+    successful result carries it.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    help: str = ""
+    required: bool = True
+
+
+#: Keys every JSON result carries besides the command's own fields: the text
+#: form (what a line client reads after any streamed lines) and a one-line
+#: summary, so a client can show any command's result without knowing it.
+RESERVED_FIELDS = frozenset({"text", "summary", "error"})
+
+A = TypeVar("A")
+
+
+class Command(Protocol[A]):
+    """What a command is, declared once; every front-end derives its surface from it.
+
+    ``A`` is the type of the validated arguments: :meth:`prepare` builds it and
+    :meth:`run` receives it, so mypy checks the link.  A command subclasses
+    this and sets what differs; the defaults fit a metered command served at
+    ``GET /<name>`` with options parsed from its declared ``params``.
+    """
+
+    name: str
+    summary: str
+    timeout: float
+    #: The parameters, declared once: parsing, validation, help, HTTP, OpenAPI.
+    params: tuple[Param, ...] = ()
+    #: The fields of the JSON result (besides ``text`` and ``summary``).
+    result_fields: tuple[Field, ...] = ()
+    #: Lines a line-oriented front-end prints around the output, once per run.
+    frame: tuple[str, str] | None = None
+    #: The JSON array streamed lines go into in a one-document HTTP answer
+    #: (``{"lines": [...], ...}``); ``None``: the command streams no lines.
+    stream_key: str | None = None
+    #: Whether ``GET`` on :attr:`route` runs it (``exit`` is not: it ends a connection).
+    on_http: bool = True
+    #: The HTTP path when it is not ``/<name>`` (``help`` is ``/commands``).
+    http_path: str | None = None
+    #: Whether a request (HTTP) holds a quota slot while the command runs.
+    metered: bool = True
 
     @property
-    def usage(self) -> str: ...
+    def usage(self) -> str:
+        return usage(self.name, self.params)
+
     @property
-    def summary(self) -> str: ...
-    @property
-    def timeout(self) -> float: ...
-    @property
-    def frame(self) -> tuple[str, str] | None:
-        """Lines a line-oriented front-end prints around the output, once per run."""
+    def route(self) -> str | None:
+        """The HTTP path: ``http_path`` if set, else ``/<name>`` (``None`` if off HTTP)."""
+        if not self.on_http:
+            return None
+        return self.http_path or f"/{self.name}"
 
     def parse(self, rest: str) -> Mapping[str, object]:
         """Named arguments from the text after the command name."""
+        return parse_line(self.name, self.params, rest)
 
-    def prepare(self, args: Mapping[str, object]) -> Any:
+    def prepare(self, args: Mapping[str, object]) -> A:
         """Validated arguments, or raise :class:`CommandError`."""
+        ...
 
-    def run(self, args: Any, sink: Sink, flow: Flow) -> Deferred[Result]:
+    def run(self, args: A, sink: Sink, flow: Flow) -> Deferred[Result]:
         """Run; stream events to ``sink``; fire with the final result.
 
         Cancelling the Deferred must stop the work (kill a child, stop a read).
         A command that streams much output pauses while ``flow`` is paused.
         """
+        ...
+
+
+AnyCommand = Command[Any]
 
 
 def reject_unknown(name: str, args: Mapping[str, object], known: frozenset[str]) -> None:

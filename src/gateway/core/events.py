@@ -30,21 +30,33 @@ class Progress:
 class Result:
     """The final value of a command.
 
-    ``data`` is the structured answer (JSON front-ends), ``text`` the lines a
-    line-oriented front-end prints, ``body`` the lines of a plain-text HTTP
-    answer when they differ from ``text``, ``close`` asks the front-end to end
-    the connection (``exit``).
+    ``data`` is the structured answer (JSON front-ends; its fields are the
+    command's declared ``result_fields``), ``text`` the lines a line-oriented
+    front-end prints, ``body`` the lines of a plain-text HTTP answer when they
+    differ from ``text``, ``summary`` one line a client may show beside the
+    output ("3 lines from /var/log/syslog"), ``close`` asks the front-end to
+    end the connection (``exit``).
     """
 
     command: str
     data: Mapping[str, Any] = field(default_factory=dict)
     text: tuple[str, ...] = ()
     body: tuple[str, ...] | None = None
+    summary: str = ""
     close: bool = False
 
     @property
     def plain(self) -> tuple[str, ...]:
         return self.text if self.body is None else self.body
+
+    def document(self) -> dict[str, Any]:
+        """The JSON form: the declared fields, then ``text`` and ``summary``.
+
+        Every JSON result carries its text form (:attr:`plain`: the lines
+        ``curl`` reads, after any streamed lines), so a client can show any
+        command's answer without knowing the command.
+        """
+        return {**self.data, "text": list(self.plain), "summary": self.summary}
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,12 @@ parameter.  Pure: no transport, no reactor.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import re2
 
 from gateway.core.errors import CommandError
 
@@ -43,10 +46,25 @@ class Param:
     metavar: str | None = None
     missing: str | None = None
     noun: str | None = None
+    #: For ``string``: the whole value must match (RE2: linear time, whatever
+    #: a client sends).
+    pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            _compiled(self.pattern)  # a bad pattern fails at declaration, not per request
 
     @property
     def shown(self) -> str:
         return self.metavar or self.name.upper()
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern)
+    except re2.error as e:
+        raise ValueError(f"bad pattern {pattern!r}: {e}") from None
 
 
 def usage(command: str, params: Sequence[Param]) -> str:
@@ -192,6 +210,8 @@ def _check(p: Param, value: object) -> object:
             raise CommandError("bad_argument", "Path holds an unpaired surrogate; send UTF-8.")
         if not value.startswith("/"):
             raise CommandError("bad_argument", f"Path must be absolute: {value}")
+    if p.pattern is not None and _compiled(p.pattern).fullmatch(value) is None:
+        raise CommandError("bad_argument", f"{p.name} must match {p.pattern}")
     return value
 
 
@@ -210,6 +230,8 @@ def describe(p: Param) -> dict[str, object]:
         out["maximum"] = p.maximum
     if p.flag is not None:
         out["flag"] = p.flag
+    if p.pattern is not None:
+        out["pattern"] = p.pattern
     return out
 
 
@@ -228,6 +250,8 @@ def query_parameter(p: Param) -> dict[str, Any]:
         schema = {"type": "string", "minLength": 1, "pattern": "^/[^\\x00]*$"}
     else:
         schema = {"type": "string"}
+        if p.pattern is not None:
+            schema["pattern"] = f"^(?:{p.pattern})$"
     if p.default is not None:
         schema["default"] = p.default
     out: dict[str, Any] = {"name": p.name, "in": "query", "required": p.required}

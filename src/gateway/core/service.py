@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.core.command import Client, Command, Request
+from gateway.core.command import RESERVED_FIELDS, AnyCommand, Client, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Result, Sink
 from gateway.core.metrics import CommandMetrics
@@ -30,12 +30,13 @@ class CommandService:
 
     def __init__(
         self,
-        commands: Iterable[Command],
+        commands: Iterable[AnyCommand],
         clock: IReactorTime,
         limiter: RateLimiter | None = None,
     ) -> None:
         self.limiter = limiter
-        self._commands: dict[str, Command] = {}
+        self._commands: dict[str, AnyCommand] = {}
+        self._routes: dict[str, str] = {}
         self._running: set[Deferred[str]] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self.metrics = CommandMetrics()
@@ -44,21 +45,39 @@ class CommandService:
         self._clock = clock
         self.started = clock.seconds()
 
-    def add(self, command: Command) -> None:
+    def add(self, command: AnyCommand) -> None:
         if command.name in self._commands:
             raise ValueError(f"duplicate command {command.name!r}")
+        _check_declaration(command)
+        route = command.route
+        if route is not None:
+            if route in self._routes:
+                raise ValueError(f"{command.name}: route {route} is {self._routes[route]}'s")
+            self._routes[route] = command.name
         self._commands[command.name] = command
         self.metrics.known.add(command.name)
 
-    def replace(self, command: Command) -> None:
+    def replace(self, command: AnyCommand) -> None:
         """Swap in a new version of a command (config reload); runs in flight go on."""
-        if command.name not in self._commands:
+        old = self._commands.get(command.name)
+        if old is None:
             raise ValueError(f"no command {command.name!r} to replace")
+        if command.route != old.route:
+            raise ValueError(f"{command.name}: a new version may not move its route")
+        _check_declaration(command)
         self._commands[command.name] = command
 
     @property
-    def commands(self) -> Sequence[Command]:
+    def commands(self) -> Sequence[AnyCommand]:
         return tuple(self._commands.values())
+
+    def get(self, name: str) -> AnyCommand | None:
+        return self._commands.get(name)
+
+    def at_route(self, path: str) -> AnyCommand | None:
+        """The command ``GET path`` runs, if any."""
+        name = self._routes.get(path)
+        return self._commands[name] if name is not None else None
 
     def params_of(self, name: str) -> tuple[Param, ...]:
         """The declared parameters of command ``name`` (none if there is no such command)."""
@@ -69,7 +88,7 @@ class CommandService:
         command = self._commands.get(name)
         return command.frame if command is not None else None
 
-    def _prepare(self, request: Request) -> tuple[Command, Any]:
+    def _prepare(self, request: Request) -> tuple[AnyCommand, Any]:
         command = self._commands.get(request.command)
         if command is None:
             raise CommandError("unknown_command", "Command not found.")
@@ -175,3 +194,13 @@ class CommandService:
         """Stop every command in flight (shutdown): children killed, reads stopped."""
         for d in list(self._running):
             d.cancel()
+
+
+def _check_declaration(command: AnyCommand) -> None:
+    """Refuse a declaration whose result fields would clash with the JSON envelope."""
+    names = [f.name for f in command.result_fields]
+    clash = RESERVED_FIELDS.intersection(names)
+    if command.stream_key is not None:
+        clash |= {command.stream_key} & (RESERVED_FIELDS | set(names))
+    if clash or len(set(names)) != len(names):
+        raise ValueError(f"{command.name}: result field names clash: {sorted(clash) or names}")

@@ -11,13 +11,16 @@ Replies carry the request's ``id``::
 
     {"id": 7, "type": "line", "text": "..."}
     {"id": 7, "type": "progress", "done": N, "total": M}
-    {"id": 7, "type": "result", "result": {...}}
+    {"id": 7, "type": "result", "result": {..., "text": [...], "summary": "..."}}
     {"id": 7, "type": "error", "code": "...", "message": "..."}
     {"id": 7, "type": "cancelled"}
 
-A message that cannot be understood gets an ``error`` reply (with ``"id":
-null`` when it has no usable id); the connection stays open.  Several
-commands may run at once, up to a limit per connection.
+A result holds the command's declared fields plus its text form (``text``,
+the lines after any streamed ones) and a one-line ``summary``, so a client
+shows any command without knowing it.  A message that cannot be understood
+gets an ``error`` reply (with ``"id": null`` when it has no usable id); the
+connection stays open.  Several commands may run at once, up to a limit per
+connection.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def event_replies(id: Id, event: Event) -> list[str]:
     if isinstance(event, Progress):
         return [reply(id, "progress", done=event.done, total=event.total)]
     if isinstance(event, Result):
-        return [reply(id, "result", result=dict(event.data))]
+        return [reply(id, "result", result=event.document())]
     if isinstance(event, Error):
         extra = {} if event.retry_after is None else {"retry_after": event.retry_after}
         return [reply(id, "error", code=event.code, message=event.message, **extra)]

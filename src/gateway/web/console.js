@@ -280,40 +280,18 @@
     return button;
   }
 
-  function table(rows) {
-    const t = el("table", "kv");
-    for (const [key, value] of rows) {
-      const tr = el("tr");
-      tr.appendChild(el("td", "", key));
-      tr.appendChild(el("td", "", value));
-      t.appendChild(tr);
-    }
-    return t;
-  }
-
+  // Any command's result, shown the same way: its text form (the lines after
+  // any streamed ones), a copy button for the block's whole output, and the
+  // one-line summary.  No command is special here.
   function showResult(block, result) {
     const parts = block._parts;
-    if (typeof result.hex === "string") {
-      const row = el("div", "hash");
-      row.appendChild(el("span", "algo", result.algorithm || "hash"));
-      row.appendChild(el("code", "hex", result.hex));
-      row.appendChild(copyButton(result.hex));
-      block.insertBefore(row, parts.foot);
-      parts.foot.textContent = `${result.path} · ${formatBytes(result.size || 0)}`;
-    } else if (Array.isArray(result.commands)) {
-      block.insertBefore(table(result.commands.map((c) => [c.usage, c.summary])), parts.foot);
-    } else if (result.clients) {
-      const c = result.clients;
-      const rows = [["clients", `${c.in_use} of ${c.max} in use`]];
-      for (const [name, t] of Object.entries(c.by_transport || {})) {
-        rows.push([name, `${t.in_use} in use · ${t.served} served · ${t.refused} refused`]);
-      }
-      rows.push(["uptime", `${Math.round(result.uptime_seconds)} s`]);
-      block.insertBefore(table(rows), parts.foot);
-    } else if (typeof result.count === "number") {
-      const lines = result.count === 1 ? "line" : "lines";
-      parts.foot.textContent = `${result.count} ${lines} from ${result.source}`;
+    const text = Array.isArray(result.text) ? result.text : [];
+    if (text.length) parts.pre.appendChild(document.createTextNode(text.join("\n") + "\n"));
+    if (typeof result.summary === "string" && result.summary) {
+      parts.foot.appendChild(el("span", "summary", result.summary));
     }
+    const output = parts.pre.textContent;
+    if (output) parts.foot.appendChild(copyButton(output.replace(/\n$/, "")));
   }
 
   // -- the token, when the gateway asks for one

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.config import Config
-from gateway.core.command import Command
+from gateway.core.command import AnyCommand
 from gateway.core.params import query_parameter
 
 TEXT = "text/plain; charset=utf-8"
@@ -23,8 +22,10 @@ def _problem_response(description: str) -> dict[str, Any]:
     }
 
 
-def _ok(description: str, schema: dict[str, Any] | None, text: str) -> dict[str, Any]:
-    content: dict[str, Any] = {TEXT: {"schema": {"type": "string"}, "example": text}}
+def _ok(description: str, schema: dict[str, Any] | None, text: str = "") -> dict[str, Any]:
+    content: dict[str, Any] = {TEXT: {"schema": {"type": "string"}}}
+    if text:
+        content[TEXT]["example"] = text
     if schema is not None:
         content["application/json"] = {"schema": schema}
     return {"description": description, "content": content}
@@ -53,93 +54,87 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: {"$ref": f"#/components/responses/E{code}"} for code in codes}
 
 
-def document(config: Config, commands: Sequence[Command]) -> dict[str, Any]:
-    """The document; each command route's parameters come from the command's own
-    declaration (:mod:`gateway.core.params`)."""
-    declared = {c.name: c.params for c in commands}
+def result_schema(command: AnyCommand) -> dict[str, Any]:
+    """The JSON result of ``command``, from its declared fields.
 
-    def params(name: str) -> list[dict[str, Any]]:
-        return [query_parameter(p) for p in declared.get(name, ())]
+    Closed (``additionalProperties: false``), so a field a command returns
+    without declaring it fails the tests that check every answer.
+    """
+    properties: dict[str, Any] = {}
+    if command.stream_key is not None:
+        properties[command.stream_key] = {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "the output lines, as they were streamed",
+        }
+    for f in command.result_fields:
+        properties[f.name] = {**f.schema, **({"description": f.help} if f.help else {})}
+    properties["text"] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "the text form of the result (what text/plain shows after any lines)",
+    }
+    properties["summary"] = {"type": "string", "description": "one line to show beside it"}
+    done = [f.name for f in command.result_fields if f.required] + ["text", "summary"]
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    schema["additionalProperties"] = False
+    if command.stream_key is None:
+        schema["required"] = done
+        return schema
+    properties["error"] = {
+        "type": "object",
+        "description": "set when the command failed after lines were sent",
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        "required": ["code", "message"],
+    }
+    schema["required"] = [command.stream_key]
+    schema["anyOf"] = [{"required": done}, {"required": ["error"]}]
+    return schema
 
+
+def command_operation(command: AnyCommand) -> dict[str, Any]:
+    """``GET <route>`` for one command: parameters, answers and errors, all derived."""
+    errors = ["400", "405", "500"]
+    if command.metered:
+        errors = ["400", "403", "404", "405", "503", "504", "500"]
+    usage = f"Runs `{command.usage}`."
+    if command.metered:
+        usage += " Holds one slot of the client quota while it runs."
+    else:
+        usage += " Takes no quota slot."
+    text = "One output line per text line" if command.stream_key else "The text form"
+    return {
+        "summary": command.summary,
+        "description": usage,
+        "operationId": (command.route or command.name).strip("/"),
+        "parameters": [*(query_parameter(p) for p in command.params), FORMAT],
+        "responses": {
+            "200": _ok(text, result_schema(command)),
+            **_errors(*errors),
+        },
+    }
+
+
+def document(commands: Sequence[AnyCommand]) -> dict[str, Any]:
+    """The document; each command's route, parameters and result schema come
+    from the command's own declaration (:mod:`gateway.core.command`)."""
     get = "get"
+    routes = {c.route: {get: command_operation(c)} for c in commands if c.route is not None}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "gateway",
             "version": __version__,
             "description": (
-                "Remote-admin daemon. Command routes (/lastlog, /comphash) hold one slot of "
-                "the client quota shared with the line server and WebSocket while they run; "
-                "the others take none. Answers are text/plain unless JSON is asked for."
+                "Remote-admin daemon. Every command is a GET route; the metered ones "
+                "(such as /lastlog and /comphash) hold one slot of the client quota "
+                "shared with the line server and WebSocket while they run; the others "
+                "take none. Answers are text/plain unless JSON is asked for; a JSON "
+                "result carries the command's fields, its text form and a summary."
             ),
         },
         "paths": {
-            "/lastlog": {
-                get: {
-                    "summary": "The last lines of the system log, streamed",
-                    "operationId": "lastlog",
-                    "parameters": [
-                        *params("lastlog"),
-                        FORMAT,
-                    ],
-                    "responses": {
-                        "200": _ok(
-                            "One log line per text line",
-                            {"$ref": "#/components/schemas/Lastlog"},
-                            "Nov 25 16:52:01 lab systemd[1]: Started session 42.\n",
-                        ),
-                        **_errors("400", "403", "404", "405", "503", "504", "500"),
-                    },
-                }
-            },
-            "/comphash": {
-                get: {
-                    "summary": "The hash of a file, in the sha1sum format",
-                    "operationId": "comphash",
-                    "parameters": [
-                        *params("comphash"),
-                        FORMAT,
-                    ],
-                    "responses": {
-                        "200": _ok(
-                            "<hex>  <path> (sha1sum -c reads it)",
-                            {"$ref": "#/components/schemas/Hash"},
-                            "3f786850e387550fdab836ed7e6dc881de23001b  /etc/hostname\n",
-                        ),
-                        **_errors("400", "403", "404", "405", "503", "504", "500"),
-                    },
-                }
-            },
-            "/commands": {
-                get: {
-                    "summary": "The commands, with usage",
-                    "operationId": "commands",
-                    "parameters": [FORMAT],
-                    "responses": {
-                        "200": _ok(
-                            "One command per line",
-                            {"$ref": "#/components/schemas/Commands"},
-                            "help  list the commands\n",
-                        ),
-                        **_errors("400", "405", "500"),
-                    },
-                }
-            },
-            "/stats": {
-                get: {
-                    "summary": "Quota use per transport, uptime (takes no quota slot)",
-                    "operationId": "stats",
-                    "parameters": [FORMAT],
-                    "responses": {
-                        "200": _ok(
-                            "Counters",
-                            {"$ref": "#/components/schemas/Stats"},
-                            "clients: 1/10 in use (tcp 1, http 0, websocket 0)\n",
-                        ),
-                        **_errors("400", "405", "500"),
-                    },
-                }
-            },
+            **routes,
             "/healthz": {
                 get: {
                     "summary": "ok while serving (takes no quota slot)",
@@ -238,93 +233,6 @@ def document(config: Config, commands: Sequence[Command]) -> dict[str, Any]:
                         "code": {"type": "string"},
                     },
                     "required": ["type", "title", "status", "detail", "code"],
-                },
-                "Lastlog": {
-                    "type": "object",
-                    "properties": {
-                        "lines": {"type": "array", "items": {"type": "string"}},
-                        "count": {"type": "integer", "minimum": 0},
-                        "source": {"type": "string"},
-                        "error": {
-                            "type": "object",
-                            "description": "set when the source failed after lines were sent",
-                            "properties": {
-                                "code": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        },
-                    },
-                    "required": ["lines"],
-                },
-                "Hash": {
-                    "type": "object",
-                    "properties": {
-                        "path": {"type": "string"},
-                        "algorithm": {"type": "string", "enum": list(config.comphash.algorithms)},
-                        "hex": {"type": "string", "pattern": "^[0-9a-f]+$"},
-                        "size": {"type": "integer", "minimum": 0},
-                    },
-                    "required": ["path", "algorithm", "hex", "size"],
-                },
-                "Commands": {
-                    "type": "object",
-                    "properties": {
-                        "commands": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "usage": {"type": "string"},
-                                    "summary": {"type": "string"},
-                                    "params": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "name": {"type": "string"},
-                                                "type": {
-                                                    "enum": ["int", "choice", "path", "string"]
-                                                },
-                                                "required": {"type": "boolean"},
-                                            },
-                                            "required": ["name", "type", "required"],
-                                        },
-                                    },
-                                },
-                                "required": ["name", "usage", "summary", "params"],
-                            },
-                        }
-                    },
-                    "required": ["commands"],
-                },
-                "Stats": {
-                    "type": "object",
-                    "properties": {
-                        "clients": {
-                            "type": "object",
-                            "properties": {
-                                "in_use": {"type": "integer"},
-                                "max": {"type": "integer"},
-                                "max_per_ip": {"type": "integer"},
-                                "by_transport": {
-                                    "type": "object",
-                                    "additionalProperties": {
-                                        "type": "object",
-                                        "properties": {
-                                            "in_use": {"type": "integer"},
-                                            "served": {"type": "integer"},
-                                            "refused": {"type": "integer"},
-                                        },
-                                        "required": ["in_use", "served", "refused"],
-                                    },
-                                },
-                            },
-                            "required": ["in_use", "max", "max_per_ip", "by_transport"],
-                        },
-                        "uptime_seconds": {"type": "number"},
-                    },
-                    "required": ["clients", "uptime_seconds"],
                 },
             },
         },

@@ -1,7 +1,8 @@
 """The REST front-end: Klein routes on ``twisted.web``.
 
-Thin, like the line server: a route turns a query into a :class:`Request`,
-takes a quota slot for command routes, and writes the service's events as
+Thin, like the line server: every command the service has is served at its
+declared route (``GET /<name>``), its query checked against its declared
+parameters; a metered command takes a quota slot; the route writes the service's events as
 they come (``text/plain`` for curl, JSON on ``Accept: application/json`` or
 ``?format=json``).  Errors are ``error: <message>`` or RFC 9457
 ``application/problem+json`` with the stable code and its HTTP status.
@@ -26,7 +27,7 @@ from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.config import HTTPConfig
-from gateway.core.command import Client, Request
+from gateway.core.command import AnyCommand, Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Event, Lines, Result
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -40,6 +41,8 @@ TRANSPORT = register_transport("http", order=1)
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+#: Routes that are not commands; no command may be served at one of them.
+FIXED_ROUTES = frozenset({"/", "/healthz", "/metrics", "/openapi.json", "/ws", "/index.html"})
 
 
 def peer_of(request: IRequest) -> str:
@@ -89,7 +92,8 @@ class ResponseWriter:
     """Writes one command's events to one HTTP response, as they arrive.
 
     ``lines_key`` names the JSON array that streamed lines go into (the
-    answer then is ``{"lines": [...], <result fields>}``).
+    answer then is ``{"lines": [...], <result fields>}``; a failure after the
+    first line ends it ``{"lines": [...], "error": {...}}``).
     """
 
     def __init__(self, request: IRequest, as_json: bool, lines_key: str | None = None) -> None:
@@ -144,7 +148,7 @@ class ResponseWriter:
             if result.plain:
                 self.request.write("".join(f"{line}\n" for line in result.plain).encode())
             return
-        body = json.dumps(dict(result.data), ensure_ascii=False)
+        body = json.dumps(result.document(), ensure_ascii=False)
         if self.lines_key:
             rest = body[1:]  # the fields after the lines array
             self.request.write(("]" + ("," + rest if rest != "}" else "}")).encode())
@@ -257,6 +261,9 @@ class RestAPI:
         websocket: Any = None,
         console: Console | None = None,
     ) -> None:
+        for command in service.commands:
+            if command.route in FIXED_ROUTES:
+                raise ValueError(f"{command.name}: route {command.route} is the gateway's own")
         self.admission = admission
         self.service = service
         self.settings = settings
@@ -290,32 +297,34 @@ class RestAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
-    # -- command routes: one quota slot each while they run
+    # -- command routes: GET /<name> for every command the service has (help is
+    # /commands); each takes the query names its parameters declare.  Metered
+    # commands hold one quota slot while they run; the others (help, stats)
+    # take none, so monitoring keeps working when the quota is full.
 
-    @app.route("/lastlog", methods=["GET"])
-    def lastlog(self, request: IRequest) -> Deferred[None] | bytes:
-        return self._command(request, "lastlog", lines_key="lines")
-
-    @app.route("/comphash", methods=["GET"])
-    def comphash(self, request: IRequest) -> Deferred[None] | bytes:
-        return self._command(request, "comphash")
-
-    def _command(
-        self, request: IRequest, name: str, lines_key: str | None = None
-    ) -> Deferred[None] | bytes:
-        """Run command ``name``; its declared parameters are the query names it takes."""
+    def _command(self, request: IRequest, command: AnyCommand) -> Deferred[None] | bytes:
         as_json = wants_json(request)
-        if self.shutting_down:
+        if command.metered and self.shutting_down:
             write_error(request, "unavailable", "Server shutting down.", as_json)
             return b""
         denied = self._denied(request, as_json)
         if denied is not None:
             return denied
         try:
-            args = query(request, (p.name for p in self.service.params_of(name)))
+            args = query(request, (p.name for p in command.params))
         except CommandError as e:
             write_error(request, e.code, e.message, as_json)
             return b""
+        run = Request(command.name, args=args)
+        if not command.metered:
+            writer = ResponseWriter(request, as_json, command.stream_key)
+            client = Client(TRANSPORT, peer_of(request))
+            return self.service.execute(run, client, writer).addCallback(lambda _: None)
+        return self._metered(request, run, command.stream_key, as_json)
+
+    def _metered(
+        self, request: IRequest, run: Request, stream_key: str | None, as_json: bool
+    ) -> Deferred[None]:
         peer = peer_of(request)
         slot: Slot | None = None
         running: Deferred[str] | None = None
@@ -343,10 +352,10 @@ class RestAPI:
                 got.release()
                 return
             slot = got
-            writer = ResponseWriter(request, as_json, lines_key)
+            writer = ResponseWriter(request, as_json, stream_key)
             request.registerProducer(flow, True)  # paused while the client does not read
             client = Client(TRANSPORT, peer, flow)
-            running = self.service.execute(Request(name, args=args), client, writer)
+            running = self.service.execute(run, client, writer)
             running.addCallback(finished)
 
         def finished(outcome: str) -> None:
@@ -370,30 +379,6 @@ class RestAPI:
 
         self.admission.acquire(TRANSPORT, peer).addCallbacks(granted, refused)
         return done
-
-    # -- routes that take no slot: monitoring keeps working when the quota is full
-
-    @app.route("/commands", methods=["GET"])
-    def commands(self, request: IRequest) -> Deferred[None] | bytes:
-        return self._unmetered(request, "help")
-
-    @app.route("/stats", methods=["GET"])
-    def stats(self, request: IRequest) -> Deferred[None] | bytes:
-        return self._unmetered(request, "stats")
-
-    def _unmetered(self, request: IRequest, name: str) -> Deferred[None] | bytes:
-        as_json = wants_json(request)
-        denied = self._denied(request, as_json)
-        if denied is not None:
-            return denied
-        try:
-            query(request, ())
-        except CommandError as e:
-            write_error(request, e.code, e.message, as_json)
-            return b""
-        writer = ResponseWriter(request, as_json)
-        client = Client(TRANSPORT, peer_of(request))
-        return self.service.execute(Request(name), client, writer).addCallback(lambda _: None)
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
@@ -446,7 +431,11 @@ class RestAPI:
         return self._static(request, "index.html")
 
     @app.route("/<string:name>", methods=["GET"])
-    def static(self, request: IRequest, name: str) -> bytes:
+    def named(self, request: IRequest, name: str) -> Deferred[None] | bytes:
+        """A command's route, else one of the console's files."""
+        command = self.service.at_route("/" + name)
+        if command is not None:
+            return self._command(request, command)
         if name == "index.html":
             raise NotFound()  # one address for the page: /
         return self._static(request, name)
