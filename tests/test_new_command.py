@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from gateway.config import HTTPConfig
@@ -33,6 +33,7 @@ from gateway.frontends.http.routes import RestAPI
 from gateway.sessions.json_conversation import JSONConversation
 from gateway.sessions.line import LineConversation
 
+from .support.logs import recorded_events
 from .support.openapi_check import check_answer
 from .support.services import make_service
 
@@ -117,8 +118,21 @@ def test_the_websocket_json_messages_reach_it(service: CommandService) -> None:
 class HTTP:
     def __init__(self, service: CommandService) -> None:
         self.doc = document(service.commands)
-        api = RestAPI(Admission(ClientQuota(10), Clock()), service, HTTPConfig(), lambda: self.doc)
-        self.treq: Any = StubTreq(api.resource())
+        self.api = RestAPI(
+            Admission(ClientQuota(10), Clock()), service, HTTPConfig(), lambda: self.doc
+        )
+        self.treq: Any = StubTreq(self.api.resource())
+
+    def request(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        results: list[Any] = []
+        self.treq.request(method, "http://localhost" + path).addBoth(results.append)
+        response = results[0]
+        body: list[bytes] = []
+        self.treq.content(response).addBoth(body.append)
+        headers = {
+            k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()
+        }
+        return response.code, headers, body[0]
 
     def get(self, path: str) -> tuple[int, str, bytes]:
         results: list[Any] = []
@@ -195,6 +209,7 @@ def test_a_declaration_that_would_clash_is_refused(service: CommandService) -> N
         service.add(Clashing())
     with pytest.raises(ValueError, match="route /echo is echo's"):
         service.add(SameRoute())
+
     class Shadowed(EchoCommand):
         name = "health"
         http_path = "/healthz"
@@ -204,3 +219,35 @@ def test_a_declaration_that_would_clash_is_refused(service: CommandService) -> N
         HTTP(service)
     with pytest.raises(ValueError, match="bad pattern"):
         Param("word", "string", "x", pattern="(")
+
+
+def test_any_method_but_get_and_head_is_refused_and_head_has_no_body(
+    service: CommandService,
+) -> None:
+    http = HTTP(service)
+    code, headers, body = http.request("HEAD", "/echo?word=hi")
+    assert (code, body) == (200, b"")
+    code, headers, body = http.request("POST", "/echo?word=hi")
+    assert code == 405 and headers["allow"] == "GET, HEAD"
+    assert body == b"error: Method POST is not allowed here (allowed: GET, HEAD)\n"
+
+
+def test_a_route_that_fails_answers_500_and_logs_it(
+    service: CommandService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = HTTP(service)
+
+    def broken(request: Any, command: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(http.api, "_command", broken)
+    with recorded_events() as logged:
+        code, _, body = http.request("GET", "/echo?word=hi")
+    assert (code, body) == (500, b"error: Internal error (details in the server log only)\n")
+    assert any(e.get("log_failure") for e in logged)
+
+    monkeypatch.setattr(http.api, "_command", lambda request, command: fail(RuntimeError("x")))
+    with recorded_events() as logged:
+        code, _, body = http.request("GET", "/echo?word=hi")
+    assert (code, body) == (500, b"error: Internal error (details in the server log only)\n")
+    assert any(e.get("log_failure") for e in logged)

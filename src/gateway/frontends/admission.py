@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,6 +43,14 @@ class Denial:
     error: CommandError
     delay: float
     retry_after: int | None
+
+
+def _explain(failure: Failure, peer: str) -> Failure:
+    """A quota refusal passes as it is; any other failure is logged and told as internal."""
+    if isinstance(failure.value, CommandError):
+        return failure
+    log.failure("the quota failed for {peer}", failure, peer=peer)
+    return Failure(CommandError("internal", INTERNAL_MESSAGE))
 
 
 class Admission:
@@ -136,15 +144,13 @@ class Admission:
 
     def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
         """A slot, or a failure with a :class:`CommandError` (quota or internal)."""
-
-        def explain(failure: Failure) -> Failure:
-            if isinstance(failure.value, CommandError):
-                return failure
-            log.failure("the quota failed for {peer}", failure, peer=peer)
-            return Failure(CommandError("internal", INTERNAL_MESSAGE))
-
-        acquired: Deferred[Slot] = maybeDeferred(self.quota.acquire, transport, peer)
-        return acquired.addErrback(explain)
+        try:
+            acquired = self.quota.acquire(transport, peer)
+        except Exception:  # a quota that raises instead of failing its Deferred
+            acquired = fail()
+        if acquired.called and not isinstance(acquired.result, Failure):
+            return acquired  # granted at once: the common case, kept cheap
+        return acquired.addErrback(_explain, peer)
 
     def hold(
         self,

@@ -23,6 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -248,6 +250,61 @@ def console_dir() -> Traversable:
     return resources.files("gateway") / "web"
 
 
+class CommandRoutes(Resource):
+    """``GET``/``HEAD`` on a command's route goes straight to the command.
+
+    Every command is served at its route, found in the service by path (one
+    dict lookup), so a command added by a config reload is served at once.
+    Everything else (other methods, the fixed routes, the console, unknown
+    paths) goes to the Klein routes, whose matching costs the hot path
+    noticeably more.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: RestAPI, fallback: Resource) -> None:
+        super().__init__()
+        self.api = api
+        self.fallback = fallback
+
+    def render(self, request: IRequest) -> bytes | int:
+        command = None
+        if request.method in (b"GET", b"HEAD"):
+            path = request.path.decode("utf-8", "replace")
+            command = self.api.service.at_route(path)
+        if command is None:
+            rendered: bytes | int = self.fallback.render(request)
+            return rendered
+        try:
+            answer = self.api._command(request, command)
+        except Exception:
+            self.api.log.failure("route {path} failed", path=command.route)
+            write_error(request, "internal", INTERNAL_MESSAGE, wants_json(request))
+            return b""
+        if isinstance(answer, bytes):
+            return answer
+        gone = [False]
+
+        def lost(failure: Failure) -> None:
+            gone[0] = True
+            answer.cancel()
+
+        def done(_: object) -> None:
+            if not gone[0]:
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            self.api.log.failure("route {path} failed", failure, path=command.route)
+            if not gone[0]:
+                if not request.startedWriting:
+                    write_error(request, "internal", INTERNAL_MESSAGE, wants_json(request))
+                request.finish()
+
+        request.notifyFinish().addErrback(lost)
+        answer.addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
 class RestAPI:
     app = Klein()
     log = Logger(namespace="gateway.frontends.http.routes")
@@ -294,8 +351,9 @@ class RestAPI:
             headers,
         )
 
-    def resource(self) -> Any:
-        return self.app.resource()
+    def resource(self) -> Resource:
+        """The site's root: command routes dispatched directly, the rest by Klein."""
+        return CommandRoutes(self, self.app.resource())
 
     # -- command routes: GET /<name> for every command the service has (help is
     # /commands); each takes the query names its parameters declare.  Metered
