@@ -300,6 +300,81 @@ def ws_lastlog(tmp: Path) -> list[Row]:
     ]
 
 
+def say_script(tmp: Path) -> Path:
+    """The operator's script both sides run: an echo-like one-liner."""
+    script = tmp / "say.sh"
+    script.write_text('#!/bin/sh\necho "hello $1"\n')
+    script.chmod(0o755)
+    return script
+
+
+def declared(tmp: Path) -> list[Row]:
+    """A command declared in the config (runs a script per request) over HTTP vs webhook
+    running the same script, and over WebSocket vs websocketd + a shell loop running it."""
+    script = say_script(tmp)
+    hooks = tmp / "say-hooks.json"
+    hooks.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "say",
+                    "execute-command": str(script),
+                    "pass-arguments-to-command": [{"source": "url", "name": "word"}],
+                    "include-command-output-in-response": True,
+                }
+            ]
+        )
+    )
+    port = free_port()
+    webhook = [need("webhook"), "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)]
+    with server(webhook, port):
+        hook_rps, hook_p99 = wrk(f"http://127.0.0.1:{port}/hooks/say?word=there")
+    loop = tmp / "say-loop.sh"
+    loop.write_text(
+        f'while read -r word; do echo "Begin say"; {script} "$word"; echo "End say"; done\n'
+    )
+    ws_port = free_port()
+    websocketd = [
+        need("websocketd"),
+        "--address=127.0.0.1",
+        f"--port={ws_port}",
+        "/bin/sh",
+        str(loop),
+    ]
+    with server(websocketd, ws_port):
+        peer_ws = load(
+            "ws", f"ws://127.0.0.1:{ws_port}/", "--request", "there", "--until", "End say"
+        )
+    config = (
+        f'{FAST}[commands.say]\nargv = ["{script}", "{{word}}"]\n'
+        '[commands.say.params.word]\ntype = "string"\npattern = "[a-z]{1,32}"\n'
+    )
+    with gateway(config, tmp) as (_, http):
+        gw_rps, gw_p99 = wrk(f"http://127.0.0.1:{http}/say?word=there")
+        gw_ws = load(
+            "ws", f"ws://127.0.0.1:{http}/ws", "--request", "say there", "--until", "End say"
+        )
+    return [
+        Row("declared say over HTTP, 50 conns", "req/s", "webhook + sh", hook_rps, gw_rps),
+        Row("declared say HTTP p99", "ms", "webhook + sh", hook_p99, gw_p99, better="lower"),
+        Row(
+            "declared say over WebSocket, 50 clients",
+            "rt/s",
+            "websocketd + sh",
+            peer_ws["ops_per_s"],
+            gw_ws["ops_per_s"],
+        ),
+        Row(
+            "declared say WebSocket p99",
+            "ms",
+            "websocketd + sh",
+            peer_ws["p99_ms"],
+            gw_ws["p99_ms"],
+            "lower",
+        ),
+    ]
+
+
 def make_gib(tmp: Path) -> Path:
     big = tmp / "one.gib"
     if not big.exists():
@@ -466,6 +541,7 @@ ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "comphash": comphash,
     "responsiveness": responsiveness,
     "idle": idle,
+    "declared": declared,
 }
 
 

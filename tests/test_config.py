@@ -19,6 +19,8 @@ def test_documented_file_lists_every_key() -> None:
     with open(DOCUMENTED, "rb") as f:
         documented = tomllib.load(f)
     for section in dataclasses.fields(Config):
+        if section.name == "commands":  # declarations: a commented example (tested apart)
+            continue
         keys = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
         assert set(documented[section.name]) == keys, section.name
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.declarations import DeclarationError, DeclaredCommand, parse_commands
+
 ENV_PREFIX = "GATEWAY_"
 #: Environment variables that are not config keys.
 ENV_OTHER = frozenset({"GATEWAY_CONFIG", "GATEWAY_TOKEN"})
@@ -281,10 +283,12 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    #: ``[commands.<name>]``: programs operators expose (checked when parsed).
+    commands: tuple[DeclaredCommand, ...] = ()
 
     def check(self) -> None:
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).check()
+        for name in _sections():
+            getattr(self, name).check()
 
 
 def _positive(key: str, value: float) -> None:
@@ -303,7 +307,9 @@ def _nonempty(key: str, value: str) -> None:
 
 
 def _sections() -> dict[str, type[Any]]:
-    return {name: cls for name, cls in typing.get_type_hints(Config).items()}
+    """The sections of plain keys (``[commands]`` is a table of declarations)."""
+    hints = typing.get_type_hints(Config)
+    return {name: cls for name, cls in hints.items() if name != "commands"}
 
 
 def _keys(section_cls: type[Any]) -> dict[str, Any]:
@@ -383,6 +389,12 @@ def merge(base: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config
     sections = _sections()
     changed: dict[str, Any] = {}
     for section, values in overrides.items():
+        if section == "commands":
+            try:
+                changed[section] = parse_commands(values)
+            except DeclarationError as e:
+                raise ConfigError(e.key, e.message) from None
+            continue
         if section not in sections:
             raise ConfigError(section, "unknown section")
         if not isinstance(values, Mapping):
@@ -444,6 +456,8 @@ def redacted(config: Config) -> dict[str, Any]:
     """The config as a dict, tokens hidden (for printing)."""
     out = dataclasses.asdict(config)
     out["auth"]["tokens"] = ["***"] * len(config.auth.tokens)
+    for command in out["commands"]:  # a declared command's env may hold a key or password
+        command["env"] = {name: "***" for name, _ in command["env"]}
     return out
 
 

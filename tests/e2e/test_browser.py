@@ -192,6 +192,28 @@ def test_console_at_phone_width(browser: Any, start_gateway: Any) -> None:
         context.close()
 
 
+def test_console_runs_a_declared_command_like_any_other(
+    page: Any, start_gateway: Any, tmp_path: Path
+) -> None:
+    script = tmp_path / "tick.sh"
+    script.write_text('#!/bin/sh\nfor i in $(seq 1 "$1"); do echo "tick $i"; done\n')
+    script.chmod(0o755)
+    gw = start_gateway(
+        f'[commands.tick]\nsummary = "count"\nargv = ["{script}", "{{n}}"]\n'
+        '[commands.tick.params.n]\ntype = "int"\nmin = 1\nmax = 9\ndefault = 2\n'
+    )
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    run(page, "help")
+    page.locator(".cmd .badge", has_text="done").last.wait_for(timeout=10_000)
+    assert "tick [N]" in page.locator(".cmd pre").last.inner_text()  # listed by help
+    run(page, "tick 3")
+    block = page.locator(".cmd").last
+    block.locator(".badge", has_text="done").wait_for(timeout=10_000)
+    assert block.locator("pre").inner_text().splitlines() == ["tick 1", "tick 2", "tick 3"]
+    assert block.locator(".foot .summary").inner_text() == "3 lines, exit status 0"
+
+
 def test_console_is_usable_from_the_keyboard_alone(page: Any, start_gateway: Any) -> None:
     gw = start_gateway()
     page.goto(gw.url("/"))

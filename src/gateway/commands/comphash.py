@@ -25,15 +25,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gateway.commands.paths import check_allowed, resolve_allowed
 from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Progress, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, validate
 
-#: Never hashed, wherever the allowed roots point: kernel views that look like
-#: files but are not (``/proc/self/environ`` would leak the daemon's secrets).
-PSEUDO_FILESYSTEMS: tuple[str, ...] = ("/proc", "/sys")
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -42,24 +40,6 @@ CallFromThread = Callable[..., None]
 
 class Cancelled(Exception):
     """The reader was asked to stop between two chunks."""
-
-
-def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([root, path]) == root
-    except ValueError:
-        return False
-
-
-def check_allowed(real: str, shown: str, roots: Sequence[str]) -> None:
-    """Raise ``forbidden`` unless the resolved path ``real`` may be hashed."""
-    for pseudo in PSEUDO_FILESYSTEMS:
-        if _inside(real, pseudo):
-            raise CommandError(
-                "forbidden", f"Path is under {pseudo}, which is never hashed: {shown}"
-            )
-    if not any(_inside(real, root) for root in roots):
-        raise CommandError("forbidden", f"Path is outside the allowed roots: {shown}")
 
 
 def _os_error(e: OSError, path: str) -> CommandError:
@@ -78,13 +58,7 @@ def open_regular(path: str, roots: Sequence[str]) -> tuple[int, int]:
     ``roots`` must be resolved absolute directories.  A path swapped while it
     is being resolved or opened is an ordinary error, never an internal one.
     """
-    try:
-        real = os.path.realpath(path)
-    except OSError as e:  # a link replaced between realpath's lstat and readlink
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise CommandError("not_found", f"No such file: {path}") from None
-        raise CommandError("not_a_file", f"File changed while being opened: {path}") from None
-    check_allowed(real, path, roots)
+    real = resolve_allowed(path, roots, "hashed")
     try:
         before = os.lstat(real)
     except OSError as e:

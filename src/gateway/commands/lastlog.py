@@ -9,23 +9,27 @@ buffer where readable, then the gateway's own recent log, and says so.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shlex
 import shutil
-import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
-from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from gateway.commands.child import (
+    CHILD_PATH,
+    ChildProtocol,
+    decode_line,
+    exit_of,
+    spawn,
+)
 from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Lines, Result, Sink
@@ -37,8 +41,6 @@ RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
 
 #: Most bytes read backwards from a log file for one request.
 TAIL_MAX_BYTES = 16 * 1024 * 1024
-#: A line longer than this is cut (from a file or a child's output).
-MAX_LINE_BYTES = 64 * 1024
 AUTO_FILES: tuple[str, ...] = ("/var/log/syslog", "/var/log/messages")
 JOURNAL_ARGV: tuple[str, ...] = ("journalctl", "--no-pager", "--quiet", "-n", "{lines}")
 #: Where the systemd journal keeps its files (persistent, volatile).
@@ -46,13 +48,6 @@ JOURNAL_DIRS: tuple[str, ...] = ("/var/log/journal", "/run/log/journal")
 #: The kernel ring buffer, as ``dmesg`` reads it.
 KMSG = "/dev/kmsg"
 OWN_LOG = "the gateway's own log"
-CHILD_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-
-
-def _decode(raw: bytes) -> str:
-    if len(raw) > MAX_LINE_BYTES:
-        raw = raw[:MAX_LINE_BYTES]
-    return raw.rstrip(b"\r").decode("utf-8", "replace")
 
 
 def tail_lines(
@@ -80,7 +75,7 @@ def tail_lines(
         parts.pop()
     if pos > 0 and parts:
         parts.pop(0)  # the first piece may start mid-line
-    return [_decode(p) for p in parts[-n:]]
+    return [decode_line(p) for p in parts[-n:]]
 
 
 class LogSource(Protocol):
@@ -182,84 +177,35 @@ def send_in_batches(lines: list[str], sink: Sink, flow: Flow) -> Deferred[None]:
     return done
 
 
-class _ChildLines(ProcessProtocol):
-    """Streams a child's stdout as lines, keeps a little of its stderr."""
+class _ChildLines(ChildProtocol):
+    """Sends the first ``n`` lines of a child's stdout (``journalctl -n N``), then kills it."""
 
     def __init__(self, n: int, sink: Sink, done: Deferred[str], name: str) -> None:
+        super().__init__()
         self.n = n
         self.sink = sink
         self.done = done
         self.name = name
         self.sent = 0
-        self._buffer = b""
-        self._stderr = b""
-        self.own_group = False
-        self._pid: int | None = None
 
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self._pid = getattr(self.transport, "pid", None)
-        self.transport.closeStdin()
-
-    def _send(self, raw: list[bytes]) -> None:
+    def lines_received(self, raw: list[bytes]) -> None:
         room = self.n - self.sent
         if room <= 0 or self.done.called:
             return
         take = raw[:room]
         self.sent += len(take)
-        self.sink(Lines(tuple(_decode(line) for line in take)))
+        self.sink(Lines(tuple(decode_line(line) for line in take)))
         if self.sent >= self.n:
             self.kill()  # we have all we were asked for
 
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        if b"\n" in self._buffer:
-            *complete, self._buffer = self._buffer.split(b"\n")
-            self._send(complete)
-        if len(self._buffer) > MAX_LINE_BYTES:
-            line, self._buffer = self._buffer, b""
-            self._send([line])
-
-    def errReceived(self, data: bytes) -> None:
-        if len(self._stderr) < 4096:
-            self._stderr += data[: 4096 - len(self._stderr)]
-
-    def kill(self) -> None:
-        """Kill the child and everything it started (its process group)."""
-        if self.transport is None:
-            return
-        pid = getattr(self.transport, "pid", None)
-        if self.own_group and pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-                return
-            except (ProcessLookupError, PermissionError):
-                pass  # not its own group yet (or any more): kill the child alone
-        with contextlib.suppress(ProcessExitedAlready):
-            self.transport.signalProcess("KILL")
-
-    def processExited(self, reason: Failure) -> None:
-        if self.own_group and self._pid:
-            # Whatever the command left running in the background goes too
-            # (and with it any copy of our pipes it holds open).  While any
-            # member lives, the kernel keeps the group id from being reused
-            # as a pid, so this cannot hit a stranger.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._pid, signal.SIGKILL)
-
-    def processEnded(self, reason: Failure) -> None:
+    def ended(self, reason: Failure) -> None:
         if self.done.called:
             return
-        if self._buffer:
-            self._send([self._buffer])
-            self._buffer = b""
         failed = reason.check(ProcessTerminated) is not None and self.sent < self.n
         if failed and not self.sent:
-            err = self._stderr.decode("utf-8", "replace").strip().splitlines()
-            detail = f": {err[0]}" if err else ""
-            status = getattr(reason.value, "exitCode", None)
-            signum = getattr(reason.value, "signal", None)
+            status, signum = exit_of(reason)
             how = f"exit status {status}" if status is not None else f"signal {signum}"
+            detail = f": {self.stderr_tail[0]}" if self.stderr_tail else ""
             self.done.errback(
                 CommandError("unavailable", f"Log command {self.name} failed ({how}){detail}")
             )
@@ -281,10 +227,6 @@ class CommandSource:
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         argv = [arg.replace("{lines}", str(n)) for arg in self.argv]
-        search = CHILD_PATH + os.pathsep + os.environ.get("PATH", "")
-        executable = shutil.which(argv[0], path=search)
-        if executable is None:
-            raise CommandError("unavailable", f"Log command not found: {argv[0]}")
         child: _ChildLines
 
         def cancel(d: Deferred[str]) -> None:
@@ -292,28 +234,7 @@ class CommandSource:
 
         done: Deferred[str] = Deferred(cancel)
         child = _ChildLines(n, sink, done, argv[0])
-        env = {"PATH": CHILD_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        # setsid(1) puts the child in a session (and process group) of its own,
-        # so that a timeout or a client leaving kills whatever it started too.
-        # Twisted starts it with posix_spawnp (no fork of this process) since
-        # no path, uid or gid is given; not a group leader, setsid then execs
-        # the command in place, so the pid we hold is the group's.
-        setsid = shutil.which("setsid", path=CHILD_PATH)
-        if setsid is not None:
-            argv = [setsid, "--", executable, *argv[1:]]
-            executable = setsid
-            child.own_group = True
-        try:
-            process = self._spawner.spawnProcess(child, executable, argv, env=env)
-        except OSError as e:
-            raise CommandError("unavailable", f"Cannot run {argv[0]}: {e.strerror}") from None
-        # A client that does not read stops us reading the child's pipe: the
-        # child then blocks on its own output, and nothing piles up here.
-        pause = getattr(process, "pauseProducing", None)
-        resume = getattr(process, "resumeProducing", None)
-        if pause is not None and resume is not None:
-            unwatch = flow.watch(pause, resume)
-            done.addBoth(lambda result: (unwatch(), result)[1])
+        spawn(self._spawner, child, argv, done, flow=flow, what="Log command")
         return done
 
 
@@ -337,7 +258,7 @@ def kmsg_line(record: bytes) -> str | None:
     if len(fields) < 4 or not fields[2].isdigit():
         return None
     usec = int(fields[2])
-    return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {_decode(text)}"
+    return f"[{usec // 1_000_000:5d}.{usec % 1_000_000:06d}] {decode_line(text)}"
 
 
 class KernelSource:

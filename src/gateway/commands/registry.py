@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
+from gateway.commands.declared import ProgramCommand, declared_commands
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config
 from gateway.core.command import AnyCommand
@@ -45,10 +46,11 @@ class Runners:
 def configured_commands(
     config: Config, runners: Runners, own_log: Callable[[int], list[str]] | None = None
 ) -> list[AnyCommand]:
-    """The commands whose behaviour the configuration sets (replaced on SIGHUP)."""
+    """The commands whose behaviour the configuration sets (replaced on SIGHUP),
+    then the ones the configuration declares (``[commands.<name>]``)."""
     lastlog = config.lastlog
     comphash = config.comphash
-    return [
+    built_in: list[AnyCommand] = [
         LastlogCommand(
             source_from_config(lastlog.source, runners.read_log, runners.spawner, own_log),
             lastlog.default_lines,
@@ -65,6 +67,7 @@ def configured_commands(
             runners.call_from_thread,
         ),
     ]
+    return built_in + list(declared_commands(config.commands, runners.spawner))
 
 
 def build_service(
@@ -94,6 +97,18 @@ def reconfigure(
     runners: Runners,
     own_log: Callable[[int], list[str]] | None = None,
 ) -> None:
-    """Swap in the configured commands for ``config``; runs in flight go on."""
-    for command in configured_commands(config, runners, own_log):
-        service.replace(command)
+    """Swap in the configured commands for ``config``; runs in flight go on.
+
+    Declared commands that the new config no longer has stop being served;
+    new ones are added.
+    """
+    wanted = configured_commands(config, runners, own_log)
+    names = {c.name for c in wanted}
+    for command in service.commands:
+        if isinstance(command, ProgramCommand) and command.name not in names:
+            service.remove(command.name)
+    for command in wanted:
+        if service.get(command.name) is None:
+            service.add(command)
+        else:
+            service.replace(command)

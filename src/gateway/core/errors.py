@@ -24,6 +24,8 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "unavailable": 503,
     "timeout": 504,
     "internal": 500,
+    # a declared command's program ran and failed (exit status or signal)
+    "command_failed": 502,
     # HTTP-level refusals (the request never reached a command)
     "method_not_allowed": 405,
     "request_timeout": 408,

@@ -27,7 +27,8 @@ class Param:
     """One parameter.
 
     ``flag`` (``"-a"``) makes it an option on the command line (also written
-    ``--<name> VALUE`` and ``--<name>=VALUE``); without one it is positional,
+    ``--<name> VALUE`` and ``--<name>=VALUE``); without one it is positional
+    (and may still be named, ``--<name>=VALUE``),
     and the last positional parameter of kind ``path`` or ``string`` takes the
     rest of the line (paths with spaces).  ``missing`` is what a client is
     told when a required parameter is absent; ``noun`` names an option's
@@ -59,12 +60,25 @@ class Param:
         return self.metavar or self.name.upper()
 
 
+def compile_pattern(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (linear-time matching), or ``ValueError`` saying why.
+
+    RE2 would also print its complaint on stderr; it is told not to.
+    """
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as e:
+        reason = e.args[0] if e.args else e
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"bad pattern {pattern!r}: {reason}") from None
+
+
 @functools.lru_cache(maxsize=256)
 def _compiled(pattern: str) -> Any:
-    try:
-        return re2.compile(pattern)
-    except re2.error as e:
-        raise ValueError(f"bad pattern {pattern!r}: {e}") from None
+    return compile_pattern(pattern)
 
 
 def usage(command: str, params: Sequence[Param]) -> str:
@@ -108,7 +122,8 @@ def _plan(params: Sequence[Param]) -> _Plan:
 
 def _make_plan(params: tuple[Param, ...]) -> _Plan:
     options = {p.flag: p for p in params if p.flag is not None}
-    options.update({f"--{p.name}": p for p in params if p.flag is not None})
+    # Every parameter may also be named: ``--name VALUE`` or ``--name=VALUE``.
+    options.update({f"--{p.name}": p for p in params})
     positional = tuple(p for p in params if p.flag is None)
     return _Plan(
         frozenset(p.name for p in params),
@@ -147,6 +162,8 @@ def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, ob
         out[option.name] = value
         text = tail.strip()
     positional = plan.positional
+    if out:  # a positional parameter given by name is not taken again
+        positional = tuple(p for p in positional if p.name not in out)
     for index, p in enumerate(positional):
         if not text:
             break
@@ -210,6 +227,8 @@ def _check(p: Param, value: object) -> object:
             raise CommandError("bad_argument", "Path holds an unpaired surrogate; send UTF-8.")
         if not value.startswith("/"):
             raise CommandError("bad_argument", f"Path must be absolute: {value}")
+    if p.kind == "string" and any("\ud800" <= c <= "\udfff" for c in value):
+        raise CommandError("bad_argument", f"{p.name} holds an unpaired surrogate; send UTF-8.")
     if p.pattern is not None and _compiled(p.pattern).fullmatch(value) is None:
         raise CommandError("bad_argument", f"{p.name} must match {p.pattern}")
     return value

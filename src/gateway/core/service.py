@@ -67,6 +67,12 @@ class CommandService:
         _check_declaration(command)
         self._commands[command.name] = command
 
+    def remove(self, name: str) -> None:
+        """Stop serving command ``name`` (config reload); runs in flight go on."""
+        command = self._commands.pop(name)
+        if command.route is not None:
+            del self._routes[command.route]
+
     @property
     def commands(self) -> Sequence[AnyCommand]:
         return tuple(self._commands.values())
