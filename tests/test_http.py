@@ -145,7 +145,7 @@ def test_lastlog_bad_lines(h: Harness, lines: str) -> None:
     [
         ("?colour=red", "Unknown parameter: colour"),
         ("?lines=1&lines=2", "Parameter 'lines' given more than once."),
-        ("?format=xml", "format must be json or text"),
+        ("?format=xml", "format must be one of text, json, ndjson, sse"),
         ("?lines=%ff", "The query is not valid UTF-8."),
     ],
 )

@@ -25,7 +25,7 @@ def test_usage_is_written_from_the_declaration(tmp_path: Path) -> None:
     assert usage("demo", PARAMS) == "demo [-m MODE] [N] <path>"
     service = make_service(tmp_path, Clock(), ClientQuota(1))
     usages = {c.name: c.usage for c in service.commands}
-    assert usages["lastlog"] == "lastlog [N]"  # as the seed's help always said
+    assert usages["lastlog"] == "lastlog [N] [-f] [-g REGEX] [--after CURSOR]"
     assert usages["comphash"] == "comphash [-a ALGO] <path>"
 
 

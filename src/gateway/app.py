@@ -16,6 +16,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__
+from gateway.commands.follow import Followers
+from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, ConfigError
 from gateway.frontends.admission import LINGER, Admission
@@ -107,8 +109,13 @@ class Gateway(MultiService):
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
         read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
 
+        self.followers = Followers(reactor, read_log, config.follow.replay_lines, prime_file)
         self.runners = Runners(
-            read_log, read_file, lambda f, *args: reactor.callFromThread(f, *args), reactor
+            read_log,
+            read_file,
+            lambda f, *args: reactor.callFromThread(f, *args),
+            reactor,
+            self.followers,
         )
         self.service = build_service(
             config, reactor, self.quota, self.runners, admission.limiter, self.recent_log.tail

@@ -55,6 +55,7 @@ class HTTPConfig:
     idle_timeout: float = 60.0
     retry_after: int = 5
     allowed_hosts: tuple[str, ...] = ()
+    sse_keepalive: float = 15.0
 
     def check(self) -> None:
         _nonempty("http.listen", self.listen)
@@ -71,6 +72,7 @@ class HTTPConfig:
         _positive("http.request_timeout", self.request_timeout)
         _positive("http.idle_timeout", self.idle_timeout)
         _not_negative("http.retry_after", self.retry_after)
+        _positive("http.sse_keepalive", self.sse_keepalive)
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,16 @@ def check_token(key: str, token: str) -> None:
 
 
 @dataclass(frozen=True)
+class FollowConfig:
+    replay_lines: int = 10000
+    queue_lines: int = 1000
+
+    def check(self) -> None:
+        _positive("follow.replay_lines", self.replay_lines)
+        _positive("follow.queue_lines", self.queue_lines)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -283,6 +295,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    follow: FollowConfig = field(default_factory=FollowConfig)
     #: ``[commands.<name>]``: programs operators expose (checked when parsed).
     commands: tuple[DeclaredCommand, ...] = ()
 

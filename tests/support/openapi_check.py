@@ -33,5 +33,6 @@ def check_answer(
     matching = [key for key in content if key.split(";")[0].strip() == media]
     assert matching, f"GET {path} {status}: {content_type} is not documented"
     schema = content[matching[0]]["schema"]
-    value: Any = json.loads(body) if "json" in media else body.decode()
+    is_json = media == "application/json" or media.endswith("+json")
+    value: Any = json.loads(body) if is_json else body.decode()
     Draft202012Validator(schema).validate(value)

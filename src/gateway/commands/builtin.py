@@ -18,7 +18,7 @@ PARAM_SCHEMA = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
-        "type": {"enum": ["int", "choice", "path", "string"]},
+        "type": {"enum": ["int", "choice", "path", "string", "flag"]},
         "required": {"type": "boolean"},
         "help": {"type": "string"},
     },

@@ -18,23 +18,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
 from twisted.python.failure import Failure
 
 from gateway.commands.child import (
     CHILD_PATH,
+    MAX_LINE_BYTES,
     ChildProtocol,
     decode_line,
     exit_of,
     spawn,
 )
+from gateway.commands.follow import Followers
+from gateway.commands.follow import unavailable as follow_unavailable
 from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
-from gateway.core.events import Lines, Result, Sink
+from gateway.core.events import Dropped, Following, Gap, Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.params import Param, validate
+from gateway.core.follow import Feed, Watcher
+from gateway.core.params import Param, compile_pattern, validate
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -92,6 +96,25 @@ class LogSource(Protocol):
         """
 
 
+def _prime(f: IO[bytes], n: int) -> tuple[list[str], int, tuple[int, int]]:
+    st = os.fstat(f.fileno())
+    end = st.st_size
+    start = max(0, end - MAX_LINE_BYTES)
+    f.seek(start)
+    tail = f.read(end - start)
+    cut = tail.rfind(b"\n")
+    partial = len(tail) - cut - 1 if (cut >= 0 or start == 0) else 0
+    lines = tail_lines(f, n + 1)
+    if partial and lines:
+        lines.pop()
+    return lines[-n:], end - partial, (st.st_dev, st.st_ino)
+
+
+def prime_file(path: str, n: int) -> tuple[list[str], int, tuple[int, int]]:
+    """What a follow of ``path`` starts from (see :meth:`FileSource.prime`)."""
+    return FileSource(path, lambda f: succeed(f())).prime(n)
+
+
 class FileSource:
     """A log file, read backwards from its end in a thread.
 
@@ -118,9 +141,19 @@ class FileSource:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _read(self, n: int) -> list[str]:
+        with self._open() as f:
+            return tail_lines(f, n)
+
+    def prime(self, n: int) -> tuple[list[str], int, tuple[int, int]]:
+        """For a follow: the last ``n`` complete lines, the offset just after
+        them, and the file's ``(dev, inode)``.  A last line still being
+        written is left to the reader, which reads it when it is complete."""
+        with self._open() as f:
+            return _prime(f, n)
+
+    def _open(self) -> IO[bytes]:
         try:
-            with open(self.path, "rb") as f:
-                return tail_lines(f, n)
+            return open(self.path, "rb")
         except FileNotFoundError:
             raise CommandError("unavailable", f"Log file not found: {self.path}") from None
         except PermissionError:
@@ -417,6 +450,9 @@ def source_from_config(
 @dataclass(frozen=True)
 class LastlogArgs:
     lines: int
+    follow: bool = False
+    grep: Any = None  # a compiled RE2 pattern
+    after: str | None = None
 
 
 class LastlogCommand(Command[LastlogArgs]):
@@ -435,9 +471,17 @@ class LastlogCommand(Command[LastlogArgs]):
     )
 
     def __init__(
-        self, source: LogSource, default_lines: int, max_lines: int, timeout: float
+        self,
+        source: LogSource,
+        default_lines: int,
+        max_lines: int,
+        timeout: float,
+        followers: Followers | None = None,
+        queue_lines: int = 1000,
     ) -> None:
         self.source = source
+        self.followers = followers
+        self.queue_lines = queue_lines
         self.default_lines = default_lines
         self.max_lines = max_lines
         self.timeout = timeout
@@ -451,15 +495,48 @@ class LastlogCommand(Command[LastlogArgs]):
                 maximum=max_lines,
                 metavar="N",
             ),
+            Param("follow", "flag", "then every new line, until stopped", flag="-f"),
+            Param(
+                "grep",
+                "string",
+                "only lines this pattern finds (RE2 syntax)",
+                flag="-g",
+                metavar="REGEX",
+                noun="a pattern",
+            ),
+            Param(
+                "after",
+                "string",
+                "with follow: resume right after this cursor",
+                pattern=r"[0-9a-f]{1,16}-[0-9]{1,19}",
+                flag="--after",
+                metavar="CURSOR",
+                noun="a cursor",
+            ),
         )
         self.summary = (
-            f"last N lines of the system log (default {default_lines}, at most {max_lines})"
+            f"last N lines of the system log (default {default_lines}, at most {max_lines}); "
+            "-f follows it, -g filters"
         )
 
     def prepare(self, args: Mapping[str, object]) -> LastlogArgs:
-        return LastlogArgs(lines=validate(self.name, self.params, args)["lines"])
+        checked = validate(self.name, self.params, args)
+        grep = checked["grep"]
+        if grep is not None:
+            try:
+                grep = compile_pattern(grep)
+            except ValueError as e:
+                raise CommandError("bad_argument", f"grep: {e}") from None
+        return LastlogArgs(checked["lines"], bool(checked["follow"]), grep, checked["after"])
+
+    def timeout_for(self, args: LastlogArgs) -> float | None:
+        return None if args.follow else self.timeout
 
     def run(self, args: LastlogArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
+        if args.follow:
+            return self._follow(args, sink, flow)
+        if args.grep is not None:
+            sink = _grepping(sink, args.grep)
         counted: list[int] = [0]
 
         def count(event: Any) -> None:
@@ -479,3 +556,69 @@ class LastlogCommand(Command[LastlogArgs]):
             )
 
         return self.source.tail(args.lines, count, flow).addCallback(result)
+
+    def _follow(self, args: LastlogArgs, sink: Sink, flow: Flow) -> Deferred[Result]:
+        source = self.source.pick() if isinstance(self.source, AutoSource) else self.source
+        followers = self.followers
+        if not isinstance(source, FileSource) or followers is None:
+            raise follow_unavailable(source.description)
+        path = source.path
+        attached: list[tuple[Feed, Watcher]] = []
+
+        def result() -> Result:
+            n = attached[0][1].delivered if attached else 0
+            data = {"count": n, "source": path}
+            return Result(command=self.name, data=data, summary=f"followed {path}: {n} lines")
+
+        def stop(d: Deferred[Result]) -> None:
+            # Stopped (the client said stop, went away, or the daemon shuts
+            # down): a follow ends normally, with its End line.
+            if attached:
+                feed, watcher = attached[0]
+                followers.leave(path, feed, watcher)
+            d.callback(result())
+
+        done: Deferred[Result] = Deferred(stop)
+
+        def deliver(entries: Sequence[tuple[int, str]]) -> None:
+            feed = attached[0][0]
+            sink(Lines(tuple(t for _, t in entries), tuple(feed.cursor(n) for n, _ in entries)))
+
+        def notice(text: str) -> None:
+            sink(Lines((text,)))
+
+        def watch(feed: Feed) -> None:
+            if done.called:
+                return
+            watcher = Watcher(
+                deliver,
+                lambda n: sink(Dropped(n)),
+                notice,
+                self.queue_lines,
+                flow,
+                args.grep,
+            )
+            attached.append((feed, watcher))
+            feed.attach(watcher, args.lines, args.after, lambda gap: sink(Gap(gap.missing)))
+            sink(Following())
+
+        def failed(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
+        followers.feed(path).addCallbacks(watch, failed)
+        return done
+
+
+def _grepping(sink: Sink, grep: Any) -> Sink:
+    """``sink``, passing on only the lines ``grep`` finds."""
+
+    def filtered(event: Any) -> None:
+        if isinstance(event, Lines):
+            kept = tuple(line for line in event.lines if grep.search(line) is not None)
+            if kept:
+                sink(Lines(kept))
+            return
+        sink(event)
+
+    return filtered

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.declared import ProgramCommand, declared_commands
+from gateway.commands.follow import Followers
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config
 from gateway.core.command import AnyCommand
@@ -41,6 +42,8 @@ class Runners:
     read_file: RunInThread
     call_from_thread: Callable[..., None]
     spawner: IReactorProcess
+    #: The readers of followed logs (kept across reloads); none: no follow.
+    followers: Followers | None = None
 
 
 def configured_commands(
@@ -56,6 +59,8 @@ def configured_commands(
             lastlog.default_lines,
             lastlog.max_lines,
             lastlog.timeout,
+            runners.followers,
+            config.follow.queue_lines,
         ),
         ComphashCommand(
             comphash.allowed_roots,
@@ -102,6 +107,8 @@ def reconfigure(
     Declared commands that the new config no longer has stop being served;
     new ones are added.
     """
+    if runners.followers is not None:
+        runners.followers.replay = config.follow.replay_lines  # for feeds started from now
     wanted = configured_commands(config, runners, own_log)
     names = {c.name for c in wanted}
     for command in service.commands:

@@ -109,6 +109,10 @@ class Command(Protocol[A]):
             return None
         return self.http_path or f"/{self.name}"
 
+    def timeout_for(self, args: A) -> float | None:
+        """How long a run with ``args`` may take; ``None``: until it is stopped (a follow)."""
+        return self.timeout
+
     def parse(self, rest: str) -> Mapping[str, object]:
         """Named arguments from the text after the command name."""
         return parse_line(self.name, self.params, rest)

@@ -2,6 +2,9 @@
 
 A command produces, in order: zero or more :class:`Lines` and
 :class:`Progress` events, then exactly one :class:`Result` or :class:`Error`.
+A followed log may also say :class:`Following` (live from here),
+:class:`Dropped` (lines this client lost) and :class:`Gap` (a resume from a
+cursor too old).
 """
 
 from __future__ import annotations
@@ -13,9 +16,31 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Lines:
-    """Output lines (without line endings), in order."""
+    """Output lines (without line endings), in order; a followed log's lines
+    carry their ``cursors`` (one each), where a client may resume."""
 
     lines: tuple[str, ...]
+    cursors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Following:
+    """What comes next is live: the command runs until the client stops it."""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """``count`` lines were dropped for this client: it did not read them in time."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The resume cursor was older than what is kept: ``missing`` lines may be
+    lost (``None``: unknown, the cursor is from an earlier run of the reader)."""
+
+    missing: int | None
 
 
 @dataclass(frozen=True)
@@ -68,5 +93,5 @@ class Error:
     retry_after: int | None = None
 
 
-Event = Lines | Progress | Result | Error
+Event = Lines | Progress | Result | Error | Following | Dropped | Gap
 Sink = Callable[[Event], None]

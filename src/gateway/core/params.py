@@ -18,7 +18,10 @@ import re2
 
 from gateway.core.errors import CommandError
 
-Kind = Literal["int", "choice", "path", "string"]
+Kind = Literal["int", "choice", "path", "string", "flag"]
+#: How a ``flag`` is written where it has a value (a query string, JSON).
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 _DIGITS = frozenset("0123456789")
 
 
@@ -85,7 +88,9 @@ def usage(command: str, params: Sequence[Param]) -> str:
     """``comphash [-a ALGO] <path>``, ``lastlog [N]``."""
     words = [command]
     for p in params:
-        if p.flag is not None:
+        if p.kind == "flag" and p.flag is not None:
+            words.append(f"[{p.flag}]")
+        elif p.flag is not None:
             words.append(f"[{p.flag} {p.shown}]")
         elif p.required:
             words.append(f"<{p.metavar or p.name}>")
@@ -155,6 +160,10 @@ def parse_line(command: str, params: Sequence[Param], rest: str) -> dict[str, ob
                 continue
         if option is None:
             break  # not an option: a positional value that starts with "-"
+        if option.kind == "flag":  # takes no value
+            out[option.name] = True
+            text = tail.strip()
+            continue
         value, _, tail = tail.strip().partition(" ")
         if not value:
             noun = option.noun or f"a value for {option.name}"
@@ -198,6 +207,14 @@ def validate(command: str, params: Sequence[Param], raw: Mapping[str, object]) -
 
 
 def _check(p: Param, value: object) -> object:
+    if p.kind == "flag":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE:
+            return True
+        if isinstance(value, str) and value.lower() in _FALSE:
+            return False
+        raise CommandError("bad_argument", f"{p.name} must be true or false (1 or 0)")
     if p.kind == "int":
         if isinstance(value, str) and value and len(value) <= 12 and set(value) <= _DIGITS:
             value = int(value)
@@ -257,7 +274,9 @@ def describe(p: Param) -> dict[str, object]:
 def query_parameter(p: Param) -> dict[str, Any]:
     """The parameter as an OpenAPI query parameter."""
     schema: dict[str, Any]
-    if p.kind == "int":
+    if p.kind == "flag":
+        schema = {"type": "boolean"}
+    elif p.kind == "int":
         schema = {"type": "integer"}
         if p.minimum is not None:
             schema["minimum"] = p.minimum

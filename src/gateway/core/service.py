@@ -110,7 +110,7 @@ class CommandService:
         ``"cancelled"`` when the caller cancelled it.
         """
         started = self._clock.seconds()
-        timeout = 0.0
+        timeout: float | None = 0.0
 
         def finish(outcome: str) -> str:
             seconds = self._clock.seconds() - started
@@ -137,7 +137,7 @@ class CommandService:
             d: Deferred[str] = Deferred()
             d.callback(fail(e.code, e.message, e.retry_after))
             return d
-        timeout = command.timeout
+        timeout = command.timeout_for(args)
 
         def succeeded(result: Result) -> str:
             sink(result)
@@ -154,7 +154,8 @@ class CommandService:
             return fail("internal", INTERNAL_MESSAGE)
 
         running: Deferred[Result] = maybeDeferred(command.run, args, sink, client.flow)
-        running.addTimeout(timeout, self._clock)
+        if timeout is not None:
+            running.addTimeout(timeout, self._clock)
         outcome = running.addCallbacks(succeeded, failed)
         if not outcome.called:
             self._running.add(outcome)

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
-from gateway.core.events import Error, Event, Lines, Progress, Result
+from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Progress, Result
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
 from gateway.sessions.login import Login
@@ -153,7 +153,18 @@ def reply(id: Id | None, type: str, **fields: Any) -> str:
 
 def event_replies(id: Id, event: Event) -> list[str]:
     if isinstance(event, Lines):
+        if event.cursors:
+            return [
+                reply(id, "line", text=line, cursor=cursor)
+                for line, cursor in zip(event.lines, event.cursors, strict=True)
+            ]
         return [reply(id, "line", text=line) for line in event.lines]
+    if isinstance(event, Following):
+        return [reply(id, "following")]
+    if isinstance(event, Dropped):
+        return [reply(id, "dropped", count=event.count)]
+    if isinstance(event, Gap):
+        return [reply(id, "stale", missing=event.missing)]
     if isinstance(event, Progress):
         return [reply(id, "progress", done=event.done, total=event.total)]
     if isinstance(event, Result):

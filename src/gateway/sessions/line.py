@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
-from gateway.core.events import Event, Result
+from gateway.core.events import Event, Following, Result
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable, redact
 from gateway.sessions.login import Login
@@ -36,6 +36,7 @@ class LineConversation:
         "_auth",
         "_changed",
         "_close",
+        "_live",
         "_login",
         "_pending",
         "_running",
@@ -85,6 +86,7 @@ class LineConversation:
         # A list, not a deque: an empty deque costs 600 bytes per idle client.
         self._pending: list[bytes | str] = []
         self._running: Deferred[Any] | None = None
+        self._live = False  # the running command follows a log until stopped
         self._started = False
         self.closed = False
         self.draining = False
@@ -135,6 +137,17 @@ class LineConversation:
             return
         if isinstance(line, bytes):
             line = line.rstrip(b"\r")
+        if self._live and self._running is not None:
+            # Following a log: "stop" or an empty line ends it (End lastlog),
+            # "exit" ends it and then the connection; anything else waits.
+            word = line.strip().lower()
+            if word in ("", "stop", b"", b"stop", "exit", b"exit"):
+                self._live = False
+                self._running.cancel()
+                if word in ("exit", b"exit"):
+                    self._pending.append(line)
+                    self._next()
+                return
         if not line.strip():
             return
         self._pending.append(line)
@@ -255,6 +268,8 @@ class LineConversation:
         def sink(event: Event) -> None:
             if self.closed:
                 return
+            if isinstance(event, Following):
+                self._live = True
             self._write(renderer.render(event))
             if isinstance(event, Result) and event.close:
                 self.closed = True
@@ -269,6 +284,7 @@ class LineConversation:
         def done(outcome: str) -> None:
             if self._running is running:
                 self._running = None
+                self._live = False
                 self._next()
 
         running.addCallback(done)

@@ -7,7 +7,7 @@ The wording of the original line server is kept: ``Command not found.``,
 
 from __future__ import annotations
 
-from gateway.core.events import Error, Event, Lines, Progress, Result
+from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Progress, Result
 
 #: Errors whose message is printed as is, without ``An error occurred:``.
 BARE_CODES = frozenset({"unknown_command", "missing_argument", "quota_exceeded", "unauthorized"})
@@ -15,6 +15,20 @@ BARE_CODES = frozenset({"unknown_command", "missing_argument", "quota_exceeded",
 
 def error_line(code: str, message: str) -> str:
     return message if code in BARE_CODES else f"An error occurred: {message}"
+
+
+def dropped_line(count: int) -> str:
+    lines = "line" if count == 1 else "lines"
+    return f"... {count} {lines} dropped (not read in time) ..."
+
+
+def gap_line(missing: int | None) -> str:
+    if missing is None:
+        return (
+            "... the cursor is from an earlier run: lines may be missing; from the oldest kept ..."
+        )
+    lines = "line" if missing == 1 else "lines"
+    return f"... {missing} {lines} may be missing (the cursor is older than what is kept) ..."
 
 
 class TextRenderer:
@@ -42,8 +56,12 @@ class TextRenderer:
             return [*self._begin(), *event.text, *self._end()]
         if isinstance(event, Error):
             return [error_line(event.code, event.message), *self._end()]
-        if isinstance(event, Progress):
+        if isinstance(event, Progress | Following):
             return []
+        if isinstance(event, Dropped):
+            return [*self._begin(), dropped_line(event.count)]
+        if isinstance(event, Gap):
+            return [*self._begin(), gap_line(event.missing)]
         raise TypeError(f"not an event: {event!r}")
 
 

@@ -35,8 +35,30 @@ FORMAT = {
     "name": "format",
     "in": "query",
     "required": False,
-    "description": "json or text; without it the Accept header decides (text by default)",
-    "schema": {"type": "string", "enum": ["json", "text"]},
+    "description": (
+        "text, json, ndjson (one JSON object per line) or sse (Server-Sent Events); without "
+        "it the Accept header decides (text by default)"
+    ),
+    "schema": {"type": "string", "enum": ["text", "json", "ndjson", "sse"]},
+}
+STREAMS = {
+    "application/x-ndjson": {
+        "schema": {"type": "string"},
+        "description": 'one object per line: {"line", "cursor"}, {"dropped": N}, '
+        '{"stale": true, "missing": N}, then {"result": {...}} or {"error": {...}}',
+    },
+    "text/event-stream; charset=utf-8": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"enum": ["message", "dropped", "stale", "result", "error"]},
+                "data": {"type": "string"},
+            },
+        },
+        "description": "one event per line (id: its cursor), events dropped, stale, "
+        "result and error, a comment every http.sse_keepalive seconds",
+    },
 }
 
 ERRORS = {
@@ -103,13 +125,15 @@ def command_operation(command: AnyCommand) -> dict[str, Any]:
     else:
         usage += " Takes no quota slot."
     text = "One output line per text line" if command.stream_key else "The text form"
+    ok = _ok(text, result_schema(command))
+    ok["content"].update(STREAMS)
     return {
         "summary": command.summary,
         "description": usage,
         "operationId": (command.route or command.name).strip("/"),
         "parameters": [*(query_parameter(p) for p in command.params), FORMAT],
         "responses": {
-            "200": _ok(text, result_schema(command)),
+            "200": ok,
             **_errors(*errors),
         },
     }

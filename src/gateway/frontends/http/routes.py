@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -31,18 +32,22 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from gateway.config import HTTPConfig
 from gateway.core.command import AnyCommand, Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
-from gateway.core.events import Error, Event, Lines, Result
+from gateway.core.events import Dropped, Error, Event, Gap, Lines, Result
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal
+from gateway.sessions.text import dropped_line, gap_line
 
 TRANSPORT = register_transport("http", order=1)
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream; charset=utf-8"
+CONTENT_TYPES = {"text": TEXT, "json": JSON, "ndjson": NDJSON, "sse": SSE}
 #: Routes that are not commands; no command may be served at one of them.
 FIXED_ROUTES = frozenset({"/", "/healthz", "/metrics", "/openapi.json", "/ws", "/index.html"})
 
@@ -67,22 +72,37 @@ def _single_args(request: IRequest) -> dict[str, str]:
     return out
 
 
-def wants_json(request: IRequest) -> bool:
-    """``?format=json|text`` decides; else the Accept header does."""
+FORMATS = ("text", "json", "ndjson", "sse")
+
+
+def response_format(request: IRequest) -> str:
+    """``?format=`` decides (text, json, ndjson, sse); else the Accept header does."""
     raw: Mapping[bytes, list[bytes]] = request.args or {}
     fmt = raw.get(b"format")
     if fmt:
-        return fmt[-1] == b"json"
+        chosen = fmt[-1].decode("ascii", "replace")
+        return chosen if chosen in FORMATS else "text"
     accept = (request.getHeader("accept") or "").lower()
-    return "json" in accept and "text/plain" not in accept
+    if "text/plain" in accept:
+        return "text"
+    if "text/event-stream" in accept:
+        return "sse"
+    if "ndjson" in accept:
+        return "ndjson"
+    return "json" if "json" in accept else "text"
+
+
+def wants_json(request: IRequest) -> bool:
+    """Are errors told as problem+json (any format but text)?"""
+    return response_format(request) != "text"
 
 
 def query(request: IRequest, allowed: Iterable[str]) -> dict[str, str]:
     """Command arguments from the query; unknown names are refused."""
     args = _single_args(request)
     fmt = args.pop("format", None)
-    if fmt not in (None, "json", "text"):
-        raise CommandError("bad_argument", "format must be json or text")
+    if fmt is not None and fmt not in FORMATS:
+        raise CommandError("bad_argument", f"format must be one of {', '.join(FORMATS)}")
     allowed = set(allowed)
     for name in args:
         if name not in allowed:
@@ -93,22 +113,43 @@ def query(request: IRequest, allowed: Iterable[str]) -> dict[str, str]:
 class ResponseWriter:
     """Writes one command's events to one HTTP response, as they arrive.
 
-    ``lines_key`` names the JSON array that streamed lines go into (the
-    answer then is ``{"lines": [...], <result fields>}``; a failure after the
-    first line ends it ``{"lines": [...], "error": {...}}``).
+    ``fmt`` is ``text`` (the lines), ``json`` (one document: ``lines_key``
+    names the array streamed lines go into, ``{"lines": [...], <result>}``; a
+    failure after the first line ends it ``{"lines": [...], "error": {...}}``),
+    ``ndjson`` (one object per line: ``{"line": ..., "cursor": ...}``, then
+    ``{"result": {...}}`` or ``{"error": {...}}``) or ``sse`` (Server-Sent
+    Events: one ``data:`` event per line with its cursor as ``id:``, a
+    comment every ``keepalive`` seconds while quiet).  Lines a client lost
+    and resume gaps are said in each format, never left out silently.
     """
 
-    def __init__(self, request: IRequest, as_json: bool, lines_key: str | None = None) -> None:
+    def __init__(
+        self,
+        request: IRequest,
+        fmt: str,
+        lines_key: str | None = None,
+        clock: IReactorTime | None = None,
+        keepalive: float = 15.0,
+    ) -> None:
         self.request = request
-        self.as_json = as_json
+        self.fmt = fmt
+        self.as_json = fmt != "text"
         self.lines_key = lines_key
         self.started = False
         self.gone = False
         self._first_item = True
-        request.notifyFinish().addErrback(self._lost)
+        self._clock = clock
+        self._keepalive = keepalive
+        self._ping: LoopingCall | None = None
+        request.notifyFinish().addCallbacks(self._finished, self._lost)
 
     def _lost(self, failure: Failure) -> None:
         self.gone = True
+        self._finished(None)
+
+    def _finished(self, result: object) -> None:
+        if self._ping is not None and self._ping.running:
+            self._ping.stop()
 
     def _start(self) -> None:
         if self.started:
@@ -116,46 +157,101 @@ class ResponseWriter:
         self.started = True
         r = self.request
         r.setResponseCode(200)
-        r.setHeader("content-type", JSON if self.as_json else TEXT)
+        r.setHeader("content-type", CONTENT_TYPES[self.fmt])
         r.setHeader("x-accel-buffering", "no")  # stream through nginx too
         r.setHeader("cache-control", "no-store")
         r.setHeader("x-content-type-options", "nosniff")
-        if self.as_json and self.lines_key:
+        if self.fmt == "json" and self.lines_key:
             r.write(b'{"%s":[' % self.lines_key.encode())
+        elif self.fmt == "sse" and self._clock is not None:
+            ping = LoopingCall(self._comment)
+            ping.clock = self._clock
+            ping.start(self._keepalive, now=False)
+            self._ping = ping
+
+    def _comment(self) -> None:
+        if not self.gone:
+            self.request.write(b": keepalive\n\n")
 
     def __call__(self, event: Event) -> None:
         if self.gone:
             return
         if isinstance(event, Lines):
             self._start()
-            self._lines(event.lines)
+            self._lines(event)
         elif isinstance(event, Result):
             self._start()
             self._result(event)
         elif isinstance(event, Error):
             self._error(event)
+        elif isinstance(event, Dropped | Gap):
+            self._start()
+            self._notice(event)
 
-    def _lines(self, lines: tuple[str, ...]) -> None:
+    def _lines(self, event: Lines) -> None:
+        lines = event.lines
         if not lines:
             return
-        if not self.as_json:
+        fmt = self.fmt
+        if fmt == "text":
             self.request.write("".join(f"{line}\n" for line in lines).encode())
-            return
-        items = ",".join(json.dumps(line, ensure_ascii=False) for line in lines)
-        self.request.write((items if self._first_item else "," + items).encode())
-        self._first_item = False
+        elif fmt == "json":
+            items = ",".join(json.dumps(line, ensure_ascii=False) for line in lines)
+            self.request.write((items if self._first_item else "," + items).encode())
+            self._first_item = False
+        elif fmt == "ndjson":
+            if event.cursors:
+                out = "".join(
+                    json.dumps({"line": line, "cursor": cursor}, ensure_ascii=False) + "\n"
+                    for line, cursor in zip(lines, event.cursors, strict=True)
+                )
+            else:
+                out = "".join(
+                    json.dumps({"line": line}, ensure_ascii=False) + "\n" for line in lines
+                )
+            self.request.write(out.encode())
+        elif event.cursors:
+            self.request.write(
+                "".join(
+                    f"id: {cursor}\ndata: {line}\n\n"
+                    for line, cursor in zip(lines, event.cursors, strict=True)
+                ).encode()
+            )
+        else:
+            self.request.write("".join(f"data: {line}\n\n" for line in lines).encode())
+
+    def _notice(self, event: Dropped | Gap) -> None:
+        data: dict[str, object]
+        if isinstance(event, Dropped):
+            text, name, data = dropped_line(event.count), "dropped", {"dropped": event.count}
+        else:
+            text, name = gap_line(event.missing), "stale"
+            data = {"stale": True, "missing": event.missing}
+        if self.fmt == "ndjson":
+            self.request.write((json.dumps(data) + "\n").encode())
+        elif self.fmt == "sse":
+            count = event.count if isinstance(event, Dropped) else event.missing
+            shown = "" if count is None else str(count)
+            self.request.write(f"event: {name}\ndata: {shown}\n\n".encode())
+        else:  # a line of its own (inside the lines array for json)
+            self._lines(Lines((text,)))
 
     def _result(self, result: Result) -> None:
-        if not self.as_json:
+        fmt = self.fmt
+        if fmt == "text":
             if result.plain:
                 self.request.write("".join(f"{line}\n" for line in result.plain).encode())
             return
-        body = json.dumps(result.document(), ensure_ascii=False)
-        if self.lines_key:
-            rest = body[1:]  # the fields after the lines array
+        document = json.dumps(result.document(), ensure_ascii=False)
+        if fmt == "ndjson":
+            self.request.write(f'{{"result":{document}}}\n'.encode())
+        elif fmt == "sse":
+            self.request.write(f"event: result\ndata: {document}\n\n".encode())
+        elif self.lines_key:
+            rest = document[1:]  # the fields after the lines array
             self.request.write(("]" + ("," + rest if rest != "}" else "}")).encode())
         else:
-            self.request.write(body.encode())
+            self.request.write(document.encode())
 
     def _error(self, error: Error) -> None:
         if not self.started:
@@ -166,10 +262,14 @@ class ResponseWriter:
             write_error(self.request, error.code, error.message, self.as_json, headers)
             return
         # Too late for a status code: finish the body so the failure shows.
-        if self.as_json:
-            problem = json.dumps({"code": error.code, "message": error.message})
+        problem = json.dumps({"code": error.code, "message": error.message})
+        if self.fmt == "json":
             tail = f'],"error":{problem}}}' if self.lines_key else ""
             self.request.write(tail.encode())
+        elif self.fmt == "ndjson":
+            self.request.write(f'{{"error":{problem}}}\n'.encode())
+        elif self.fmt == "sse":
+            self.request.write(f"event: error\ndata: {problem}\n\n".encode())
         else:
             self.request.write(f"error: {error.message}\n".encode())
 
@@ -361,28 +461,39 @@ class RestAPI:
     # take none, so monitoring keeps working when the quota is full.
 
     def _command(self, request: IRequest, command: AnyCommand) -> Deferred[None] | bytes:
-        as_json = wants_json(request)
+        fmt = response_format(request)
+        as_json = fmt != "text"
         if command.metered and self.shutting_down:
             write_error(request, "unavailable", "Server shutting down.", as_json)
             return b""
         denied = self._denied(request, as_json)
         if denied is not None:
             return denied
+        names = [p.name for p in command.params]
         try:
-            args = query(request, (p.name for p in command.params))
+            args = query(request, names)
         except CommandError as e:
             write_error(request, e.code, e.message, as_json)
             return b""
+        resume = request.getHeader("last-event-id")
+        if resume and "after" in names and "after" not in args:
+            args["after"] = resume  # an EventSource reconnecting: go on after what it saw
         run = Request(command.name, args=args)
         if not command.metered:
-            writer = ResponseWriter(request, as_json, command.stream_key)
             client = Client(TRANSPORT, peer_of(request))
+            writer = self._writer(request, fmt, command.stream_key)
             return self.service.execute(run, client, writer).addCallback(lambda _: None)
-        return self._metered(request, run, command.stream_key, as_json)
+        return self._metered(request, run, command.stream_key, fmt)
+
+    def _writer(self, request: IRequest, fmt: str, stream_key: str | None) -> ResponseWriter:
+        return ResponseWriter(
+            request, fmt, stream_key, self.admission.clock, self.settings.sse_keepalive
+        )
 
     def _metered(
-        self, request: IRequest, run: Request, stream_key: str | None, as_json: bool
+        self, request: IRequest, run: Request, stream_key: str | None, fmt: str
     ) -> Deferred[None]:
+        as_json = fmt != "text"
         peer = peer_of(request)
         slot: Slot | None = None
         running: Deferred[str] | None = None
@@ -410,7 +521,7 @@ class RestAPI:
                 got.release()
                 return
             slot = got
-            writer = ResponseWriter(request, as_json, stream_key)
+            writer = self._writer(request, fmt, stream_key)
             request.registerProducer(flow, True)  # paused while the client does not read
             client = Client(TRANSPORT, peer, flow)
             running = self.service.execute(run, client, writer)

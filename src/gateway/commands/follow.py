@@ -1,0 +1,203 @@
+"""Following a log file like ``tail -F``: one reader per file, however many watch.
+
+:class:`Followers` keeps one :class:`FileReader` per path while anyone
+watches it, and stops it when the last watcher leaves.  The reader primes its
+:class:`~gateway.core.follow.Feed` with the file's last lines (read in a
+thread, as ``lastlog`` reads them), then polls the file: appended lines go to
+the feed as they are written; a new file at the path (rotation) is read from
+its start once the old one is read to its end; a file that shrank
+(truncation) is read again from its start, with a notice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gateway.commands.child import MAX_LINE_BYTES, decode_line
+from gateway.core.errors import CommandError
+from gateway.core.follow import Feed
+
+RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+#: How often a followed file is looked at (the most a new line waits).
+POLL_SECONDS = 0.05
+#: The most read from a followed file in one look (the rest comes next time).
+READ_BYTES = 1024 * 1024
+
+
+class FileReader:
+    """Reads what is appended to ``path`` into ``feed``, following rotation and truncation."""
+
+    log = Logger(namespace="gateway.commands.follow")
+
+    def __init__(self, path: str, feed: Feed, clock: IReactorTime) -> None:
+        self.path = path
+        self.feed = feed
+        self._clock = clock
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._offset = 0
+        self._partial = b""
+        self._loop: LoopingCall | None = None
+
+    def start(self, offset: int, identity: tuple[int, int] | None) -> None:
+        """Follow from ``offset`` of the file whose ``(dev, inode)`` is ``identity``."""
+        self._open(offset, identity)
+        loop = LoopingCall(self.poll)
+        loop.clock = self._clock
+        self._loop = loop
+        loop.start(POLL_SECONDS, now=False)
+
+    def _open(self, offset: int, identity: tuple[int, int] | None) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError:
+            self._fd = None  # not there (yet): rotation under way; looked for again
+            return
+        st = os.fstat(fd)
+        self._fd = fd
+        self._inode = (st.st_dev, st.st_ino)
+        self._offset = offset if self._inode == identity else 0
+        self._partial = b""
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._close()
+
+    def _read(self) -> bool:
+        """Read what there is (up to :data:`READ_BYTES`); ``True`` if something was read."""
+        fd = self._fd
+        if fd is None:
+            return False
+        try:
+            data = os.pread(fd, READ_BYTES, self._offset)
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                self.log.warn("cannot read {path}: {error}", path=self.path, error=e.strerror)
+            return False
+        if not data:
+            return False
+        self._offset += len(data)
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        if len(self._partial) > MAX_LINE_BYTES:
+            complete.append(self._partial)
+            self._partial = b""
+        if complete:
+            self.feed.append([decode_line(line) for line in complete])
+        return True
+
+    def poll(self) -> None:
+        if self._fd is not None:
+            size = os.fstat(self._fd).st_size
+            if size < self._offset:  # truncated in place: from its start again
+                self.feed.notice(f"-- {self.path} was truncated; following from its start")
+                self._offset = 0
+                self._partial = b""
+            if self._read():
+                return  # more next time: others get their turn
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return  # moved away, the new one not created yet: keep the old one
+        if (st.st_dev, st.st_ino) != self._inode:
+            if self._fd is not None and self._read():
+                return  # the old file first, to its end
+            if self._partial:
+                self.feed.append([decode_line(self._partial)])
+            self._close()
+            self._open(0, None)
+            if self._fd is not None:
+                self.feed.notice(f"-- {self.path} was replaced; following the new file")
+
+
+class Followers:
+    """One feed and one reader per followed file, while anyone watches it."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        run_in_thread: RunInThread,
+        replay: int,
+        prime: Callable[[str, int], tuple[list[str], int, tuple[int, int]]],
+    ) -> None:
+        """``prime(path, n)`` reads the last ``n`` lines, the offset they end
+        at and the file's identity (in a thread)."""
+        self._clock = clock
+        self._run_in_thread = run_in_thread
+        self.replay = replay
+        self._prime = prime
+        self._readers: dict[str, FileReader] = {}
+        self._opening: dict[str, list[Deferred[Feed]]] = {}
+
+    def feed(self, path: str) -> Deferred[Feed]:
+        """The running feed of ``path``, started (and primed) if nobody watched it yet."""
+        reader = self._readers.get(path)
+        if reader is not None:
+            return succeed(reader.feed)
+        waiter: Deferred[Feed] = Deferred()
+        waiting = self._opening.get(path)
+        if waiting is None:
+            self._opening[path] = [waiter]
+            self._start(path)
+        else:
+            waiting.append(waiter)
+        return waiter
+
+    def _start(self, path: str) -> None:
+        def started(primed: tuple[list[str], int, tuple[int, int]]) -> None:
+            lines, offset, identity = primed
+            feed = Feed(self.replay)
+            feed.append(lines)
+            reader = FileReader(path, feed, self._clock)
+            reader.start(offset, identity)
+            self._readers[path] = reader
+            for waiter in self._opening.pop(path, []):
+                if not waiter.called:  # (a watcher may have left meanwhile)
+                    waiter.callback(feed)
+            if not feed.watchers:  # every one left while it started
+                reader.stop()
+                del self._readers[path]
+
+        def failed(failure: Any) -> None:
+            for waiter in self._opening.pop(path, []):
+                if not waiter.called:
+                    waiter.errback(failure)
+
+        d: Deferred[Any] = self._run_in_thread(lambda: self._prime(path, self.replay))
+        d.addCallbacks(started, failed)
+
+    def leave(self, path: str, feed: Feed, watcher: Any) -> None:
+        """``watcher`` stops; the reader stops with the last one."""
+        if feed.detach(watcher):
+            reader = self._readers.get(path)
+            if reader is not None and reader.feed is feed:
+                reader.stop()
+                del self._readers[path]
+
+    @property
+    def running(self) -> dict[str, int]:
+        """Readers running: path -> watchers."""
+        return {path: len(r.feed.watchers) for path, r in self._readers.items()}
+
+    def stop_all(self) -> None:
+        for reader in self._readers.values():
+            reader.stop()
+        self._readers.clear()
+
+
+def unavailable(source: str) -> CommandError:
+    return CommandError("unavailable", f"Following is not available for {source} (a file is)")

@@ -1,0 +1,191 @@
+"""Live follow, without I/O: one feed per source, many watchers, cursors, drops.
+
+A :class:`Feed` numbers the lines its source writes and keeps the last
+``replay`` of them, so a new watcher gets the last N lines and a watcher that
+reconnects with a cursor continues right after the line it saw last (no gap,
+no duplicate), or is told how many lines it may have missed.  Each
+:class:`Watcher` delivers to one client; while its client does not read (its
+:class:`~gateway.core.flow.Flow` is paused) lines wait in a bounded queue,
+the oldest dropped first and counted, and the client is told exactly how many
+it lost once it reads again.  One slow watcher never holds up the feed or
+the others.
+
+Cursors are opaque strings ``<epoch>-<n>``: the epoch names one run of one
+reader (a new reader, a new epoch), ``n`` the line's number in it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.flow import UNLIMITED, Flow
+
+Entry = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A resume cursor older than what is kept: ``missing`` lines may be lost
+    (``None``: unknown, the cursor is from another run of the reader)."""
+
+    missing: int | None
+
+
+def new_epoch() -> str:
+    return os.urandom(4).hex()
+
+
+@dataclass
+class FeedStats:
+    watchers: int = 0
+    delivered: int = 0
+    dropped: int = 0
+
+
+class Watcher:
+    """One client's view of a feed: a filter, a bounded queue, a drop count."""
+
+    def __init__(
+        self,
+        deliver: Callable[[Sequence[Entry]], None],
+        dropped: Callable[[int], None],
+        notice: Callable[[str], None],
+        queue_limit: int,
+        flow: Flow = UNLIMITED,
+        grep: Any = None,
+    ) -> None:
+        self._deliver = deliver
+        self._dropped = dropped
+        self._notice = notice
+        self._limit = max(1, queue_limit)
+        self._flow = flow
+        self._grep = grep
+        self._queue: deque[Entry] = deque()
+        self.lost = 0
+        self.delivered = 0
+        self._unwatch = flow.watch(lambda: None, self._resumed)
+
+    def _match(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        grep = self._grep
+        if grep is None:
+            return entries
+        return [e for e in entries if grep.search(e[1]) is not None]
+
+    def offer(self, entries: Sequence[Entry]) -> int:
+        """New lines; returns how many were dropped now (the queue was full)."""
+        entries = self._match(entries)
+        if not entries:
+            return 0
+        if not self._flow.paused and not self._queue:
+            self.delivered += len(entries)
+            self._deliver(entries)
+            return 0
+        queue = self._queue
+        queue.extend(entries)
+        over = len(queue) - self._limit
+        if over > 0:
+            for _ in range(over):
+                queue.popleft()
+            self.lost += over
+            return over
+        return 0
+
+    def note(self, text: str) -> None:
+        """A notice for the client (a truncated file, a rotated one)."""
+        self._notice(text)
+
+    def _resumed(self) -> None:
+        if self.lost:
+            lost, self.lost = self.lost, 0
+            self._dropped(lost)
+        if self._queue:
+            batch = list(self._queue)
+            self._queue.clear()
+            self.delivered += len(batch)
+            self._deliver(batch)
+
+    def close(self) -> None:
+        self._unwatch()
+        self._queue.clear()
+
+
+@dataclass
+class Feed:
+    """The numbered lines of one source and who watches them."""
+
+    replay: int
+    epoch: str = field(default_factory=new_epoch)
+    stats: FeedStats = field(default_factory=FeedStats)
+
+    def __post_init__(self) -> None:
+        self._buffer: deque[Entry] = deque(maxlen=max(1, self.replay))
+        self._numbers = itertools.count(1)
+        self._last = 0
+        self.watchers: set[Watcher] = set()
+
+    def cursor(self, number: int) -> str:
+        return f"{self.epoch}-{number}"
+
+    def append(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        entries = [(next(self._numbers), line) for line in lines]
+        self._last = entries[-1][0]
+        self._buffer.extend(entries)
+        for watcher in list(self.watchers):
+            before = watcher.delivered
+            self.stats.dropped += watcher.offer(entries)
+            self.stats.delivered += watcher.delivered - before
+
+    def notice(self, text: str) -> None:
+        for watcher in list(self.watchers):
+            watcher.note(text)
+
+    def replay_for(self, last: int, after: str | None) -> tuple[list[Entry], Stale | None]:
+        """What a new watcher is sent first: the last ``last`` lines, or the
+        lines after cursor ``after`` (with a :class:`Stale` if some are gone)."""
+        kept = list(self._buffer)
+        if after is None:
+            return (kept[-last:] if last > 0 else []), None
+        epoch, _, number = after.rpartition("-")
+        if epoch != self.epoch or not number.isdigit():
+            return kept, Stale(None)
+        seen = int(number)
+        if seen >= self._last:
+            return [], None
+        oldest = kept[0][0] if kept else self._last + 1
+        if seen + 1 >= oldest:
+            return [e for e in kept if e[0] > seen], None
+        return kept, Stale(oldest - seen - 1)
+
+    def attach(
+        self,
+        watcher: Watcher,
+        last: int,
+        after: str | None,
+        on_gap: Callable[[Stale], None] | None = None,
+    ) -> Stale | None:
+        """Start ``watcher``: what it missed first (``on_gap`` told of a gap
+        before any line), then every new line."""
+        entries, stale = self.replay_for(last, after)
+        if stale is not None and on_gap is not None:
+            on_gap(stale)
+        if entries:
+            before = watcher.delivered
+            self.stats.dropped += watcher.offer(entries)
+            self.stats.delivered += watcher.delivered - before
+        self.watchers.add(watcher)
+        self.stats.watchers = len(self.watchers)
+        return stale
+
+    def detach(self, watcher: Watcher) -> bool:
+        """Forget ``watcher``; ``True`` when nobody watches any more."""
+        self.watchers.discard(watcher)
+        watcher.close()
+        self.stats.watchers = len(self.watchers)
+        return not self.watchers
