@@ -168,9 +168,6 @@ class Followers:
             for waiter in self._opening.pop(path, []):
                 if not waiter.called:  # (a watcher may have left meanwhile)
                     waiter.callback(feed)
-            if not feed.watchers:  # every one left while it started
-                reader.stop()
-                del self._readers[path]
 
         def failed(failure: Any) -> None:
             for waiter in self._opening.pop(path, []):
@@ -180,9 +177,10 @@ class Followers:
         d: Deferred[Any] = self._run_in_thread(lambda: self._prime(path, self.replay))
         d.addCallbacks(started, failed)
 
-    def leave(self, path: str, feed: Feed, watcher: Any) -> None:
-        """``watcher`` stops; the reader stops with the last one."""
-        if feed.detach(watcher):
+    def leave(self, path: str, feed: Feed, watcher: Any = None) -> None:
+        """``watcher`` stops (or never started); the reader stops with the last one."""
+        idle = feed.detach(watcher) if watcher is not None else not feed.watchers
+        if idle:
             reader = self._readers.get(path)
             if reader is not None and reader.feed is feed:
                 reader.stop()

@@ -588,7 +588,8 @@ class LastlogCommand(Command[LastlogArgs]):
             sink(Lines((text,)))
 
         def watch(feed: Feed) -> None:
-            if done.called:
+            if done.called:  # stopped while the reader started
+                followers.leave(path, feed)
                 return
             watcher = Watcher(
                 deliver,

@@ -1,0 +1,328 @@
+"""Following a log: the feed and its watchers, the file reader, lastlog -f on a line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from gateway.commands.follow import POLL_SECONDS, FileReader, Followers
+from gateway.commands.lastlog import FileSource, LastlogCommand, prime_file
+from gateway.core.command import Client
+from gateway.core.events import Dropped, Event, Following, Gap, Lines, Result
+from gateway.core.flow import Flow
+from gateway.core.follow import Entry, Feed, Stale, Watcher
+from gateway.core.params import compile_pattern
+from gateway.core.service import CommandService
+from gateway.sessions.line import LineConversation
+
+from .support.fakes import run_now
+
+
+class Seen:
+    """What one watcher's client was sent."""
+
+    def __init__(self) -> None:
+        self.lines: list[Entry] = []
+        self.dropped: list[int] = []
+        self.notices: list[str] = []
+
+    def watcher(self, flow: Flow | None = None, limit: int = 100, grep: object = None) -> Watcher:
+        return Watcher(
+            self.lines.extend,
+            self.dropped.append,
+            self.notices.append,
+            limit,
+            flow if flow is not None else Flow(),
+            grep,
+        )
+
+    @property
+    def texts(self) -> list[str]:
+        return [t for _, t in self.lines]
+
+
+def test_a_new_watcher_gets_the_last_lines_then_every_new_one() -> None:
+    feed = Feed(replay=5)
+    feed.append([f"l{i}" for i in range(8)])
+    seen = Seen()
+    assert feed.attach(seen.watcher(), 2, None) is None
+    feed.append(["new"])
+    assert seen.texts == ["l6", "l7", "new"]
+    assert feed.stats.delivered == 3
+
+
+def test_resuming_after_a_cursor_continues_without_gap_or_duplicate() -> None:
+    feed = Feed(replay=100)
+    feed.append(["a", "b", "c"])
+    first = Seen()
+    watcher = first.watcher()
+    feed.attach(watcher, 10, None)
+    last_seen = feed.cursor(first.lines[-1][0])
+    feed.detach(watcher)
+    feed.append(["d", "e"])
+    again = Seen()
+    assert feed.attach(again.watcher(), 10, last_seen) is None
+    assert again.texts == ["d", "e"]
+
+
+def test_a_cursor_older_than_what_is_kept_says_how_many_may_be_missing() -> None:
+    feed = Feed(replay=3)
+    feed.append(["1", "2"])
+    cursor = feed.cursor(1)
+    feed.append(["3", "4", "5", "6"])  # kept: 4, 5, 6
+    seen = Seen()
+    gaps: list[Stale] = []
+    assert feed.attach(seen.watcher(), 10, cursor, gaps.append) == Stale(2)  # 2 and 3
+    assert gaps == [Stale(2)] and seen.texts == ["4", "5", "6"]
+    other = Seen()
+    assert feed.attach(other.watcher(), 10, "ffff-1") == Stale(None)  # another run's
+    assert feed.attach(Seen().watcher(), 10, "garbage") == Stale(None)
+
+
+def test_a_watcher_that_does_not_read_loses_the_oldest_and_is_told_how_many() -> None:
+    feed = Feed(replay=10)
+    slow_flow = Flow()
+    slow, fast = Seen(), Seen()
+    feed.attach(slow.watcher(slow_flow, limit=3), 0, None)
+    feed.attach(fast.watcher(), 0, None)
+    slow_flow.pauseProducing()
+    feed.append([str(i) for i in range(10)])
+    assert fast.texts == [str(i) for i in range(10)]  # the others are not held up
+    assert slow.texts == [] and feed.stats.dropped == 7
+    slow_flow.resumeProducing()
+    assert slow.dropped == [7]
+    assert slow.texts == ["7", "8", "9"]
+
+
+def test_grep_applies_to_replay_and_live_lines() -> None:
+    feed = Feed(replay=10)
+    feed.append(["error: x", "ok", "error: y"])
+    seen = Seen()
+    feed.attach(seen.watcher(grep=compile_pattern("^error")), 10, None)
+    feed.append(["fine", "error: z"])
+    assert seen.texts == ["error: x", "error: y", "error: z"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(1, 5)),
+            st.tuples(st.just("pause"), st.just(0)),
+            st.tuples(st.just("resume"), st.just(0)),
+            st.tuples(st.just("reconnect"), st.just(0)),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 20),
+    st.integers(1, 6),
+)
+def test_every_line_arrives_once_or_the_gap_is_stated(
+    ops: Sequence[tuple[str, int]], replay: int, queue: int
+) -> None:
+    """Any interleaving of appends, a client that stops reading, and
+    reconnects with the last cursor: each line is received exactly once, or
+    its loss is stated (a drop count or a stale resume)."""
+    feed = Feed(replay=replay)
+    written = 0
+    received: list[int] = []
+    stated = 0  # lines said to be lost
+    flow = Flow()
+    gaps: list[Stale] = []
+
+    def deliver(entries: Sequence[Entry]) -> None:
+        received.extend(n for n, _ in entries)
+
+    def dropped(n: int) -> None:
+        nonlocal stated
+        stated += n
+
+    def connect(after: str | None) -> Watcher:
+        w = Watcher(deliver, dropped, lambda t: None, queue, flow, None)
+        feed.attach(w, 0, after, gaps.append)
+        return w
+
+    first = 1
+    watcher = connect(None)
+    for op, n in ops:
+        if op == "append":
+            feed.append([f"x{written + i}" for i in range(n)])
+            written += n
+        elif op == "pause":
+            flow.pauseProducing()
+        elif op == "resume":
+            flow.resumeProducing()
+        else:
+            feed.detach(watcher)  # the connection drops, with whatever was queued
+            if received:
+                watcher = connect(feed.cursor(received[-1]))
+            else:  # nothing seen, no cursor: a fresh start, from now on
+                first = written + 1
+                watcher = connect(None)
+    flow.resumeProducing()
+    assert received == sorted(set(received))  # in order, no duplicates
+    missing = set(range(first, written + 1)) - set(received)
+    gap_total = sum(g.missing or 0 for g in gaps)
+    assert len(missing) <= stated + gap_total
+
+
+# -- the file reader: appends, rotation, truncation
+
+
+def follow_file(path: Path, clock: Clock) -> tuple[Feed, FileReader]:
+    lines, offset, identity = prime_file(str(path), 10)
+    feed = Feed(replay=100)
+    feed.append(lines)
+    reader = FileReader(str(path), feed, clock)
+    reader.start(offset, identity)
+    return feed, reader
+
+
+def test_the_reader_follows_appends_rotation_and_truncation(tmp_path: Path) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("old 1\nold 2\npart")
+    clock = Clock()
+    feed, reader = follow_file(log, clock)
+    watchers = [Seen() for _ in range(10)]
+    for seen in watchers:
+        feed.attach(seen.watcher(), 10, None)
+    with open(log, "a") as f:
+        f.write("ial\nnew 1\n")
+    clock.advance(POLL_SECONDS)
+    log.rename(tmp_path / "syslog.1")  # rotation: the old file gets one last line...
+    with open(tmp_path / "syslog.1", "a") as f:
+        f.write("last of old\n")
+    log.write_text("fresh 1\n")  # ...and a new file appears at the path
+    for _ in range(3):
+        clock.advance(POLL_SECONDS)
+    log.write_text("")  # truncated in place
+    clock.advance(POLL_SECONDS)
+    with open(log, "a") as f:
+        f.write("after truncation\n")
+    clock.advance(POLL_SECONDS)
+    for seen in watchers:
+        assert seen.texts == [
+            "old 1",
+            "old 2",
+            "partial",
+            "new 1",
+            "last of old",
+            "fresh 1",
+            "after truncation",
+        ]
+        assert seen.notices == [
+            f"-- {log} was replaced; following the new file",
+            f"-- {log} was truncated; following from its start",
+        ]
+    reader.stop()
+
+
+def test_one_reader_per_file_stopped_with_the_last_watcher(tmp_path: Path) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("a\n")
+    clock = Clock()
+    followers = Followers(clock, run_now, 100, prime_file)
+    watchers: list[tuple[Feed, Watcher]] = []
+    for _ in range(3):
+        feed: Feed = followers.feed(str(log)).result
+        watcher = Seen().watcher()
+        feed.attach(watcher, 5, None)
+        watchers.append((feed, watcher))
+    assert watchers[0][0] is watchers[1][0] is watchers[2][0]
+    assert followers.running == {str(log): 3}
+    for feed, watcher in watchers:
+        followers.leave(str(log), feed, watcher)
+    assert followers.running == {}
+
+
+# -- lastlog -f on a line transport
+
+
+def conversation(tmp_path: Path, clock: Clock) -> tuple[LineConversation, list[str], Path]:
+    log = tmp_path / "syslog"
+    log.write_text("".join(f"line {i}\n" for i in range(20)))
+    followers = Followers(clock, run_now, 100, prime_file)
+    command = LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0, followers, 50)
+    service = CommandService([command], clock)
+    out: list[str] = []
+    c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+    c.start()
+    return c, out, log
+
+
+def test_lastlog_f_streams_until_stop_and_the_connection_goes_on(tmp_path: Path) -> None:
+    clock = Clock()
+    c, out, log = conversation(tmp_path, clock)
+    c.submit("lastlog -f 2")
+    assert out == ["Begin lastlog", "line 18", "line 19"]
+    with open(log, "a") as f:
+        f.write("live 1\n")
+    clock.advance(POLL_SECONDS)
+    c.submit("lastlog 1")  # waits its turn
+    assert out[-1] == "live 1"
+    c.submit("stop")
+    assert out == [
+        "Begin lastlog",
+        "line 18",
+        "line 19",
+        "live 1",
+        "End lastlog",  # the follow ended, and the queued command ran
+        "Begin lastlog",
+        "live 1",
+        "End lastlog",
+    ]
+    clock.advance(20)  # no timeout ever ended the follow: it was stopped
+    assert "An error occurred" not in " ".join(out)
+
+
+def test_an_empty_line_stops_a_follow_and_grep_filters_it(tmp_path: Path) -> None:
+    clock = Clock()
+    c, out, log = conversation(tmp_path, clock)
+    c.submit("lastlog -f -g 1$ 20")  # of the last 20, those that match; then new ones
+    assert out == ["Begin lastlog", "line 1", "line 11"]
+    with open(log, "a") as f:
+        f.write("skip\nhit 21\n")
+    clock.advance(POLL_SECONDS)
+    c.submit("")
+    assert out == ["Begin lastlog", "line 1", "line 11", "hit 21", "End lastlog"]
+
+
+def test_a_follow_of_a_source_that_cannot_follow_is_a_clear_error(tmp_path: Path) -> None:
+    clock = Clock()
+    command = LastlogCommand(FileSource("/x", run_now), 10, 1000, 10.0, None, 50)
+    service = CommandService([command], clock)
+    out: list[str] = []
+    c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+    c.start()
+    c.submit("lastlog -f")
+    assert out == ["An error occurred: Following is not available for /x (a file is)"]
+
+
+def test_cursors_gaps_and_drops_reach_the_events(tmp_path: Path) -> None:
+    clock = Clock()
+    log = tmp_path / "syslog"
+    log.write_text("".join(f"line {i}\n" for i in range(5)))
+    followers = Followers(clock, run_now, 3, prime_file)
+    command = LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0, followers, 2)
+    events: list[Event] = []
+    flow = Flow()
+    d = command.run(command.prepare({"follow": "1", "after": "0-1"}), events.append, flow)
+    assert isinstance(events[0], Gap) and events[0].missing is None  # another run's cursor
+    assert isinstance(events[1], Lines) and events[1].lines == ("line 2", "line 3", "line 4")
+    assert all(c.endswith(("-1", "-2", "-3")) for c in events[1].cursors)
+    assert isinstance(events[2], Following)
+    flow.pauseProducing()
+    with open(log, "a") as f:
+        f.write("a\nb\nc\nd\n")
+    clock.advance(POLL_SECONDS)
+    flow.resumeProducing()
+    assert events[3:] == [Dropped(2), Lines(("c", "d"), events[4].cursors)]  # type: ignore[union-attr]
+    d.cancel()
+    assert isinstance(d.result, Result) and d.result.data["count"] == 5
+    assert followers.running == {}
+    assert os.path.exists(log)
