@@ -229,7 +229,9 @@ def test_one_reader_per_file_stopped_with_the_last_watcher(tmp_path: Path) -> No
     followers = Followers(clock, run_now, 100, prime_file)
     watchers: list[tuple[Feed, Watcher]] = []
     for _ in range(3):
-        feed: Feed = followers.feed(str(log)).result
+        got: list[Feed] = []
+        followers.feed(str(log)).addCallback(got.append)
+        feed = got[0]
         watcher = Seen().watcher()
         feed.attach(watcher, 5, None)
         watchers.append((feed, watcher))
