@@ -26,10 +26,21 @@ from gateway.core.errors import CommandError
 from gateway.core.follow import Feed
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
+#: What a follow starts from: the last lines (numbered by their end offset),
+#: the offset after them, and the file's ``(dev, inode)``.
+Primed = tuple[list[tuple[int, str]], int, tuple[int, int]]
 #: How often a followed file is looked at (the most a new line waits).
 POLL_SECONDS = 0.05
 #: The most read from a followed file in one look (the rest comes next time).
 READ_BYTES = 1024 * 1024
+#: The most read to count the lines a resume missed (more: "unknown").
+COUNT_BYTES = 16 * 1024 * 1024
+
+
+def epoch_of(identity: tuple[int, int]) -> str:
+    """The cursor prefix of one file (device and inode): stable across restarts."""
+    dev, ino = identity
+    return f"{((dev << 40) ^ ino) & 0xFFFFFFFFFFFF:x}"
 
 
 class FileReader:
@@ -78,33 +89,55 @@ class FileReader:
         self._close()
 
     def _read(self) -> bool:
-        """Read what there is (up to :data:`READ_BYTES`); ``True`` if something was read."""
+        """Read what there is (up to :data:`READ_BYTES`); ``True`` if something was read.
+
+        Each line is numbered by the file offset just after it, so a cursor
+        names a place in the file and stays good however often the reader
+        starts again.
+        """
         fd = self._fd
         if fd is None:
             return False
         try:
-            data = os.pread(fd, READ_BYTES, self._offset)
+            new = os.pread(fd, READ_BYTES, self._offset)
         except OSError as e:
             if e.errno != errno.EINTR:
                 self.log.warn("cannot read {path}: {error}", path=self.path, error=e.strerror)
             return False
-        if not data:
+        if not new:
             return False
-        self._offset += len(data)
-        data = self._partial + data
-        *complete, self._partial = data.split(b"\n")
+        position = self._offset - len(self._partial)
+        self._offset += len(new)
+        *complete, self._partial = (self._partial + new).split(b"\n")
+        entries = []
+        for raw in complete:
+            position += len(raw) + 1
+            entries.append((position, decode_line(raw)))
         if len(self._partial) > MAX_LINE_BYTES:
-            complete.append(self._partial)
+            position += len(self._partial)
+            entries.append((position, decode_line(self._partial)))
             self._partial = b""
-        if complete:
-            self.feed.append([decode_line(line) for line in complete])
+        self.feed.append_numbered(entries)
         return True
+
+    def missing_between(self, seen: int, oldest: int) -> int | None:
+        """How many lines of the file lie between offset ``seen`` and the
+        oldest line kept (which ends at ``oldest``): a resume's gap."""
+        fd = self._fd
+        if fd is None or oldest - seen > COUNT_BYTES:
+            return None
+        try:
+            data = os.pread(fd, oldest - seen, seen)
+        except OSError:
+            return None
+        return max(0, data.count(b"\n") - 1)
 
     def poll(self) -> None:
         if self._fd is not None:
             size = os.fstat(self._fd).st_size
             if size < self._offset:  # truncated in place: from its start again
                 self.feed.notice(f"-- {self.path} was truncated; following from its start")
+                self.feed.rebase(self.feed.epoch)
                 self._offset = 0
                 self._partial = b""
             if self._read():
@@ -117,11 +150,14 @@ class FileReader:
             if self._fd is not None and self._read():
                 return  # the old file first, to its end
             if self._partial:
-                self.feed.append([decode_line(self._partial)])
+                end = self._offset
+                self.feed.append_numbered([(end, decode_line(self._partial))])
             self._close()
             self._open(0, None)
             if self._fd is not None:
                 self.feed.notice(f"-- {self.path} was replaced; following the new file")
+                assert self._inode is not None
+                self.feed.rebase(epoch_of(self._inode))
 
 
 class Followers:
@@ -132,7 +168,7 @@ class Followers:
         clock: IReactorTime,
         run_in_thread: RunInThread,
         replay: int,
-        prime: Callable[[str, int], tuple[list[str], int, tuple[int, int]]],
+        prime: Callable[[str, int], Primed],
     ) -> None:
         """``prime(path, n)`` reads the last ``n`` lines, the offset they end
         at and the file's identity (in a thread)."""
@@ -158,11 +194,12 @@ class Followers:
         return waiter
 
     def _start(self, path: str) -> None:
-        def started(primed: tuple[list[str], int, tuple[int, int]]) -> None:
-            lines, offset, identity = primed
-            feed = Feed(self.replay)
-            feed.append(lines)
+        def started(primed: Primed) -> None:
+            entries, offset, identity = primed
+            feed = Feed(self.replay, epoch_of(identity))
+            feed.append_numbered(entries)
             reader = FileReader(path, feed, self._clock)
+            feed.missing_between = reader.missing_between
             reader.start(offset, identity)
             self._readers[path] = reader
             for waiter in self._opening.pop(path, []):

@@ -25,13 +25,12 @@ from twisted.python.failure import Failure
 
 from gateway.commands.child import (
     CHILD_PATH,
-    MAX_LINE_BYTES,
     ChildProtocol,
     decode_line,
     exit_of,
     spawn,
 )
-from gateway.commands.follow import Followers
+from gateway.commands.follow import Followers, Primed
 from gateway.commands.follow import unavailable as follow_unavailable
 from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
@@ -96,21 +95,25 @@ class LogSource(Protocol):
         """
 
 
-def _prime(f: IO[bytes], n: int) -> tuple[list[str], int, tuple[int, int]]:
+def _prime(f: IO[bytes], n: int) -> Primed:
     st = os.fstat(f.fileno())
     end = st.st_size
-    start = max(0, end - MAX_LINE_BYTES)
+    start = max(0, end - TAIL_MAX_BYTES)
     f.seek(start)
-    tail = f.read(end - start)
-    cut = tail.rfind(b"\n")
-    partial = len(tail) - cut - 1 if (cut >= 0 or start == 0) else 0
-    lines = tail_lines(f, n + 1)
-    if partial and lines:
-        lines.pop()
-    return lines[-n:], end - partial, (st.st_dev, st.st_ino)
+    data = f.read(end - start)
+    *complete, partial = data.split(b"\n")
+    if start > 0 and complete:
+        complete.pop(0)  # may start mid-line
+        start = end - len(partial) - sum(len(c) + 1 for c in complete)
+    position = start
+    numbered: list[tuple[int, str]] = []
+    for raw in complete:
+        position += len(raw) + 1
+        numbered.append((position, decode_line(raw)))
+    return numbered[-n:] if n > 0 else [], end - len(partial), (st.st_dev, st.st_ino)
 
 
-def prime_file(path: str, n: int) -> tuple[list[str], int, tuple[int, int]]:
+def prime_file(path: str, n: int) -> Primed:
     """What a follow of ``path`` starts from (see :meth:`FileSource.prime`)."""
     return FileSource(path, lambda f: succeed(f())).prime(n)
 
@@ -144,7 +147,7 @@ class FileSource:
         with self._open() as f:
             return tail_lines(f, n)
 
-    def prime(self, n: int) -> tuple[list[str], int, tuple[int, int]]:
+    def prime(self, n: int) -> Primed:
         """For a follow: the last ``n`` complete lines, the offset just after
         them, and the file's ``(dev, inode)``.  A last line still being
         written is left to the reader, which reads it when it is complete."""

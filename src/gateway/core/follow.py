@@ -121,6 +121,9 @@ class Feed:
     replay: int
     epoch: str = field(default_factory=new_epoch)
     stats: FeedStats = field(default_factory=FeedStats)
+    #: Lines between two numbers that are no longer kept (``None``: unknown).
+    #: A file's feed numbers lines by their end offset and counts them on disk.
+    missing_between: Callable[[int, int], int | None] | None = None
 
     def __post_init__(self) -> None:
         self._buffer: deque[Entry] = deque(maxlen=max(1, self.replay))
@@ -132,9 +135,13 @@ class Feed:
         return f"{self.epoch}-{number}"
 
     def append(self, lines: Sequence[str]) -> None:
-        if not lines:
+        if lines:
+            self.append_numbered([(next(self._numbers), line) for line in lines])
+
+    def append_numbered(self, entries: Sequence[Entry]) -> None:
+        """Lines whose numbers the source gives (increasing: a file's offsets)."""
+        if not entries:
             return
-        entries = [(next(self._numbers), line) for line in lines]
         self._last = entries[-1][0]
         self._buffer.extend(entries)
         for watcher in list(self.watchers):
@@ -156,12 +163,24 @@ class Feed:
         if epoch != self.epoch or not number.isdigit():
             return kept, Stale(None)
         seen = int(number)
-        if seen >= self._last:
+        if seen > self._last:  # past the end: the source started again (a truncated file)
+            return kept, Stale(None)
+        if seen == self._last:
             return [], None
-        oldest = kept[0][0] if kept else self._last + 1
-        if seen + 1 >= oldest:
+        if not kept or seen >= kept[0][0]:
             return [e for e in kept if e[0] > seen], None
-        return kept, Stale(oldest - seen - 1)
+        oldest = kept[0][0]
+        if self.missing_between is not None:
+            missing = self.missing_between(seen, oldest)
+            return kept, (None if missing == 0 else Stale(missing))
+        return kept, (None if seen + 1 >= oldest else Stale(oldest - seen - 1))
+
+    def rebase(self, epoch: str) -> None:
+        """The source started again (a new file): new numbers, nothing kept."""
+        self.epoch = epoch
+        self._buffer.clear()
+        self._numbers = itertools.count(1)
+        self._last = 0
 
     def attach(
         self,

@@ -140,10 +140,8 @@ def parse(text: str) -> Run | Cancel | Auth:
     if not isinstance(command, str) or not command:
         raise MessageError(id, "A message needs command, line or cancel.")
     args = message.get("args", {})
-    if not isinstance(args, dict) or not all(
-        isinstance(v, (str, int)) and not isinstance(v, bool) for v in args.values()
-    ):
-        raise MessageError(id, "args must be an object of strings and integers.")
+    if not isinstance(args, dict) or not all(isinstance(v, (str, int)) for v in args.values()):
+        raise MessageError(id, "args must be an object of strings, integers and booleans.")
     return Run(id, Request(command.lower(), args=args), command)
 
 
@@ -306,8 +304,16 @@ class JSONConversation:
             message = f"No command with id {json.dumps(id)} is running."
             self._send(reply(id, "error", code="bad_argument", message=message))
             return
+        outcome: list[str] = []
+
+        def seen(result: str) -> str:
+            outcome.append(result)
+            return result
+
+        running.addCallback(seen)  # the service's outcome never fails
         running.cancel()
-        self._send(reply(id, "cancelled"))
+        if outcome != ["ok"]:  # a follow ends with its result instead: one final event
+            self._send(reply(id, "cancelled"))
 
     def _run(self, run: Run) -> None:
         if run.id in self.running:
@@ -336,11 +342,12 @@ class JSONConversation:
             return
         self.running[run.id] = running
 
-        def done(outcome: str) -> None:
+        def done(outcome: str) -> str:
             if self.running.get(run.id) is running:
                 del self.running[run.id]
                 if self.draining and not self.running:
                     self._idle()
+            return outcome
 
         running.addCallback(done)
 
