@@ -16,7 +16,9 @@ from gateway.core.command import Client
 from gateway.core.events import Dropped, Event, Following, Gap, Lines, Result
 from gateway.core.flow import Flow
 from gateway.core.follow import Entry, Feed, Stale, Watcher
+from gateway.core.metrics import render
 from gateway.core.params import compile_pattern
+from gateway.core.quota import ClientQuota
 from gateway.core.service import CommandService
 from gateway.sessions.line import LineConversation
 
@@ -329,3 +331,37 @@ def test_cursors_gaps_and_drops_reach_the_events(tmp_path: Path) -> None:
     assert isinstance(d.result, Result) and d.result.data["count"] == 5
     assert followers.running == {}
     assert os.path.exists(log)
+
+
+def test_max_followers_caps_watchers_and_metrics_count_them(tmp_path: Path) -> None:
+    clock = Clock()
+    log = tmp_path / "syslog"
+    log.write_text("a\nb\n")
+    followers = Followers(clock, run_now, 100, prime_file)
+    followers.max_watchers = 2
+    command = LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0, followers, 1)
+    service = CommandService([command], clock)
+    service.metrics.sources.append(followers.samples)
+    outs: list[list[str]] = []
+    for _ in range(3):
+        out: list[str] = []
+        c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+        c.start()
+        c.submit("lastlog -f 1")
+        outs.append(out)
+    assert outs[2] == ["Too many followers (quota.max_followers = 2)."]
+    slow = Flow()
+    stalled = LastlogCommand(FileSource(str(log), run_now), 10, 1000, 10.0, followers, 1)
+    followers.max_watchers = 0
+    d = stalled.run(stalled.prepare({"follow": True, "lines": "1"}), lambda e: None, slow)
+    slow.pauseProducing()
+    with open(log, "a") as f:
+        f.write("c\nd\ne\n")
+    clock.advance(POLL_SECONDS)
+    text = render(ClientQuota(1).snapshot(), service.metrics, 0, 1.0)
+    source = f'source="{log}"'
+    assert "gateway_follow_readers 1" in text
+    assert f"gateway_follow_watchers{{{source}}} 3" in text
+    assert f"gateway_follow_lines_dropped_total{{{source}}} 2" in text  # the stalled one's
+    assert f"gateway_follow_lines_delivered_total{{{source}}} 9" in text  # 3 x (b, then c d e)
+    d.cancel()

@@ -79,10 +79,12 @@ class HTTPConfig:
 class QuotaConfig:
     max_clients: int = 10
     max_per_ip: int = 0
+    max_followers: int = 0
 
     def check(self) -> None:
         _positive("quota.max_clients", self.max_clients)
         _not_negative("quota.max_per_ip", self.max_per_ip)
+        _not_negative("quota.max_followers", self.max_followers)
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,43 @@ def test_console_goes_red_and_reconnects(page: Any, start_gateway: Any) -> None:
     assert gw2.http_port == port
 
 
+def test_console_follows_and_resumes_after_a_lost_connection_without_duplicates(
+    page: Any, start_gateway: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("".join(f"old {i}\n" for i in range(30)))
+    port = free_port()
+    argv = [str(BIN / "gateway"), "--http", f"tcp:{port}:interface=127.0.0.1"]
+    config = f'[lastlog]\nsource = "{log}"\n'
+    gw = start_gateway(config, argv=argv)
+    page.goto(gw.url("/"))
+    page.wait_for_selector('#status[data-state="connected"]', timeout=10_000)
+    page.click('button[data-run="lastlog -f 20"]')  # the Follow button
+    block = page.locator(".cmd").last
+    block.locator(".badge", has_text="following").wait_for(timeout=10_000)
+    assert block.locator("button.cancel").inner_text() == "stop"
+    with open(log, "a") as f:
+        f.write("live 1\n")
+    page.wait_for_function(
+        "() => document.querySelector('.cmd:last-child pre').textContent.includes('live 1')",
+        timeout=10_000,
+    )
+    gw.proc.kill()  # the connection is lost, not closed: the follow is cut
+    gw.proc.wait()
+    block.locator(".badge", has_text="reconnecting").wait_for(timeout=10_000)
+    with open(log, "a") as f:
+        f.write("while away\n")
+    start_gateway(config, argv=argv)  # back on the same port
+    page.wait_for_function(
+        "() => document.querySelector('.cmd:last-child pre').textContent.includes('while away')",
+        timeout=30_000,
+    )
+    shown = block.locator("pre").inner_text().splitlines()
+    assert shown == [f"old {i}" for i in range(10, 30)] + ["live 1", "while away"]
+    block.locator("button.cancel").click()  # stop
+    block.locator(".badge", has_text="done").wait_for(timeout=10_000)
+
+
 def test_console_at_phone_width(browser: Any, start_gateway: Any) -> None:
     gw = start_gateway()
     context = browser.new_context(viewport={"width": 375, "height": 700}, is_mobile=True)

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from gateway.commands.child import MAX_LINE_BYTES, decode_line
 from gateway.core.errors import CommandError
 from gateway.core.follow import Feed
+from gateway.core.metrics import Family
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 #: What a follow starts from: the last lines (numbered by their end offset),
@@ -177,6 +178,11 @@ class Followers:
         self.replay = replay
         self._prime = prime
         self._readers: dict[str, FileReader] = {}
+        #: What feeds that have stopped delivered and dropped, per path.
+        self._delivered: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        #: The most watchers at once, all files together (0: no cap).
+        self.max_watchers = 0
         self._opening: dict[str, list[Deferred[Feed]]] = {}
 
     def feed(self, path: str) -> Deferred[Feed]:
@@ -222,6 +228,50 @@ class Followers:
             if reader is not None and reader.feed is feed:
                 reader.stop()
                 del self._readers[path]
+                self._delivered[path] = self._delivered.get(path, 0) + feed.stats.delivered
+                self._dropped[path] = self._dropped.get(path, 0) + feed.stats.dropped
+
+    @property
+    def watchers(self) -> int:
+        """Watchers of every followed file, together."""
+        return sum(len(r.feed.watchers) for r in self._readers.values())
+
+    def samples(self) -> list[Family]:
+        """The follow metrics: readers, and per file its watchers, lines
+        delivered and lines dropped (since start)."""
+        paths = sorted(set(self._readers) | set(self._delivered))
+
+        def total(kept: dict[str, int], path: str, attr: str) -> int:
+            reader = self._readers.get(path)
+            live = getattr(reader.feed.stats, attr) if reader is not None else 0
+            return kept.get(path, 0) + int(live)
+
+        return [
+            (
+                "gateway_follow_readers",
+                "gauge",
+                "Followed files being read.",
+                [({}, len(self._readers))],
+            ),
+            (
+                "gateway_follow_watchers",
+                "gauge",
+                "Clients following, per file.",
+                [({"source": p}, len(r.feed.watchers)) for p, r in sorted(self._readers.items())],
+            ),
+            (
+                "gateway_follow_lines_delivered_total",
+                "counter",
+                "Lines handed to followers, per file.",
+                [({"source": p}, total(self._delivered, p, "delivered")) for p in paths],
+            ),
+            (
+                "gateway_follow_lines_dropped_total",
+                "counter",
+                "Lines dropped for followers that did not read them in time, per file.",
+                [({"source": p}, total(self._dropped, p, "dropped")) for p in paths],
+            ),
+        ]
 
     @property
     def running(self) -> dict[str, int]:

@@ -566,6 +566,11 @@ class LastlogCommand(Command[LastlogArgs]):
         if not isinstance(source, FileSource) or followers is None:
             raise follow_unavailable(source.description)
         path = source.path
+        cap = followers.max_watchers
+        if cap and followers.watchers >= cap:
+            raise CommandError(
+                "quota_exceeded", f"Too many followers (quota.max_followers = {cap})."
+            )
         attached: list[tuple[Feed, Watcher]] = []
 
         def result() -> Result:

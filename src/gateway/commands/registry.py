@@ -86,6 +86,9 @@ def build_service(
 ) -> CommandService:
     """The command service with every command the gateway serves (and ``extra``)."""
     service = CommandService([], clock, limiter)
+    if runners.followers is not None:
+        runners.followers.max_watchers = config.quota.max_followers
+        service.metrics.sources.append(runners.followers.samples)
     for command in configured_commands(config, runners, own_log):
         service.add(command)
     service.add(HelpCommand(lambda: service.commands))
@@ -109,6 +112,7 @@ def reconfigure(
     """
     if runners.followers is not None:
         runners.followers.replay = config.follow.replay_lines  # for feeds started from now
+        runners.followers.max_watchers = config.quota.max_followers
     wanted = configured_commands(config, runners, own_log)
     names = {c.name for c in wanted}
     for command in service.commands:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gateway.core.quota import QuotaSnapshot
 
@@ -13,10 +13,20 @@ BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+#: One metric family a part of the gateway adds: name, type, help, and its
+#: samples as (labels, value).
+Family = tuple[str, str, str, list[tuple[dict[str, str], float]]]
+
+
 class CommandMetrics:
-    """Commands run, by name and outcome, and how long they took.  Pure; O(1)."""
+    """Commands run, by name and outcome, and how long they took.  Pure; O(1).
+
+    ``sources`` are callables that other parts (the follow readers) register
+    to add their own families to ``/metrics``.
+    """
 
     def __init__(self, known: Iterable[str] = ()) -> None:
+        self.sources: list[Callable[[], list[Family]]] = []
         self.known = set(known)
         self.outcomes: Counter[tuple[str, str]] = Counter()
         self.buckets: dict[str, list[int]] = {}
@@ -102,5 +112,8 @@ def render(quota: QuotaSnapshot, commands: CommandMetrics, in_flight: int, uptim
         )
         lines.append(f"gateway_command_duration_seconds_count{_labels(command=name)} {total}")
     metric("gateway_commands_in_flight", "gauge", "Commands running now.", [("", in_flight)])
+    for source in commands.sources:
+        for name, kind, help_text, samples in source():
+            metric(name, kind, help_text, [(_labels(**labels), v) for labels, v in samples])
     metric("gateway_uptime_seconds", "gauge", "Seconds since the daemon started.", [("", uptime)])
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@
   let countdownTimer = null;
   let stopped = false; // the user typed exit: no automatic reconnect
   const running = new Map(); // id -> block
+  const resuming = []; // follows cut by a lost connection: sent again after their cursor
 
   // -- history (kept for this tab's session)
   let history = [];
@@ -117,6 +118,7 @@
       opened = true;
       const token = sessionStorage.getItem(TOKEN_KEY);
       if (token) ws.send(JSON.stringify({ id: AUTH_ID, auth: token }));
+      resume(ws);
     };
     ws.onmessage = (event) => {
       if (!opened) return;
@@ -136,7 +138,14 @@
     ws.onclose = (event) => {
       if (socket !== ws) return;
       socket = null;
-      for (const block of running.values()) finish(block, "error", "connection lost");
+      for (const block of running.values()) {
+        if (block._live) {
+          block._parts.badge.textContent = "reconnecting";
+          resuming.push(block);
+        } else {
+          finish(block, "error", "connection lost");
+        }
+      }
       running.clear();
       if (event.code === TRY_AGAIN_LATER) {
         const reason = event.reason || "Too many connections";
@@ -202,6 +211,7 @@
     }
     const id = nextId++;
     const block = newBlock(line);
+    block._line = line;
     block._parts.cancel.addEventListener("click", () => {
       cancel(id);
       input.focus();
@@ -209,6 +219,28 @@
     running.set(id, block);
     if (/^exit\b/i.test(line)) stopped = true;
     socket.send(JSON.stringify({ id, line }));
+  }
+
+  // A follow cut by a lost connection goes on right after the last line it
+  // showed: the same command, with --after its cursor; no line twice.
+  function resume(ws) {
+    while (resuming.length) {
+      const block = resuming.shift();
+      const id = nextId++;
+      running.set(id, block);
+      const [name, ...rest] = block._line.split(" ");
+      const again = block._cursor ? [name, "--after", block._cursor, ...rest] : [name, ...rest];
+      ws.send(JSON.stringify({ id, line: again.join(" ") }));
+      block._parts.badge.textContent = "following";
+      const cancelButton = block._parts.cancel;
+      const fresh = cancelButton.cloneNode(true);
+      cancelButton.replaceWith(fresh);
+      block._parts.cancel = fresh;
+      fresh.addEventListener("click", () => {
+        cancel(id);
+        input.focus();
+      });
+    }
   }
 
   function cancel(id) {
@@ -342,6 +374,23 @@
     switch (reply.type) {
       case "line":
         parts.pre.appendChild(document.createTextNode(`${reply.text}\n`));
+        if (reply.cursor) block._cursor = reply.cursor;
+        break;
+      case "following":
+        block._live = true;
+        parts.badge.textContent = "following";
+        parts.cancel.textContent = "stop";
+        parts.cancel.title = "Stop following (Ctrl+C)";
+        break;
+      case "dropped":
+        parts.pre.appendChild(
+          document.createTextNode(`... ${reply.count} lines dropped (not read in time) ...\n`),
+        );
+        break;
+      case "stale":
+        parts.pre.appendChild(
+          document.createTextNode("... lines may be missing (the cursor is older than what is kept) ...\n"),
+        );
         break;
       case "progress":
         showProgress(block, reply.done, reply.total);
