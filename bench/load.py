@@ -5,6 +5,8 @@
     load.py ws   URL  --request lastlog --until 'End lastlog'       # WebSocket text
     load.py echo PORT                                              # a trivial server
     load.py idle-tcp PORT N / idle-ws URL N                        # hold N connections
+    load.py watch-tcp HOST:PORT N / watch-ws URL N / watch-sse URL N   # N followers
+    load.py write-log PATH --rate 1000 --seconds 10                # a stamped writer
 
 Prints one JSON object: operations, seconds, ops per second, p50/p99 latency.
 """
@@ -78,6 +80,128 @@ async def ws_load(url: str, conns: int, seconds: float, request: str, until: str
     print(json.dumps(summary(latencies, time.monotonic() - begin)))
 
 
+def delays_summary(
+    delays: list[float], lines: int, seconds: float, watchers: int
+) -> dict[str, float]:
+    delays.sort()
+    n = len(delays)
+
+    def pct(p: float) -> float:
+        return delays[min(n - 1, int(n * p))] * 1000 if n else 0.0
+
+    return {
+        "lines": lines,
+        "seconds": seconds,
+        "lines_per_s": lines / seconds,
+        "watchers": watchers,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+    }
+
+
+def _stamp(line: bytes) -> float | None:
+    """Lines the writer appends start with the wall-clock time they were written."""
+    head = line.split(b" ", 1)[0]
+    try:
+        return float(head)
+    except ValueError:
+        return None
+
+
+async def watch(mode: str, target: str, watchers: int, seconds: float, stalled: int) -> None:
+    """``watchers`` clients follow the log for ``seconds``; ``stalled`` of them never read.
+
+    Counts lines received and the delay from write (the stamp in the line) to receipt.
+    """
+    delays: list[float] = []
+    counted = [0]
+    ready = [0]
+    stop = time.monotonic() + seconds
+
+    def got(line: bytes) -> None:
+        stamp = _stamp(line)
+        if stamp is not None:
+            counted[0] += 1
+            if counted[0] % 7 == 0:  # a sample keeps the client cheap
+                delays.append(time.time() - stamp)
+
+    async def tcp_one(read: bool) -> None:
+        host, port = target.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"lastlog -f 1\n")
+        ready[0] += 1
+        if not read:
+            await asyncio.sleep(max(0.0, stop - time.monotonic()))
+            writer.close()
+            return
+        while time.monotonic() < stop:
+            try:
+                line = await asyncio.wait_for(reader.readline(), stop - time.monotonic())
+            except TimeoutError:
+                break
+            got(line)
+        writer.close()
+
+    async def ws_one(read: bool) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(target, ping_interval=None, compression=None, max_queue=None) as ws:
+            await ws.send("lastlog -f 1")
+            ready[0] += 1
+            if not read:
+                await asyncio.sleep(max(0.0, stop - time.monotonic()))
+                return
+            while time.monotonic() < stop:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), stop - time.monotonic())
+                except TimeoutError:
+                    break
+                got(message.encode() if isinstance(message, str) else message)
+
+    async def sse_one(read: bool) -> None:
+        host_port, _, path = target.removeprefix("http://").partition("/")
+        host, port = host_port.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        )
+        ready[0] += 1
+        if not read:
+            await asyncio.sleep(max(0.0, stop - time.monotonic()))
+            writer.close()
+            return
+        while time.monotonic() < stop:
+            try:
+                line = await asyncio.wait_for(reader.readline(), stop - time.monotonic())
+            except TimeoutError:
+                break
+            if line.startswith(b"data: "):
+                got(line[6:])
+        writer.close()
+
+    one = {"tcp": tcp_one, "ws": ws_one, "sse": sse_one}[mode]
+    begin = time.monotonic()
+    await asyncio.gather(*(one(i >= stalled) for i in range(watchers)))
+    readers = watchers - stalled
+    print(json.dumps(delays_summary(delays, counted[0], time.monotonic() - begin, readers)))
+
+
+def write_log(path: str, rate: float, seconds: float) -> None:
+    """Append ``rate`` lines a second to ``path`` for ``seconds``, each stamped."""
+    pad = "x" * 60
+    with open(path, "a", buffering=1) as f:
+        begin = time.monotonic()
+        sent = 0
+        while (elapsed := time.monotonic() - begin) < seconds:
+            due = int(elapsed * rate) + 1
+            if due > sent:
+                f.write(
+                    "".join(f"{time.time():.6f} line {sent + i} {pad}\n" for i in range(due - sent))
+                )
+                sent = due
+            time.sleep(0.002)
+
+
 async def echo(port: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.readline():
@@ -121,7 +245,21 @@ async def idle_ws(url: str, n: int, hold: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["tcp", "ws", "echo", "echo-ws", "idle-tcp", "idle-ws"])
+    p.add_argument(
+        "mode",
+        choices=[
+            "tcp",
+            "ws",
+            "echo",
+            "echo-ws",
+            "idle-tcp",
+            "idle-ws",
+            "watch-tcp",
+            "watch-ws",
+            "watch-sse",
+            "write-log",
+        ],
+    )
     p.add_argument("target")
     p.add_argument("count", nargs="?", type=int, default=0)
     p.add_argument("--conns", type=int, default=50)
@@ -129,8 +267,16 @@ def main() -> None:
     p.add_argument("--request", default="lastlog\n")
     p.add_argument("--until", default="End lastlog")
     p.add_argument("--hold", type=float, default=15.0)
+    p.add_argument("--stalled", type=int, default=0)
+    p.add_argument("--rate", type=float, default=1000.0)
     a = p.parse_args()
     raise_nofile()
+    if a.mode == "write-log":
+        write_log(a.target, a.rate, a.seconds)
+        return
+    if a.mode.startswith("watch-"):
+        asyncio.run(watch(a.mode[6:], a.target, a.count, a.seconds, a.stalled))
+        return
     if a.mode == "tcp":
         run = tcp_load(
             int(a.target),

@@ -300,6 +300,134 @@ def ws_lastlog(tmp: Path) -> list[Row]:
     ]
 
 
+def follow(tmp: Path) -> list[Row]:
+    """One writer appending 1,000 stamped lines/s; N followers over TCP, SSE and WebSocket:
+    lines delivered per second and write-to-receipt delay, against websocketd running
+    `tail -F` per client. The load client (one Python process) is the ceiling at large N."""
+    rows: list[Row] = []
+    seconds = 8
+    log = tmp / "follow.log"
+    log.write_text("")
+    ws_port = free_port()
+    tail = [
+        need("websocketd"),
+        "--address=127.0.0.1",
+        f"--port={ws_port}",
+        need("tail"),
+        "-F",
+        "-n",
+        "0",
+        str(log),
+    ]
+
+    def run_watchers(mode: str, target: str, n: int, stalled: int = 0) -> dict[str, float]:
+        writer = subprocess.Popen(
+            pinned(
+                LOAD_CPU,
+                [*LOAD, "write-log", str(log), "--rate", "1000", "--seconds", str(seconds + 1)],
+            )
+        )
+        try:
+            return load(
+                f"watch-{mode}",
+                target,
+                str(n),
+                "--seconds",
+                str(seconds),
+                "--stalled",
+                str(stalled),
+            )
+        finally:
+            writer.wait()
+
+    for n in (1, 100, 1000):
+        with server(tail, ws_port):
+            peer = run_watchers("ws", f"ws://127.0.0.1:{ws_port}/", n)
+        with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, http):
+            gw_ws = run_watchers("ws", f"ws://127.0.0.1:{http}/ws", n)
+            gw_tcp = run_watchers("tcp", f"127.0.0.1:{tcp}", n)
+            gw_sse = run_watchers("sse", f"http://127.0.0.1:{http}/lastlog?follow=1&lines=1", n)
+        rows.append(
+            Row(
+                f"follow, {n} watchers, WebSocket",
+                "lines/s",
+                "websocketd + tail -F",
+                peer["lines_per_s"],
+                gw_ws["lines_per_s"],
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, WebSocket p99",
+                "ms",
+                "websocketd + tail -F",
+                peer["p99_ms"],
+                gw_ws["p99_ms"],
+                "lower",
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, TCP",
+                "lines/s",
+                "-",
+                gw_tcp["lines_per_s"],
+                gw_tcp["lines_per_s"],
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, TCP p99",
+                "ms",
+                "-",
+                gw_tcp["p99_ms"],
+                gw_tcp["p99_ms"],
+                "lower",
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, SSE",
+                "lines/s",
+                "-",
+                gw_sse["lines_per_s"],
+                gw_sse["lines_per_s"],
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, SSE p99",
+                "ms",
+                "-",
+                gw_sse["p99_ms"],
+                gw_sse["p99_ms"],
+                "lower",
+            )
+        )
+    with gateway(f'{FAST}stall_timeout = 60\n[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
+        stalled = run_watchers("tcp", f"127.0.0.1:{tcp}", 101, stalled=1)
+    rows.append(
+        Row(
+            "follow, 100 watchers + 1 stalled, TCP",
+            "lines/s",
+            "-",
+            stalled["lines_per_s"],
+            stalled["lines_per_s"],
+        )
+    )
+    rows.append(
+        Row(
+            "follow, 100 watchers + 1 stalled, TCP p99",
+            "ms",
+            "-",
+            stalled["p99_ms"],
+            stalled["p99_ms"],
+            "lower",
+        )
+    )
+    return rows
+
+
 def say_script(tmp: Path) -> Path:
     """The operator's script both sides run: an echo-like one-liner."""
     script = tmp / "say.sh"
@@ -542,6 +670,7 @@ ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "responsiveness": responsiveness,
     "idle": idle,
     "declared": declared,
+    "follow": follow,
 }
 
 

@@ -365,3 +365,19 @@ def test_max_followers_caps_watchers_and_metrics_count_them(tmp_path: Path) -> N
     assert f"gateway_follow_lines_dropped_total{{{source}}} 2" in text  # the stalled one's
     assert f"gateway_follow_lines_delivered_total{{{source}}} 9" in text  # 3 x (b, then c d e)
     d.cancel()
+
+
+def test_a_burst_larger_than_one_read_is_read_at_once_not_a_poll_later(tmp_path: Path) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("")
+    clock = Clock()
+    feed, reader = follow_file(log, clock)
+    seen = Seen()
+    feed.attach(seen.watcher(limit=10**6), 0, None)
+    with open(log, "a") as f:
+        f.write("".join(f"{i} {'z' * 100}\n" for i in range(30000)))  # ~3 MB
+    clock.advance(POLL_SECONDS)  # one look reads 1 MiB...
+    for _ in range(5):
+        clock.advance(0)  # ...and the rest follows at once, a turn at a time
+    assert len(seen.lines) == 30000
+    reader.stop()

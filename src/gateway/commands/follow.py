@@ -16,10 +16,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import inotify
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.filepath import FilePath
 
 from gateway.commands.child import MAX_LINE_BYTES, decode_line
 from gateway.core.errors import CommandError
@@ -30,8 +32,18 @@ RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 #: What a follow starts from: the last lines (numbered by their end offset),
 #: the offset after them, and the file's ``(dev, inode)``.
 Primed = tuple[list[tuple[int, str]], int, tuple[int, int]]
-#: How often a followed file is looked at (the most a new line waits).
+#: How often a followed file is looked at without inotify (the most a new line waits).
 POLL_SECONDS = 0.05
+#: How often it is looked at anyway with inotify (what inotify cannot see).
+SAFETY_SECONDS = 1.0
+WATCH_MASK = (
+    inotify.IN_MODIFY
+    | inotify.IN_CREATE
+    | inotify.IN_MOVED_TO
+    | inotify.IN_MOVED_FROM
+    | inotify.IN_DELETE
+    | inotify.IN_CLOSE_WRITE
+)
 #: The most read from a followed file in one look (the rest comes next time).
 READ_BYTES = 1024 * 1024
 #: The most read to count the lines a resume missed (more: "unknown").
@@ -58,14 +70,38 @@ class FileReader:
         self._offset = 0
         self._partial = b""
         self._loop: LoopingCall | None = None
+        self._notifier: inotify.INotify | None = None
+        self._again: IDelayedCall | None = None
 
     def start(self, offset: int, identity: tuple[int, int] | None) -> None:
-        """Follow from ``offset`` of the file whose ``(dev, inode)`` is ``identity``."""
+        """Follow from ``offset`` of the file whose ``(dev, inode)`` is ``identity``.
+
+        With a reactor that watches descriptors, inotify on the file's
+        directory says when to look (a line is read as soon as it is written),
+        and a look each :data:`SAFETY_SECONDS` catches what it cannot see (a
+        network filesystem).  Without, the file is looked at every
+        :data:`POLL_SECONDS`.
+        """
         self._open(offset, identity)
+        interval = POLL_SECONDS
+        if IReactorFDSet.providedBy(self._clock):
+            try:
+                notifier = inotify.INotify(self._clock)
+                notifier.startReading()
+                directory = FilePath(os.path.dirname(os.path.abspath(self.path)))
+                notifier.watch(directory, mask=WATCH_MASK, callbacks=[self._changed])
+            except Exception as e:  # no inotify here (or no watches left): poll
+                self.log.info("following {path} by polling: {why}", path=self.path, why=str(e))
+            else:
+                self._notifier = notifier
+                interval = SAFETY_SECONDS
         loop = LoopingCall(self.poll)
         loop.clock = self._clock
         self._loop = loop
-        loop.start(POLL_SECONDS, now=False)
+        loop.start(interval, now=False)
+
+    def _changed(self, watch: object, path: FilePath[str], mask: int) -> None:
+        self.poll()
 
     def _open(self, offset: int, identity: tuple[int, int] | None) -> None:
         try:
@@ -87,6 +123,12 @@ class FileReader:
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._notifier is not None:
+            self._notifier.loseConnection()
+            self._notifier = None
+        if self._again is not None and self._again.active():
+            self._again.cancel()
+        self._again = None
         self._close()
 
     def _read(self) -> bool:
@@ -119,7 +161,13 @@ class FileReader:
             entries.append((position, decode_line(self._partial)))
             self._partial = b""
         self.feed.append_numbered(entries)
+        if len(new) == READ_BYTES and self._again is None:  # more to read: soon, not now
+            self._again = self._clock.callLater(0, self._read_again)
         return True
+
+    def _read_again(self) -> None:
+        self._again = None
+        self.poll()
 
     def missing_between(self, seen: int, oldest: int) -> int | None:
         """How many lines of the file lie between offset ``seen`` and the
