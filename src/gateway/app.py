@@ -236,6 +236,7 @@ class Gateway(MultiService):
         self.lines.shutdown()
         self.sockets.shutdown()
         grace = self.config.limits.shutdown_grace
+        self.service.stop_open_ended()  # follows end now (End lastlog), not after the grace
         idle = self.service.when_idle()
         idle.addTimeout(grace, self.reactor)
 

@@ -198,3 +198,21 @@ def test_a_slow_watcher_is_told_how_many_lines_it_lost(start_gateway: Any, tmp_p
     assert dropped > 0  # told, never silently
     assert len(got) + dropped == 20000  # every line either arrived or was counted
     assert got == sorted(got)
+
+
+def test_shutdown_ends_a_follow_with_its_end_line(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    gw, log = start(start_gateway, tmp_path)
+    client = open_nc(gw.tcp_port)
+    assert client.stdin is not None
+    client.stdin.write(b"lastlog -f 1\n")
+    client.stdin.flush()
+    assert [read_line(client, 10) for _ in range(2)] == [b"Begin lastlog\n", b"old 19\n"]
+    gw.wait_for(r"CMD received from 127\.0\.0\.1: lastlog -f 1")
+    started = time.monotonic()
+    assert gw.stop() == 0
+    assert time.monotonic() - started < 5  # not held for the 10 s shutdown grace
+    assert read_line(client, 10) == b"End lastlog\n"
+    client.kill()
+    client.wait()

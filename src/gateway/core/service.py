@@ -38,6 +38,8 @@ class CommandService:
         self._commands: dict[str, AnyCommand] = {}
         self._routes: dict[str, str] = {}
         self._running: set[Deferred[str]] = set()
+        #: Runs with no timeout (follows): they end only when stopped.
+        self._open_ended: set[Deferred[str]] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self.metrics = CommandMetrics()
         for command in commands:
@@ -159,11 +161,14 @@ class CommandService:
         outcome = running.addCallbacks(succeeded, failed)
         if not outcome.called:
             self._running.add(outcome)
+            if timeout is None:
+                self._open_ended.add(outcome)
             outcome.addBoth(self._finished, outcome)
         return outcome
 
     def _finished(self, outcome: str, d: Deferred[str]) -> str:
         self._running.discard(d)
+        self._open_ended.discard(d)
         if not self._running:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
@@ -196,6 +201,11 @@ class CommandService:
     def running(self) -> int:
         """How many commands are in flight."""
         return len(self._running)
+
+    def stop_open_ended(self) -> None:
+        """End what runs until stopped (follows): at shutdown, nothing waits for them."""
+        for d in list(self._open_ended):
+            d.cancel()
 
     def cancel_all(self) -> None:
         """Stop every command in flight (shutdown): children killed, reads stopped."""
