@@ -12,6 +12,8 @@ from twisted.internet.task import Clock
 
 from gateway.commands.follow import POLL_SECONDS, FileReader, Followers
 from gateway.commands.lastlog import FileSource, LastlogCommand, prime_file
+from gateway.commands.registry import Runners, build_service, reconfigure
+from gateway.config import Config, merge
 from gateway.core.command import Client
 from gateway.core.events import Dropped, Event, Following, Gap, Lines, Result
 from gateway.core.flow import Flow
@@ -22,7 +24,7 @@ from gateway.core.quota import ClientQuota
 from gateway.core.service import CommandService
 from gateway.sessions.line import LineConversation
 
-from .support.fakes import run_now
+from .support.fakes import FakeSpawner, call_now, run_now
 
 
 class Seen:
@@ -381,3 +383,34 @@ def test_a_burst_larger_than_one_read_is_read_at_once_not_a_poll_later(tmp_path:
         clock.advance(0)  # ...and the rest follows at once, a turn at a time
     assert len(seen.lines) == 30000
     reader.stop()
+
+
+def test_a_reload_that_changes_the_source_moves_the_follows(tmp_path: Path) -> None:
+    clock = Clock()
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_text("a1\n")
+    second.write_text("b1\n")
+    followers = Followers(clock, run_now, 100, prime_file)
+    runners = Runners(run_now, run_now, call_now, FakeSpawner().reactor, followers)
+    config = merge(Config(), {"lastlog": {"source": str(first)}})
+    service = build_service(config, clock, ClientQuota(10), runners)
+    out: list[str] = []
+    c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+    c.start()
+    c.submit("lastlog -f 1")
+    assert out == ["Begin lastlog", "a1"]
+    reconfigure(service, merge(Config(), {"lastlog": {"source": str(second)}}), runners)
+    assert out[-1] == f"-- the log source is now {second} (configuration reloaded)"
+    assert followers.running == {str(second): 1}  # the old reader stopped with its last watcher
+    with open(second, "a") as f:
+        f.write("b2\n")
+    with open(first, "a") as f:
+        f.write("a2\n")
+    clock.advance(POLL_SECONDS)
+    assert out[-1] == "b2" and "a2" not in out
+    reconfigure(service, merge(Config(), {"lastlog": {"source": "command:echo x"}}), runners)
+    assert out[-2:] == [
+        "-- the log source is now echo x, which cannot be followed",
+        "End lastlog",
+    ]
+    assert followers.running == {}

@@ -25,7 +25,7 @@ from twisted.python.filepath import FilePath
 
 from gateway.commands.child import MAX_LINE_BYTES, decode_line
 from gateway.core.errors import CommandError
-from gateway.core.follow import Feed
+from gateway.core.follow import Feed, Stale, Watcher
 from gateway.core.metrics import Family
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -209,6 +209,17 @@ class FileReader:
                 self.feed.rebase(epoch_of(self._inode))
 
 
+class Subscription:
+    """One follow: which file, which feed and watcher now (a reload may move it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.feed: Feed | None = None
+        self.watcher: Watcher | None = None
+        #: Called with a notice when the follow must end (its source can no longer be followed).
+        self.ended: Callable[[str], None] = lambda text: None
+
+
 class Followers:
     """One feed and one reader per followed file, while anyone watches it."""
 
@@ -226,6 +237,7 @@ class Followers:
         self.replay = replay
         self._prime = prime
         self._readers: dict[str, FileReader] = {}
+        self._subscriptions: set[Subscription] = set()
         #: What feeds that have stopped delivered and dropped, per path.
         self._delivered: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
@@ -278,6 +290,52 @@ class Followers:
                 del self._readers[path]
                 self._delivered[path] = self._delivered.get(path, 0) + feed.stats.delivered
                 self._dropped[path] = self._dropped.get(path, 0) + feed.stats.dropped
+
+    def subscribe(
+        self,
+        sub: Subscription,
+        feed: Feed,
+        last: int,
+        after: str | None,
+        on_gap: Callable[[Stale], None] | None = None,
+    ) -> None:
+        assert sub.watcher is not None
+        sub.feed = feed
+        self._subscriptions.add(sub)
+        feed.attach(sub.watcher, last, after, on_gap)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+        if sub.feed is not None and sub.watcher is not None:
+            self.leave(sub.path, sub.feed, sub.watcher)
+        sub.feed = None
+
+    def move(self, path: str | None, description: str) -> None:
+        """The log source is now ``path`` (a reload): every follow of another
+        file moves to it, told so, from its next line; with no file to follow
+        (``path`` is ``None``), they end with a notice."""
+        for sub in list(self._subscriptions):
+            if sub.path == path or sub.feed is None or sub.watcher is None:
+                continue
+            watcher = sub.watcher
+            self.leave(sub.path, sub.feed, watcher)
+            self._subscriptions.discard(sub)
+            if path is None:
+                sub.feed = None
+                sub.ended(f"-- the log source is now {description}, which cannot be followed")
+                continue
+            watcher.reopen()
+            watcher.note(f"-- the log source is now {path} (configuration reloaded)")
+            sub.path, sub.feed = path, None
+
+            def moved(feed: Feed, sub: Subscription = sub) -> None:
+                if sub.watcher is not None:
+                    self.subscribe(sub, feed, 0, None)
+
+            def failed(failure: Any, sub: Subscription = sub) -> None:
+                sub.ended(f"-- cannot follow {path}: {failure.getErrorMessage()}")
+
+            self.feed(path).addCallbacks(moved, failed)
 
     @property
     def watchers(self) -> int:

@@ -30,7 +30,7 @@ from gateway.commands.child import (
     exit_of,
     spawn,
 )
-from gateway.commands.follow import Followers, Primed
+from gateway.commands.follow import Followers, Primed, Subscription
 from gateway.commands.follow import unavailable as follow_unavailable
 from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
@@ -560,6 +560,14 @@ class LastlogCommand(Command[LastlogArgs]):
 
         return self.source.tail(args.lines, count, flow).addCallback(result)
 
+    def follow_target(self) -> tuple[str | None, str]:
+        """The file a follow reads now (``None``: none) and the source's name."""
+        try:
+            source = self.source.pick() if isinstance(self.source, AutoSource) else self.source
+        except CommandError:
+            return None, self.source.description
+        return (source.path if isinstance(source, FileSource) else None), source.description
+
     def _follow(self, args: LastlogArgs, sink: Sink, flow: Flow) -> Deferred[Result]:
         source = self.source.pick() if isinstance(self.source, AutoSource) else self.source
         followers = self.followers
@@ -571,35 +579,41 @@ class LastlogCommand(Command[LastlogArgs]):
             raise CommandError(
                 "quota_exceeded", f"Too many followers (quota.max_followers = {cap})."
             )
-        attached: list[tuple[Feed, Watcher]] = []
+        sub = Subscription(path)
 
         def result() -> Result:
-            n = attached[0][1].delivered if attached else 0
-            data = {"count": n, "source": path}
-            return Result(command=self.name, data=data, summary=f"followed {path}: {n} lines")
+            n = sub.watcher.delivered if sub.watcher is not None else 0
+            data = {"count": n, "source": sub.path}
+            summary = f"followed {sub.path}: {n} lines"
+            return Result(command=self.name, data=data, summary=summary)
 
         def stop(d: Deferred[Result]) -> None:
             # Stopped (the client said stop, went away, or the daemon shuts
             # down): a follow ends normally, with its End line.
-            if attached:
-                feed, watcher = attached[0]
-                followers.leave(path, feed, watcher)
+            followers.unsubscribe(sub)
             d.callback(result())
 
         done: Deferred[Result] = Deferred(stop)
 
         def deliver(entries: Sequence[tuple[int, str]]) -> None:
-            feed = attached[0][0]
+            feed = sub.feed
+            assert feed is not None
             sink(Lines(tuple(t for _, t in entries), tuple(feed.cursor(n) for n, _ in entries)))
 
         def notice(text: str) -> None:
             sink(Lines((text,)))
 
+        def ended(text: str) -> None:  # the new source cannot be followed
+            notice(text)
+            if not done.called:
+                followers.unsubscribe(sub)
+                done.callback(result())
+
         def watch(feed: Feed) -> None:
             if done.called:  # stopped while the reader started
                 followers.leave(path, feed)
                 return
-            watcher = Watcher(
+            sub.watcher = Watcher(
                 deliver,
                 lambda n: sink(Dropped(n)),
                 notice,
@@ -607,8 +621,8 @@ class LastlogCommand(Command[LastlogArgs]):
                 flow,
                 args.grep,
             )
-            attached.append((feed, watcher))
-            feed.attach(watcher, args.lines, args.after, lambda gap: sink(Gap(gap.missing)))
+            sub.ended = ended
+            followers.subscribe(sub, feed, args.lines, args.after, lambda g: sink(Gap(g.missing)))
             sink(Following())
 
         def failed(failure: Failure) -> None:

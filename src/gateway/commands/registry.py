@@ -110,9 +110,10 @@ def reconfigure(
     Declared commands that the new config no longer has stop being served;
     new ones are added.
     """
-    if runners.followers is not None:
-        runners.followers.replay = config.follow.replay_lines  # for feeds started from now
-        runners.followers.max_watchers = config.quota.max_followers
+    followers = runners.followers
+    if followers is not None:
+        followers.replay = config.follow.replay_lines  # for feeds started from now
+        followers.max_watchers = config.quota.max_followers
     wanted = configured_commands(config, runners, own_log)
     names = {c.name for c in wanted}
     for command in service.commands:
@@ -123,3 +124,6 @@ def reconfigure(
             service.add(command)
         else:
             service.replace(command)
+        if isinstance(command, LastlogCommand) and followers is not None:
+            path, description = command.follow_target()
+            followers.move(path, description)  # follows go where the new source is

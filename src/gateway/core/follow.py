@@ -113,6 +113,11 @@ class Watcher:
         self._unwatch()
         self._queue.clear()
 
+    def reopen(self) -> None:
+        """Watch the flow again after :meth:`close` (the follow moved to another feed)."""
+        self._unwatch()
+        self._unwatch = self._flow.watch(lambda: None, self._resumed)
+
 
 @dataclass
 class Feed:
