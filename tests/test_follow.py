@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from gateway.commands.follow import POLL_SECONDS, FileReader, Followers
-from gateway.commands.lastlog import FileSource, LastlogCommand, prime_file
+from gateway.commands.lastlog import CommandSource, FileSource, LastlogCommand, prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, merge
 from gateway.core.command import Client
@@ -300,13 +300,13 @@ def test_an_empty_line_stops_a_follow_and_grep_filters_it(tmp_path: Path) -> Non
 
 def test_a_follow_of_a_source_that_cannot_follow_is_a_clear_error(tmp_path: Path) -> None:
     clock = Clock()
-    command = LastlogCommand(FileSource("/x", run_now), 10, 1000, 10.0, None, 50)
+    command = LastlogCommand(FileSource("/x", run_now), 10, 1000, 10.0, None, 50)  # no readers
     service = CommandService([command], clock)
     out: list[str] = []
     c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
     c.start()
     c.submit("lastlog -f")
-    assert out == ["An error occurred: Following is not available for /x (a file is)"]
+    assert out == ["An error occurred: Following is not available for /x (a file or a command is)"]
 
 
 def test_cursors_gaps_and_drops_reach_the_events(tmp_path: Path) -> None:
@@ -391,7 +391,8 @@ def test_a_reload_that_changes_the_source_moves_the_follows(tmp_path: Path) -> N
     first.write_text("a1\n")
     second.write_text("b1\n")
     followers = Followers(clock, run_now, 100, prime_file)
-    runners = Runners(run_now, run_now, call_now, FakeSpawner().reactor, followers)
+    spawner = FakeSpawner()
+    runners = Runners(run_now, run_now, call_now, spawner.reactor, followers)
     config = merge(Config(), {"lastlog": {"source": str(first)}})
     service = build_service(config, clock, ClientQuota(10), runners)
     out: list[str] = []
@@ -408,9 +409,57 @@ def test_a_reload_that_changes_the_source_moves_the_follows(tmp_path: Path) -> N
         f.write("a2\n")
     clock.advance(POLL_SECONDS)
     assert out[-1] == "b2" and "a2" not in out
-    reconfigure(service, merge(Config(), {"lastlog": {"source": "command:echo x"}}), runners)
+    reconfigure(service, merge(Config(), {"lastlog": {"source": "command:tail -F c"}}), runners)
+    assert out[-1] == "-- the log source is now command:tail -F c (configuration reloaded)"
+    (child,) = spawner.processes
+    child.out(b"c1\n")
+    assert out[-1] == "c1"
+    followers.move(None, "the kernel ring buffer")  # a source that cannot be followed
     assert out[-2:] == [
-        "-- the log source is now echo x, which cannot be followed",
+        "-- the log source is now the kernel ring buffer, which cannot be followed",
         "End lastlog",
     ]
+    assert child.signals == ["KILL"] and followers.running == {}
+
+
+def test_a_hundred_watchers_of_a_command_source_share_one_child() -> None:
+    clock = Clock()
+    spawner = FakeSpawner()
+    followers = Followers(clock, run_now, 100, prime_file)
+    source = CommandSource(["journalctl", "-n", "{lines}"], spawner.reactor, ["tail", "-F", "x"])
+    command = LastlogCommand(source, 10, 1000, 10.0, followers, 50)
+    service = CommandService([command], clock)
+    outs = []
+    for _ in range(100):
+        out: list[str] = []
+        c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+        c.start()
+        c.submit("lastlog -f")
+        outs.append(out)
+    (child,) = spawner.processes  # one child, however many watch
+    assert child.args[-3].endswith("/tail") and child.args[-2:] == ["-F", "x"]
+    child.out(b"one\ntwo\n")
+    assert all(out == ["Begin lastlog", "one", "two"] for out in outs)
+    child.exit(0)  # the command ended: so do the follows, told why
+    assert all(
+        out[-2:] == ["-- the log command ended (exit status 0)", "End lastlog"] for out in outs
+    )
     assert followers.running == {}
+
+
+def test_the_last_watcher_of_a_command_source_stops_its_child() -> None:
+    clock = Clock()
+    spawner = FakeSpawner()
+    followers = Followers(clock, run_now, 100, prime_file)
+    command = LastlogCommand(
+        CommandSource(["tail", "-F", "x"], spawner.reactor), 10, 1000, 10.0, followers, 50
+    )
+    service = CommandService([command], clock)
+    out: list[str] = []
+    c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+    c.start()
+    c.submit("lastlog -f")
+    (child,) = spawner.processes
+    c.submit("stop")
+    assert out == ["Begin lastlog", "End lastlog"]
+    assert child.signals == ["KILL"] and followers.running == {}

@@ -216,3 +216,43 @@ def test_shutdown_ends_a_follow_with_its_end_line(
     assert read_line(client, 10) == b"End lastlog\n"
     client.kill()
     client.wait()
+
+
+def test_a_command_source_is_followed_through_one_child(
+    start_gateway: Any, nc_path: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("".join(f"old {i}\n" for i in range(20)))
+    gw = start_gateway(f'[lastlog]\nsource = "command:tail -n {{lines}} -F {log}"\n')
+    clients = [open_nc(gw.tcp_port) for _ in range(5)]
+    try:
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write(b"lastlog -f 2\n")
+            client.stdin.flush()
+            assert read_line(client, 10) == b"Begin lastlog\n"
+        time.sleep(0.5)
+        assert len(processes_running(f"tail\0-n\x0010000\0-F\0{log}")) == 1  # one for all five
+        append(log, "live")
+        for client in clients:
+            seen = []
+            while not seen or seen[-1] not in (b"live\n", b""):
+                seen.append(read_line(client, 10))
+            assert seen[-1] == b"live\n"
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+
+
+def processes_running(cmdline: str) -> list[int]:
+    """Pids whose command line (NUL-separated) contains ``cmdline``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if cmdline.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

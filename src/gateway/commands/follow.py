@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import inotify
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorFDSet, IReactorTime
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorFDSet,
+    IReactorProcess,
+    IReactorTime,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from gateway.commands.child import MAX_LINE_BYTES, decode_line
+from gateway.commands.child import MAX_LINE_BYTES, ChildProtocol, decode_line, exit_of, spawn
 from gateway.core.errors import CommandError
 from gateway.core.follow import Feed, Stale, Watcher
 from gateway.core.metrics import Family
@@ -209,6 +215,28 @@ class FileReader:
                 self.feed.rebase(epoch_of(self._inode))
 
 
+class CommandReader(ChildProtocol):
+    """One child for every watcher of a ``command:`` source (or the journal):
+    its stdout lines go to the feed; when it ends, so do the follows."""
+
+    def __init__(self, key: str, feed: Feed, ended: Callable[[CommandReader, str], None]) -> None:
+        super().__init__()
+        self.key = key
+        self.feed = feed
+        self._ended = ended
+
+    def lines_received(self, lines: list[bytes]) -> None:
+        self.feed.append([decode_line(line) for line in lines])
+
+    def ended(self, reason: Any) -> None:
+        status, signum = exit_of(reason)
+        how = f"exit status {status}" if status is not None else f"signal {signum}"
+        self._ended(self, f"-- the log command ended ({how})")
+
+    def stop(self) -> None:
+        self.kill()
+
+
 class Subscription:
     """One follow: which file, which feed and watcher now (a reload may move it)."""
 
@@ -236,7 +264,8 @@ class Followers:
         self._run_in_thread = run_in_thread
         self.replay = replay
         self._prime = prime
-        self._readers: dict[str, FileReader] = {}
+        self._readers: dict[str, FileReader | CommandReader] = {}
+        self._commands: dict[str, tuple[tuple[str, ...], IReactorProcess]] = {}
         self._subscriptions: set[Subscription] = set()
         #: What feeds that have stopped delivered and dropped, per path.
         self._delivered: dict[str, int] = {}
@@ -245,11 +274,40 @@ class Followers:
         self.max_watchers = 0
         self._opening: dict[str, list[Deferred[Feed]]] = {}
 
+    def register_command(self, argv: tuple[str, ...], spawner: IReactorProcess) -> str:
+        """The key under which a follow of command ``argv`` is read (once for all)."""
+        key = "command:" + shlex.join(argv)
+        self._commands[key] = (argv, spawner)
+        return key
+
+    def _start_command(self, key: str) -> Feed:
+        argv, spawner = self._commands[key]
+        feed = Feed(self.replay)
+        reader = CommandReader(key, feed, self._command_ended)
+        done: Deferred[None] = Deferred()
+        args = [a.replace("{lines}", str(self.replay)) for a in argv]
+        spawn(spawner, reader, args, done, what="Log command")
+        self._readers[key] = reader
+        return feed
+
+    def _command_ended(self, reader: CommandReader, notice: str) -> None:
+        if self._readers.get(reader.key) is reader:
+            del self._readers[reader.key]
+        for sub in list(self._subscriptions):
+            if sub.path == reader.key:
+                sub.ended(notice)
+
     def feed(self, path: str) -> Deferred[Feed]:
-        """The running feed of ``path``, started (and primed) if nobody watched it yet."""
+        """The running feed of ``path`` (a file, or a registered command's key),
+        started (and, for a file, primed) if nobody watched it yet."""
         reader = self._readers.get(path)
         if reader is not None:
             return succeed(reader.feed)
+        if path in self._commands:
+            try:
+                return succeed(self._start_command(path))
+            except CommandError as e:
+                return fail(e)
         waiter: Deferred[Feed] = Deferred()
         waiting = self._opening.get(path)
         if waiting is None:
@@ -391,4 +449,6 @@ class Followers:
 
 
 def unavailable(source: str) -> CommandError:
-    return CommandError("unavailable", f"Following is not available for {source} (a file is)")
+    return CommandError(
+        "unavailable", f"Following is not available for {source} (a file or a command is)"
+    )

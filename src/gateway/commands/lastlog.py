@@ -253,9 +253,18 @@ class _ChildLines(ChildProtocol):
 class CommandSource:
     """Runs ``argv`` (``{lines}`` replaced by N) and streams its output."""
 
-    def __init__(self, argv: Sequence[str], spawner: IReactorProcess) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        spawner: IReactorProcess,
+        follow_argv: Sequence[str] | None = None,
+    ) -> None:
         self.argv = tuple(argv)
+        #: What a follow runs (one child for every watcher): the same command
+        #: unless the source knows its follow flag (the journal's ``--follow``).
+        self.follow_argv = tuple(follow_argv) if follow_argv is not None else self.argv
         self.description = shlex.join(self.argv)
+        self.spawner = spawner
         self._spawner = spawner
 
     def note_for(self, source: str) -> str | None:
@@ -424,7 +433,7 @@ class AutoSource:
         if shutil.which(self._journal[0], path=CHILD_PATH) and any(
             _has_entries(d) for d in self._journal_dirs
         ):
-            return CommandSource(self._journal, self._spawner)
+            return CommandSource(self._journal, self._spawner, (*self._journal, "--follow"))
         if self._kernel is not None and self._kernel.readable():
             return self._kernel
         if self._own is not None:
@@ -566,14 +575,22 @@ class LastlogCommand(Command[LastlogArgs]):
             source = self.source.pick() if isinstance(self.source, AutoSource) else self.source
         except CommandError:
             return None, self.source.description
-        return (source.path if isinstance(source, FileSource) else None), source.description
+        return self._follow_key(source), source.description
+
+    def _follow_key(self, source: LogSource) -> str | None:
+        """What a follow of ``source`` reads: a file's path, or a command's key."""
+        if isinstance(source, FileSource):
+            return source.path
+        if isinstance(source, CommandSource) and self.followers is not None:
+            return self.followers.register_command(source.follow_argv, source.spawner)
+        return None
 
     def _follow(self, args: LastlogArgs, sink: Sink, flow: Flow) -> Deferred[Result]:
         source = self.source.pick() if isinstance(self.source, AutoSource) else self.source
         followers = self.followers
-        if not isinstance(source, FileSource) or followers is None:
+        path = self._follow_key(source) if followers is not None else None
+        if path is None or followers is None:
             raise follow_unavailable(source.description)
-        path = source.path
         cap = followers.max_watchers
         if cap and followers.watchers >= cap:
             raise CommandError(
