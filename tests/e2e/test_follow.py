@@ -235,7 +235,7 @@ def test_a_command_source_is_followed_through_one_child(
         assert len(processes_running(f"tail\0-n\x0010000\0-F\0{log}")) == 1  # one for all five
         append(log, "live")
         for client in clients:
-            seen = []
+            seen: list[bytes] = []
             while not seen or seen[-1] not in (b"live\n", b""):
                 seen.append(read_line(client, 10))
             assert seen[-1] == b"live\n"
