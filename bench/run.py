@@ -425,6 +425,19 @@ def follow(tmp: Path) -> list[Row]:
             "lower",
         )
     )
+    # Resident memory per idle watcher: 1,000 TCP followers of a quiet log, each
+    # with 10 replayed lines, against the same 1,000 connections idle.
+    with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
+        pid = gateway_pid(tcp)
+        before = rss_kib(pid)
+        watchers = subprocess.Popen(
+            pinned(LOAD_CPU, [*LOAD, "watch-tcp", f"127.0.0.1:{tcp}", "1000", "--seconds", "8"]),
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(5)
+        per = (rss_kib(pid) - before) / 1000
+        watchers.wait()
+    rows.append(Row("1000 idle followers, TCP", "KiB/watcher", "-", per, per, "lower"))
     return rows
 
 
