@@ -42,6 +42,8 @@ Primed = tuple[list[tuple[int, str]], int, tuple[int, int]]
 POLL_SECONDS = 0.05
 #: How often it is looked at anyway with inotify (what inotify cannot see).
 SAFETY_SECONDS = 1.0
+#: How long after a change the file is read (changes meanwhile are read together).
+COALESCE_SECONDS = 0.005
 WATCH_MASK = (
     inotify.IN_MODIFY
     | inotify.IN_CREATE
@@ -78,6 +80,7 @@ class FileReader:
         self._loop: LoopingCall | None = None
         self._notifier: inotify.INotify | None = None
         self._again: IDelayedCall | None = None
+        self._soon: IDelayedCall | None = None
 
     def start(self, offset: int, identity: tuple[int, int] | None) -> None:
         """Follow from ``offset`` of the file whose ``(dev, inode)`` is ``identity``.
@@ -107,6 +110,13 @@ class FileReader:
         loop.start(interval, now=False)
 
     def _changed(self, watch: object, path: FilePath[str], mask: int) -> None:
+        # A busy writer makes an event per write: look once per COALESCE_SECONDS,
+        # so each watcher gets one batch, not one per write.
+        if self._soon is None:
+            self._soon = self._clock.callLater(COALESCE_SECONDS, self._look)
+
+    def _look(self) -> None:
+        self._soon = None
         self.poll()
 
     def _open(self, offset: int, identity: tuple[int, int] | None) -> None:
@@ -132,9 +142,10 @@ class FileReader:
         if self._notifier is not None:
             self._notifier.loseConnection()
             self._notifier = None
-        if self._again is not None and self._again.active():
-            self._again.cancel()
-        self._again = None
+        for call in (self._again, self._soon):
+            if call is not None and call.active():
+                call.cancel()
+        self._again = self._soon = None
         self._close()
 
     def _read(self) -> bool:
