@@ -145,10 +145,43 @@ def run(config: Config, reactor: Any, loader: Callable[[], Config] | None = None
         [make_observer(config.log.format, config.log.level, sys.stdout)],
         redirectStandardIO=False,
     )
+    reactor.callWhenRunning(stop_once_on_signals, reactor)
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
     return gateway.exit_status
+
+
+def stop_once_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the daemon once; a second one while it shuts down
+    (Ctrl+C twice, a supervisor's repeat) is noted, not a traceback."""
+    import signal
+
+    from twisted.logger import Logger
+
+    log = Logger(namespace="gateway.cli")
+    stopping = [False]
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def handler(signum: int, frame: object) -> None:
+        if stopping[0]:
+            reactor.callFromThread(
+                log.info,
+                "{signal} again: already shutting down",
+                signal=signal.Signals(signum).name,
+            )
+            return
+        stopping[0] = True
+        reactor.callFromThread(
+            log.info, "Received {signal}, shutting down.", signal=signal.Signals(signum).name
+        )
+        reactor.callFromThread(stop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
 
 
 def entry() -> None:

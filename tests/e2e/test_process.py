@@ -63,6 +63,20 @@ def test_sigterm_exits_0(start_gateway: Any, nc_path: str) -> None:
     assert gw.stop() == 0
 
 
+def test_a_second_sigterm_or_ctrl_c_while_stopping_is_no_traceback(
+    start_gateway: Any, nc_path: str
+) -> None:
+    for repeat in (signal.SIGTERM, signal.SIGINT):
+        gw = start_gateway()
+        assert nc(gw.tcp_port, b"test\n") == "Command not found.\n"
+        gw.proc.send_signal(signal.SIGTERM)
+        gw.proc.send_signal(repeat)
+        assert gw.proc.wait(15) == 0
+        gw.wait_for(r"Main loop terminated")
+        log = "\n".join(gw.lines)
+        assert "Traceback" not in log and "critical" not in log, log
+
+
 def test_python_m_gateway_with_json_logs(start_gateway: Any, nc_path: str) -> None:
     gw = start_gateway(argv=[sys.executable, "-m", "gateway", "--log-format", "json"], wait=False)
     gw.started()
