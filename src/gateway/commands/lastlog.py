@@ -36,7 +36,7 @@ from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Dropped, Following, Gap, Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.follow import Feed, Watcher
+from gateway.core.follow import Feed, Watcher, texts_and_cursors
 from gateway.core.params import Param, compile_pattern, validate
 
 T = TypeVar("T")
@@ -615,7 +615,7 @@ class LastlogCommand(Command[LastlogArgs]):
         def deliver(entries: Sequence[tuple[int, str]]) -> None:
             feed = sub.feed
             assert feed is not None
-            sink(Lines(tuple(t for _, t in entries), tuple(feed.cursor(n) for n, _ in entries)))
+            sink(Lines(*texts_and_cursors(feed, entries)))
 
         def notice(text: str) -> None:
             sink(Lines((text,)))

@@ -40,6 +40,25 @@ def new_epoch() -> str:
     return os.urandom(4).hex()
 
 
+class Batch(list[Entry]):
+    """Lines appended together, with their texts and cursors made once for
+    every watcher (a watcher that filters or queues makes its own)."""
+
+    __slots__ = ("cursors", "texts")
+
+    texts: tuple[str, ...]
+    cursors: tuple[str, ...]
+
+
+def texts_and_cursors(
+    feed: Feed, entries: Sequence[Entry]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The texts and cursors of ``entries``: shared when they are a whole batch."""
+    if isinstance(entries, Batch):
+        return entries.texts, entries.cursors
+    return tuple(t for _, t in entries), tuple(feed.cursor(n) for n, _ in entries)
+
+
 @dataclass
 class FeedStats:
     watchers: int = 0
@@ -147,6 +166,11 @@ class Feed:
         """Lines whose numbers the source gives (increasing: a file's offsets)."""
         if not entries:
             return
+        batch = Batch(entries)
+        batch.texts = tuple(t for _, t in entries)
+        epoch = self.epoch
+        batch.cursors = tuple(f"{epoch}-{n}" for n, _ in entries)
+        entries = batch
         self._last = entries[-1][0]
         self._buffer.extend(entries)
         for watcher in list(self.watchers):

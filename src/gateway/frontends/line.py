@@ -12,6 +12,7 @@ a socket by never answering.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -127,7 +128,7 @@ class LineSession(LineReceiver, TimeoutMixin):
             self._write([error_line(error.code, error.message)])
             self._close()
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: Sequence[str]) -> None:
         if lines and self.state in SPEAKING and self.transport is not None:
             self.transport.write(encode_lines(lines))
 

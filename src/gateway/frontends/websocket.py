@@ -267,7 +267,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if self.session_state is SocketState.OPEN and self.state == self.STATE_OPEN:
             self.sendMessage(text.encode("utf-8", "replace"), isBinary=False)
 
-    def _deliver_lines(self, lines: list[str]) -> None:
+    def _deliver_lines(self, lines: Sequence[str]) -> None:
         for line in lines:
             self._deliver(line)
 

@@ -9,7 +9,7 @@ conversation, with no transport: the front-end hands it lines and gives it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -53,7 +53,7 @@ class LineConversation:
         self,
         service: CommandService,
         client: Client,
-        write: Callable[[list[str]], None],
+        write: Callable[[Sequence[str]], None],
         close: Callable[[], None],
         changed: Callable[[], None] = lambda: None,
         auth: Authenticator | None = None,

@@ -7,6 +7,8 @@ The wording of the original line server is kept: ``Command not found.``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Progress, Result
 
 #: Errors whose message is printed as is, without ``An error occurred:``.
@@ -49,8 +51,10 @@ class TextRenderer:
             return []
         return [self._frame[1]]
 
-    def render(self, event: Event) -> list[str]:
+    def render(self, event: Event) -> Sequence[str]:
         if isinstance(event, Lines):
+            if self._begun or self._frame is None:
+                return event.lines  # as it is: shared by every follower of a batch
             return [*self._begin(), *event.lines]
         if isinstance(event, Result):
             return [*self._begin(), *event.text, *self._end()]
@@ -65,6 +69,19 @@ class TextRenderer:
         raise TypeError(f"not an event: {event!r}")
 
 
-def encode_lines(lines: list[str]) -> bytes:
-    """One ``\\n``-terminated UTF-8 block, so a batch of lines is one write."""
-    return "".join(f"{line}\n" for line in lines).encode("utf-8", "replace")
+_last_encoded: tuple[Sequence[str] | None, bytes] = (None, b"")
+
+
+def encode_lines(lines: Sequence[str]) -> bytes:
+    """One ``\\n``-terminated UTF-8 block, so a batch of lines is one write.
+
+    The same batch sent to many followers is the same tuple: it is encoded
+    once, for all of them (the last one is kept, by identity).
+    """
+    global _last_encoded
+    if lines is _last_encoded[0]:
+        return _last_encoded[1]
+    block = "".join(f"{line}\n" for line in lines).encode("utf-8", "replace")
+    if isinstance(lines, tuple):
+        _last_encoded = (lines, block)
+    return block
