@@ -343,9 +343,14 @@ def follow(tmp: Path) -> list[Row]:
     for n in (1, 100, 1000):
         with server(tail, ws_port):
             peer = run_watchers("ws", f"ws://127.0.0.1:{ws_port}/", n)
-        with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, http):
+        # A fresh gateway for each transport: a run that fell behind is not
+        # still draining its backlog while the next one is measured.
+        config = f'{FAST}[lastlog]\nsource = "{log}"\n'
+        with gateway(config, tmp) as (_, http):
             gw_ws = run_watchers("ws", f"ws://127.0.0.1:{http}/ws", n)
+        with gateway(config, tmp) as (tcp, _):
             gw_tcp = run_watchers("tcp", f"127.0.0.1:{tcp}", n)
+        with gateway(config, tmp) as (_, http):
             gw_sse = run_watchers("sse", f"http://127.0.0.1:{http}/lastlog?follow=1&lines=1", n)
         rows.append(
             Row(
