@@ -8,10 +8,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.core.command import AnyCommand, Command, Field, no_arguments, reject_unknown
+from gateway.core.command import AnyCommand, Command, Field
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.params import describe
+from gateway.core.params import describe, validate
 from gateway.core.quota import Quota
 
 PARAM_SCHEMA = {
@@ -55,11 +55,8 @@ class HelpCommand(Command[None]):
     def __init__(self, commands: Callable[[], Sequence[AnyCommand]]) -> None:
         self._commands = commands
 
-    def parse(self, rest: str) -> Mapping[str, object]:
-        return no_arguments(self.name, rest)
-
     def prepare(self, args: Mapping[str, object]) -> None:
-        reject_unknown(self.name, args, frozenset())
+        validate(self.name, self.params, args)  # no parameters: anything given is refused
 
     def run(self, args: None, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         commands = self._commands()
@@ -133,11 +130,8 @@ class StatsCommand(Command[None]):
         self._clock = clock
         self._started = clock.seconds()
 
-    def parse(self, rest: str) -> Mapping[str, object]:
-        return no_arguments(self.name, rest)
-
     def prepare(self, args: Mapping[str, object]) -> None:
-        reject_unknown(self.name, args, frozenset())
+        validate(self.name, self.params, args)  # no parameters: anything given is refused
 
     def run(self, args: None, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         snap = self._quota.snapshot()

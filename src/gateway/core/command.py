@@ -8,7 +8,6 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from gateway.core.errors import CommandError
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, parse_line, usage
@@ -131,15 +130,3 @@ class Command(Protocol[A]):
 
 
 AnyCommand = Command[Any]
-
-
-def reject_unknown(name: str, args: Mapping[str, object], known: frozenset[str]) -> None:
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise CommandError("bad_argument", f"{name}: unknown argument {unknown[0]!r}")
-
-
-def no_arguments(name: str, rest: str) -> Mapping[str, object]:
-    if rest.strip():
-        raise CommandError("bad_argument", f"{name} takes no arguments")
-    return {}
