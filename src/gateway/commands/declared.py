@@ -81,8 +81,6 @@ class ProgramCommand(Command[Args]):
         for name, value in checked.items():
             if not isinstance(value, str):
                 continue
-            if "\x00" in value:
-                raise CommandError("bad_argument", f"{name} contains a NUL character")
             if value.startswith("-") and name not in self._dash:
                 raise CommandError("bad_argument", f"{name} may not start with '-'")
             roots = self._roots.get(name)

@@ -244,8 +244,11 @@ def _check(p: Param, value: object) -> object:
             raise CommandError("bad_argument", "Path holds an unpaired surrogate; send UTF-8.")
         if not value.startswith("/"):
             raise CommandError("bad_argument", f"Path must be absolute: {value}")
-    if p.kind == "string" and any("\ud800" <= c <= "\udfff" for c in value):
-        raise CommandError("bad_argument", f"{p.name} holds an unpaired surrogate; send UTF-8.")
+    if p.kind == "string":
+        if "\x00" in value:  # never a valid argument, file name or log text
+            raise CommandError("bad_argument", f"{p.name} contains a NUL character")
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            raise CommandError("bad_argument", f"{p.name} holds an unpaired surrogate; send UTF-8.")
     if p.pattern is not None and _compiled(p.pattern).fullmatch(value) is None:
         raise CommandError("bad_argument", f"{p.name} must match {p.pattern}")
     return value
