@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
 from twisted.python.failure import Failure
@@ -113,9 +113,27 @@ def _prime(f: IO[bytes], n: int) -> Primed:
     return numbered[-n:] if n > 0 else [], end - len(partial), (st.st_dev, st.st_ino)
 
 
+def open_log(path: str) -> IO[bytes]:
+    """The log file ``path``, opened to read, or the error a client is told."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise CommandError("unavailable", f"Log file not found: {path}") from None
+    except PermissionError:
+        raise CommandError("permission_denied", f"Permission denied: {path}") from None
+    except IsADirectoryError:
+        raise CommandError("unavailable", f"Log source is a directory: {path}") from None
+    except OSError as e:
+        raise CommandError("unavailable", f"Cannot read {path}: {e.strerror}") from None
+
+
 def prime_file(path: str, n: int) -> Primed:
-    """What a follow of ``path`` starts from (see :meth:`FileSource.prime`)."""
-    return FileSource(path, lambda f: succeed(f())).prime(n)
+    """What a follow of ``path`` starts from: the last ``n`` complete lines
+    (numbered by the offset after each), the offset after them, and the
+    file's ``(dev, inode)``.  A last line still being written is left to the
+    reader, which reads it once it is complete."""
+    with open_log(path) as f:
+        return _prime(f, n)
 
 
 class FileSource:
@@ -144,27 +162,8 @@ class FileSource:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _read(self, n: int) -> list[str]:
-        with self._open() as f:
+        with open_log(self.path) as f:
             return tail_lines(f, n)
-
-    def prime(self, n: int) -> Primed:
-        """For a follow: the last ``n`` complete lines, the offset just after
-        them, and the file's ``(dev, inode)``.  A last line still being
-        written is left to the reader, which reads it when it is complete."""
-        with self._open() as f:
-            return _prime(f, n)
-
-    def _open(self) -> IO[bytes]:
-        try:
-            return open(self.path, "rb")
-        except FileNotFoundError:
-            raise CommandError("unavailable", f"Log file not found: {self.path}") from None
-        except PermissionError:
-            raise CommandError("permission_denied", f"Permission denied: {self.path}") from None
-        except IsADirectoryError:
-            raise CommandError("unavailable", f"Log source is a directory: {self.path}") from None
-        except OSError as e:
-            raise CommandError("unavailable", f"Cannot read {self.path}: {e.strerror}") from None
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         def send(lines: list[str]) -> Deferred[str]:
