@@ -26,20 +26,20 @@ def raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def summary(latencies: list[float], seconds: float) -> dict[str, float]:
-    latencies.sort()
-    n = len(latencies)
+def percentiles_ms(samples: list[float]) -> dict[str, float]:
+    """p50 and p99 of ``samples`` (seconds), in milliseconds."""
+    samples.sort()
+    n = len(samples)
 
     def pct(p: float) -> float:
-        return latencies[min(n - 1, int(n * p))] * 1000 if n else 0.0
+        return samples[min(n - 1, int(n * p))] * 1000 if n else 0.0
 
-    return {
-        "ops": n,
-        "seconds": seconds,
-        "ops_per_s": n / seconds,
-        "p50_ms": pct(0.5),
-        "p99_ms": pct(0.99),
-    }
+    return {"p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+
+def summary(latencies: list[float], seconds: float) -> dict[str, float]:
+    n = len(latencies)
+    return {"ops": n, "seconds": seconds, "ops_per_s": n / seconds, **percentiles_ms(latencies)}
 
 
 async def tcp_load(port: int, conns: int, seconds: float, request: bytes, until: bytes) -> None:
@@ -83,19 +83,12 @@ async def ws_load(url: str, conns: int, seconds: float, request: str, until: str
 def delays_summary(
     delays: list[float], lines: int, seconds: float, watchers: int
 ) -> dict[str, float]:
-    delays.sort()
-    n = len(delays)
-
-    def pct(p: float) -> float:
-        return delays[min(n - 1, int(n * p))] * 1000 if n else 0.0
-
     return {
         "lines": lines,
         "seconds": seconds,
         "lines_per_s": lines / seconds,
         "watchers": watchers,
-        "p50_ms": pct(0.5),
-        "p99_ms": pct(0.99),
+        **percentiles_ms(delays),
     }
 
 
