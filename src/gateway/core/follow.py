@@ -168,8 +168,8 @@ class Feed:
             return
         batch = Batch(entries)
         batch.texts = tuple(t for _, t in entries)
-        epoch = self.epoch
-        batch.cursors = tuple(f"{epoch}-{n}" for n, _ in entries)
+        cursor = self.cursor
+        batch.cursors = tuple(cursor(n) for n, _ in entries)
         entries = batch
         self._last = entries[-1][0]
         self._buffer.extend(entries)

@@ -140,11 +140,12 @@ class LineConversation:
         if self._live and self._running is not None:
             # Following a log: "stop" or an empty line ends it (End lastlog),
             # "exit" ends it and then the connection; anything else waits.
-            word = line.strip().lower()
-            if word in ("", "stop", b"", b"stop", "exit", b"exit"):
+            raw = line.strip().lower()
+            word = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            if word in ("", "stop", "exit"):
                 self._live = False
                 self._running.cancel()
-                if word in ("exit", b"exit"):
+                if word == "exit":
                     self._pending.append(line)
                     self._next()
                 return
