@@ -453,11 +453,6 @@ class Followers:
         """Readers running: path -> watchers."""
         return {path: len(r.feed.watchers) for path, r in self._readers.items()}
 
-    def stop_all(self) -> None:
-        for reader in self._readers.values():
-            reader.stop()
-        self._readers.clear()
-
 
 def unavailable(source: str) -> CommandError:
     return CommandError(

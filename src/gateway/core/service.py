@@ -20,7 +20,6 @@ from gateway.core.command import RESERVED_FIELDS, AnyCommand, Client, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Result, Sink
 from gateway.core.metrics import CommandMetrics
-from gateway.core.params import Param
 from gateway.core.ratelimit import RateLimiter
 from gateway.logfmt import printable
 
@@ -86,11 +85,6 @@ class CommandService:
         """The command ``GET path`` runs, if any."""
         name = self._routes.get(path)
         return self._commands[name] if name is not None else None
-
-    def params_of(self, name: str) -> tuple[Param, ...]:
-        """The declared parameters of command ``name`` (none if there is no such command)."""
-        command = self._commands.get(name)
-        return command.params if command is not None else ()
 
     def text_frame(self, name: str) -> tuple[str, str] | None:
         command = self._commands.get(name)
