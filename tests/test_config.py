@@ -77,6 +77,8 @@ def test_default_algorithm_must_stay_allowed() -> None:
         ("[tcp]\nidle_timeout = true\n", "tcp.idle_timeout"),
         ('[lastlog]\nsource = "relative.log"\n', "lastlog.source"),
         ('[lastlog]\nsource = "command:"\n', "lastlog.source"),
+        ('[lastlog]\nsource = "journal:var/log/remote"\n', "lastlog.source"),
+        ('[lastlog]\nsource = "journal:"\n', "lastlog.source"),
         ("[lastlog]\nmax_lines = 5\n", "lastlog.default_lines"),
         ('[comphash]\nalgorithms = ["rot13"]\n', "comphash.algorithms"),
         ('[comphash]\nallowed_roots = ["srv"]\n', "comphash.allowed_roots"),
@@ -94,6 +96,13 @@ def test_bad_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     assert info.value.key == key
     assert str(info.value).startswith(f"config error: {key}: ")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["journal", "journal:/var/log/remote"])
+def test_the_journal_is_a_source(tmp_path: Path, source: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[lastlog]\nsource = "{source}"\n')
+    assert load(str(path)).lastlog.source == source
 
 
 def test_unknown_environment_variable_is_an_error() -> None:

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from gateway.commands.follow import POLL_SECONDS, FileReader, Followers
+from gateway.commands.follow import (
+    POLL_SECONDS,
+    SETTLE_MOST,
+    SETTLE_SECONDS,
+    FileReader,
+    Followers,
+)
 from gateway.commands.lastlog import CommandSource, FileSource, LastlogCommand, prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, merge
@@ -412,8 +418,10 @@ def test_a_reload_that_changes_the_source_moves_the_follows(tmp_path: Path) -> N
     reconfigure(service, merge(Config(), {"lastlog": {"source": "command:tail -F c"}}), runners)
     assert out[-1] == "-- the log source is now command:tail -F c (configuration reloaded)"
     (child,) = spawner.processes
-    child.out(b"c1\n")
-    assert out[-1] == "c1"
+    child.out(b"c1\n")  # its backlog: not sent to a follow that moved here
+    clock.advance(SETTLE_SECONDS)
+    child.out(b"c2\n")
+    assert out[-1] == "c2" and "c1" not in out
     followers.move(None, "the kernel ring buffer")  # a source that cannot be followed
     assert out[-2:] == [
         "-- the log source is now the kernel ring buffer, which cannot be followed",
@@ -438,8 +446,10 @@ def test_a_hundred_watchers_of_a_command_source_share_one_child() -> None:
         outs.append(out)
     (child,) = spawner.processes  # one child, however many watch
     assert child.args[-3].endswith("/tail") and child.args[-2:] == ["-F", "x"]
-    child.out(b"one\ntwo\n")
-    assert all(out == ["Begin lastlog", "one", "two"] for out in outs)
+    child.out(b"one\ntwo\n")  # its backlog
+    clock.advance(SETTLE_SECONDS)
+    child.out(b"three\n")
+    assert all(out == ["Begin lastlog", "one", "two", "three"] for out in outs)
     child.exit(0)  # the command ended: so do the follows, told why
     assert all(
         out[-2:] == ["-- the log command ended (exit status 0)", "End lastlog"] for out in outs
@@ -460,6 +470,69 @@ def test_the_last_watcher_of_a_command_source_stops_its_child() -> None:
     c.start()
     c.submit("lastlog -f")
     (child,) = spawner.processes
-    c.submit("stop")
+    c.submit("stop")  # before the child's backlog was read
     assert out == ["Begin lastlog", "End lastlog"]
+    assert child.signals == []
+    clock.advance(SETTLE_SECONDS)  # read: nobody watches, so it stops
     assert child.signals == ["KILL"] and followers.running == {}
+
+
+def follow_lines(service: CommandService, line: str) -> list[str]:
+    out: list[str] = []
+    c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+    c.start()
+    c.submit(line)
+    return out
+
+
+def test_a_command_sources_backlog_primes_the_feed_and_is_not_all_sent() -> None:
+    clock = Clock()
+    spawner = FakeSpawner()
+    followers = Followers(clock, run_now, 100, prime_file)
+    source = CommandSource(["tail", "-n", "{lines}", "-F", "x"], spawner.reactor)
+    service = CommandService([LastlogCommand(source, 10, 1000, 10.0, followers, 50)], clock)
+    out = follow_lines(service, "lastlog -f 2")
+    (child,) = spawner.processes
+    assert child.args[-4:] == ["-n", "100", "-F", "x"]  # {lines}: the replay kept
+    child.out(b"b1\nb2\n")
+    clock.advance(SETTLE_SECONDS / 2)
+    child.out(b"b3\nb4\n")  # still the backlog: the output was not quiet yet
+    assert out == []
+    clock.advance(SETTLE_SECONDS)
+    assert out == ["Begin lastlog", "b3", "b4"]
+    child.out(b"live\n")
+    assert out[-1] == "live"
+    assert follow_lines(service, "lastlog -f 3") == ["Begin lastlog", "b3", "b4", "live"]
+
+
+def test_a_command_that_never_goes_quiet_is_followed_after_two_seconds() -> None:
+    clock = Clock()
+    spawner = FakeSpawner()
+    followers = Followers(clock, run_now, 100, prime_file)
+    source = CommandSource(["yes"], spawner.reactor)
+    service = CommandService([LastlogCommand(source, 10, 1000, 10.0, followers, 50)], clock)
+    out = follow_lines(service, "lastlog -f 1")
+    (child,) = spawner.processes
+    for _ in range(int(SETTLE_MOST / (SETTLE_SECONDS / 2))):
+        child.out(b"y\n")
+        clock.advance(SETTLE_SECONDS / 2)
+    assert out[:2] == ["Begin lastlog", "y"]
+
+
+def test_a_command_that_ends_before_it_is_followed_is_an_error() -> None:
+    clock = Clock()
+    spawner = FakeSpawner()
+    followers = Followers(clock, run_now, 100, prime_file)
+    source = CommandSource(["tail", "-F", "nope"], spawner.reactor)
+    service = CommandService([LastlogCommand(source, 10, 1000, 10.0, followers, 50)], clock)
+    out = follow_lines(service, "lastlog -f")
+    (child,) = spawner.processes
+    child.err(b"tail: cannot open 'nope'\n")
+    child.exit(1)
+    assert out == [
+        "An error occurred: The log command ended before it could be followed "
+        "(exit status 1): tail: cannot open 'nope'"
+    ]
+    assert followers.running == {}
+    clock.advance(SETTLE_MOST)  # nothing left to go off
+    assert followers.running == {}

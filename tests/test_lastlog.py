@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
+from gateway.commands.journal import JournalSource
 from gateway.commands.lastlog import (
     AutoSource,
     CommandSource,
@@ -238,14 +239,15 @@ def test_auto_source_prefers_files_then_journal(tmp_path: Path) -> None:
         run_now,
         FakeSpawner().reactor,
         [str(tmp_path / "nope")],
-        ["true"],
+        "true",
         [str(journal)],
         kernel=None,
     )
     with pytest.raises(CommandError, match="No log source found"):
         auto.pick()  # journalctl is there, but the journal is empty
     (journal / "machine-id").mkdir()
-    assert isinstance(auto.pick(), CommandSource)
+    picked = auto.pick()
+    assert isinstance(picked, JournalSource) and picked.program == "true"
 
 
 def test_auto_source_names_what_it_tried(tmp_path: Path) -> None:
@@ -253,7 +255,7 @@ def test_auto_source_names_what_it_tried(tmp_path: Path) -> None:
         run_now,
         FakeSpawner().reactor,
         files=[str(tmp_path / "a"), str(tmp_path / "b")],
-        journal=["nojournal"],
+        journal="nojournal",
         kernel=str(tmp_path / "kmsg"),
     )
     with pytest.raises(CommandError) as info:

@@ -758,7 +758,7 @@ def test_auto_falls_back_to_the_kernel_ring_buffer(tmp_path: Path) -> None:
     kmsg = tmp_path / "kmsg"
     kmsg.write_bytes(KMSG)
     auto = AutoSource(
-        run_now, FakeSpawner().reactor, [str(tmp_path / "syslog")], ["nojournal"], kernel=str(kmsg)
+        run_now, FakeSpawner().reactor, [str(tmp_path / "syslog")], "nojournal", kernel=str(kmsg)
     )
     lines, result = run_lastlog(LastlogCommand(auto, 10, 100, 10.0))
     assert lines[-1] == "[    7.000000] third"
@@ -776,7 +776,7 @@ def test_auto_falls_back_to_the_gateways_own_log(tmp_path: Path) -> None:
         run_now,
         FakeSpawner().reactor,
         [str(tmp_path / "syslog")],
-        ["nojournal"],
+        "nojournal",
         kernel=str(tmp_path / "no-kmsg"),
         own_log=recent.tail,
     )

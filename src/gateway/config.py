@@ -115,7 +115,13 @@ class LastlogConfig:
             raise ConfigError("lastlog.default_lines", "must not exceed lastlog.max_lines")
         _positive("lastlog.timeout", self.timeout)
         source = self.source
-        if source == "auto":
+        if source in ("auto", "journal"):
+            return
+        if source.startswith("journal:"):
+            if not os.path.isabs(source[len("journal:") :]):
+                raise ConfigError(
+                    "lastlog.source", f"journal: needs an absolute directory, got {source!r}"
+                )
             return
         if source.startswith("command:"):
             try:
@@ -128,7 +134,8 @@ class LastlogConfig:
         if not os.path.isabs(source):
             raise ConfigError(
                 "lastlog.source",
-                f'must be "auto", an absolute file path or "command:<argv>", got {source!r}',
+                'must be "auto", "journal", "journal:<directory>", an absolute file path '
+                f'or "command:<argv>", got {source!r}',
             )
 
 

@@ -19,12 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from gateway.core.errors import CommandError
+from gateway.core.events import Lines, Sink
 from gateway.core.flow import UNLIMITED, Flow
 
 #: The PATH a child gets, and where a program named without a slash is looked for.
@@ -175,3 +176,65 @@ def spawn(
     if pause is not None and resume is not None:
         unwatch = flow.watch(pause, resume)
         done.addBoth(lambda result: (unwatch(), result)[1])
+
+
+class _FirstLines(ChildProtocol):
+    """Sends the first ``n`` lines of a child's stdout (``journalctl -n N``), then kills it."""
+
+    def __init__(
+        self, n: int, sink: Sink, done: Deferred[str], name: str, line: Callable[[bytes], str]
+    ) -> None:
+        super().__init__()
+        self.n = n
+        self.sink = sink
+        self.done = done
+        self.name = name
+        self.line = line
+        self.sent = 0
+
+    def lines_received(self, raw: list[bytes]) -> None:
+        room = self.n - self.sent
+        if room <= 0 or self.done.called:
+            return
+        take = raw[:room]
+        self.sent += len(take)
+        self.sink(Lines(tuple(self.line(line) for line in take)))
+        if self.sent >= self.n:
+            self.kill()  # we have all we were asked for
+
+    def ended(self, reason: Failure) -> None:
+        if self.done.called:
+            return
+        failed = reason.check(ProcessTerminated) is not None and self.sent < self.n
+        if failed and not self.sent:
+            status, signum = exit_of(reason)
+            how = f"exit status {status}" if status is not None else f"signal {signum}"
+            detail = f": {self.stderr_tail[0]}" if self.stderr_tail else ""
+            self.done.errback(
+                CommandError("unavailable", f"Log command {self.name} failed ({how}){detail}")
+            )
+            return
+        assert reason.check(ProcessDone, ProcessTerminated)
+        self.done.callback(self.name)
+
+
+def first_lines(
+    spawner: IReactorProcess,
+    argv: Sequence[str],
+    n: int,
+    sink: Sink,
+    flow: Flow,
+    name: str,
+    line: Callable[[bytes], str] = decode_line,
+) -> Deferred[str]:
+    """Run ``argv`` and send the first ``n`` lines of its output (each made
+    by ``line``); the Deferred fires with ``name`` (cancel it: the child is killed)."""
+    child: _FirstLines
+
+    def cancel(d: Deferred[str]) -> None:
+        child.kill()
+
+    done: Deferred[str] = Deferred(cancel)
+    child = _FirstLines(n, sink, done, name, line)
+    spawn(spawner, child, argv, done, flow=flow, what="Log command")
+    return done

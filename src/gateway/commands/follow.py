@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import inotify
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorFDSet,
@@ -27,10 +27,21 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from gateway.commands.child import MAX_LINE_BYTES, ChildProtocol, decode_line, exit_of, spawn
+from gateway.commands.child import (
+    MAX_LINE_BYTES,
+    ChildProtocol,
+    decode_line,
+    exit_of,
+    first_lines,
+    spawn,
+)
+from gateway.commands.journal import JournalSource, entries_apart, named_lines
 from gateway.core.errors import CommandError
+from gateway.core.events import Lines
+from gateway.core.flow import UNLIMITED
 from gateway.core.follow import Feed, Stale, Watcher
 from gateway.core.metrics import Family
 
@@ -52,6 +63,10 @@ WATCH_MASK = (
     | inotify.IN_DELETE
     | inotify.IN_CLOSE_WRITE
 )
+#: A command's first output counts as its backlog until it has been quiet this long
+SETTLE_SECONDS = 0.1
+#: (or for this long at most).
+SETTLE_MOST = 2.0
 #: The most read from a followed file in one look (the rest comes next time).
 READ_BYTES = 1024 * 1024
 #: The most read to count the lines a resume missed (more: "unknown").
@@ -70,7 +85,7 @@ class FileReader:
     log = Logger(namespace="gateway.commands.follow")
 
     def __init__(self, path: str, feed: Feed, clock: IReactorTime) -> None:
-        self.path = path
+        self.path = self.key = path
         self.feed = feed
         self._clock = clock
         self._fd: int | None = None
@@ -227,25 +242,78 @@ class FileReader:
 
 
 class CommandReader(ChildProtocol):
-    """One child for every watcher of a ``command:`` source (or the journal):
-    its stdout lines go to the feed; when it ends, so do the follows."""
+    """One child for every watcher of a ``command:`` source: its stdout lines
+    go to the feed; when it ends, so do the follows.
 
-    def __init__(self, key: str, feed: Feed, ended: Callable[[CommandReader, str], None]) -> None:
+    What the command prints first (``tail -n N``'s backlog) primes the feed:
+    it counts as printed once the output has been quiet for
+    :data:`SETTLE_SECONDS` (or after :data:`SETTLE_MOST`), and only then do
+    watchers attach, so ``-f 2`` starts with two lines, not the whole backlog.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        feed: Feed,
+        ended: Callable[[CommandReader, Any], None],
+        clock: IReactorTime,
+        ready: Callable[[CommandReader], None],
+    ) -> None:
         super().__init__()
         self.key = key
         self.feed = feed
+        self.primed = False
         self._ended = ended
+        self._clock = clock
+        self._ready = ready
+        self._quiet: IDelayedCall | None = None
+        self._most: IDelayedCall | None = None
+
+    def settle(self) -> None:
+        """Started: primed once quiet (a command without a backlog, at once)."""
+        self._quiet = self._clock.callLater(SETTLE_SECONDS, self._settled)
+        self._most = self._clock.callLater(SETTLE_MOST, self._settled)
+
+    def _settled(self) -> None:
+        for call in (self._quiet, self._most):
+            if call is not None and call.active():
+                call.cancel()
+        self._quiet = self._most = None
+        if not self.primed:
+            self.primed = True
+            self._ready(self)
 
     def lines_received(self, lines: list[bytes]) -> None:
         self.feed.append([decode_line(line) for line in lines])
+        if self._quiet is not None and self._quiet.active():
+            self._quiet.reset(SETTLE_SECONDS)
 
     def ended(self, reason: Any) -> None:
-        status, signum = exit_of(reason)
-        how = f"exit status {status}" if status is not None else f"signal {signum}"
-        self._ended(self, f"-- the log command ended ({how})")
+        for call in (self._quiet, self._most):
+            if call is not None and call.active():
+                call.cancel()
+        self._ended(self, reason)
 
     def stop(self) -> None:
         self.kill()
+
+
+class JournalReader(CommandReader):
+    """One ``journalctl -o json --follow`` for every watcher of the journal:
+    each entry's ``__CURSOR`` is its cursor (what is not an entry, a notice).
+    It is primed before it starts (the last entries, then a follow from
+    right after them), so it is ready as soon as it runs."""
+
+    def lines_received(self, lines: list[bytes]) -> None:
+        named, plain = named_lines(lines)
+        self.feed.append_named(named)
+        for text in plain:
+            self.feed.notice(text)
+
+
+def how_it_ended(reason: Any) -> str:
+    status, signum = exit_of(reason)
+    return f"exit status {status}" if status is not None else f"signal {signum}"
 
 
 class Subscription:
@@ -276,7 +344,7 @@ class Followers:
         self.replay = replay
         self._prime = prime
         self._readers: dict[str, FileReader | CommandReader] = {}
-        self._commands: dict[str, tuple[tuple[str, ...], IReactorProcess]] = {}
+        self._commands: dict[str, tuple[tuple[str, ...], IReactorProcess] | JournalSource] = {}
         self._subscriptions: set[Subscription] = set()
         #: What feeds that have stopped delivered and dropped, per path.
         self._delivered: dict[str, int] = {}
@@ -291,44 +359,113 @@ class Followers:
         self._commands[key] = (argv, spawner)
         return key
 
-    def _start_command(self, key: str) -> Feed:
-        argv, spawner = self._commands[key]
-        feed = Feed(self.replay)
-        reader = CommandReader(key, feed, self._command_ended)
-        done: Deferred[None] = Deferred()
-        args = [a.replace("{lines}", str(self.replay)) for a in argv]
-        spawn(spawner, reader, args, done, what="Log command")
-        self._readers[key] = reader
-        return feed
+    def register_journal(self, source: JournalSource) -> str:
+        """The key under which a follow of the journal ``source`` is read."""
+        self._commands[source.description] = source
+        return source.description
 
-    def _command_ended(self, reader: CommandReader, notice: str) -> None:
+    def _start_command(self, key: str, argv: tuple[str, ...], spawner: IReactorProcess) -> None:
+        reader = CommandReader(
+            key, Feed(self.replay), self._command_ended, self._clock, self._opened
+        )
+        args = [a.replace("{lines}", str(self.replay)) for a in argv]
+        spawn(spawner, reader, args, Deferred(), what="Log command")
+        reader.settle()
+
+    def _start_journal(self, key: str, source: JournalSource) -> None:
+        feed = Feed(self.replay, names_apart=entries_apart)
+        raws: list[str] = []
+
+        def collect(event: object) -> None:
+            if isinstance(event, Lines):
+                raws.extend(event.lines)
+
+        def follow(_: object) -> None:
+            if key not in self._opening:
+                return  # every watcher left meanwhile
+            named, _ = named_lines(raws)  # (the rest: journalctl's own notes)
+            feed.append_named(named)
+            after = named[-1][0] if named else None
+            reader = JournalReader(key, feed, self._command_ended, self._clock, self._opened)
+            try:
+                spawn(
+                    source.spawner,
+                    reader,
+                    source.follow_argv(after),
+                    Deferred(),
+                    what="Log command",
+                )
+            except CommandError as e:
+                self._failed(key, Failure(e))
+                return
+            reader.primed = True
+            self._opened(reader)
+
+        prime = first_lines(
+            source.spawner,
+            source.prime_argv(self.replay),
+            self.replay,
+            collect,
+            UNLIMITED,
+            source.description,
+            line=lambda raw: raw.decode("utf-8", "replace"),
+        )
+        prime.addCallbacks(follow, lambda failure: self._failed(key, failure))
+
+    def _opened(self, reader: FileReader | CommandReader) -> None:
+        """``reader`` is primed: its feed goes to everyone waiting for it."""
+        waiters = self._opening.pop(reader.key, [])
+        if not any(not w.called for w in waiters):
+            reader.stop()  # every watcher left while it started
+            return
+        self._readers[reader.key] = reader
+        for waiter in waiters:
+            if not waiter.called:  # (a watcher may have left meanwhile)
+                waiter.callback(reader.feed)
+
+    def _failed(self, key: str, failure: Any) -> None:
+        for waiter in self._opening.pop(key, []):
+            if not waiter.called:
+                waiter.errback(failure)
+
+    def _command_ended(self, reader: CommandReader, reason: Any) -> None:
+        how = how_it_ended(reason)
+        if not reader.primed:
+            detail = f": {reader.stderr_tail[-1]}" if reader.stderr_tail else ""
+            message = f"The log command ended before it could be followed ({how}){detail}"
+            self._failed(reader.key, Failure(CommandError("unavailable", message)))
+            return
         if self._readers.get(reader.key) is reader:
             del self._readers[reader.key]
         for sub in list(self._subscriptions):
             if sub.path == reader.key:
-                sub.ended(notice)
+                sub.ended(f"-- the log command ended ({how})")
 
     def feed(self, path: str) -> Deferred[Feed]:
         """The running feed of ``path`` (a file, or a registered command's key),
-        started (and, for a file, primed) if nobody watched it yet."""
+        started and primed if nobody watched it yet."""
         reader = self._readers.get(path)
         if reader is not None:
             return succeed(reader.feed)
-        if path in self._commands:
-            try:
-                return succeed(self._start_command(path))
-            except CommandError as e:
-                return fail(e)
         waiter: Deferred[Feed] = Deferred()
         waiting = self._opening.get(path)
-        if waiting is None:
-            self._opening[path] = [waiter]
-            self._start(path)
-        else:
+        if waiting is not None:
             waiting.append(waiter)
+            return waiter
+        self._opening[path] = [waiter]
+        command = self._commands.get(path)
+        try:
+            if isinstance(command, JournalSource):
+                self._start_journal(path, command)
+            elif command is not None:
+                self._start_command(path, *command)
+            else:
+                self._start_file(path)
+        except CommandError as e:
+            self._failed(path, Failure(e))
         return waiter
 
-    def _start(self, path: str) -> None:
+    def _start_file(self, path: str) -> None:
         def started(primed: Primed) -> None:
             entries, offset, identity = primed
             feed = Feed(self.replay, epoch_of(identity))
@@ -336,18 +473,10 @@ class Followers:
             reader = FileReader(path, feed, self._clock)
             feed.missing_between = reader.missing_between
             reader.start(offset, identity)
-            self._readers[path] = reader
-            for waiter in self._opening.pop(path, []):
-                if not waiter.called:  # (a watcher may have left meanwhile)
-                    waiter.callback(feed)
-
-        def failed(failure: Any) -> None:
-            for waiter in self._opening.pop(path, []):
-                if not waiter.called:
-                    waiter.errback(failure)
+            self._opened(reader)
 
         d: Deferred[Any] = self._run_in_thread(lambda: self._prime(path, self.replay))
-        d.addCallbacks(started, failed)
+        d.addCallbacks(started, lambda failure: self._failed(path, failure))
 
     def leave(self, path: str, feed: Feed, watcher: Any = None) -> None:
         """``watcher`` stops (or never started); the reader stops with the last one."""

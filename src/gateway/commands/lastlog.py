@@ -19,19 +19,13 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
 from twisted.python.failure import Failure
 
-from gateway.commands.child import (
-    CHILD_PATH,
-    ChildProtocol,
-    decode_line,
-    exit_of,
-    spawn,
-)
+from gateway.commands.child import CHILD_PATH, decode_line, first_lines
 from gateway.commands.follow import Followers, Primed, Subscription
 from gateway.commands.follow import unavailable as follow_unavailable
+from gateway.commands.journal import CURSOR_PATTERN, JournalSource
 from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Dropped, Following, Gap, Lines, Result, Sink
@@ -45,7 +39,6 @@ RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
 #: Most bytes read backwards from a log file for one request.
 TAIL_MAX_BYTES = 16 * 1024 * 1024
 AUTO_FILES: tuple[str, ...] = ("/var/log/syslog", "/var/log/messages")
-JOURNAL_ARGV: tuple[str, ...] = ("journalctl", "--no-pager", "--quiet", "-n", "{lines}")
 #: Where the systemd journal keeps its files (persistent, volatile).
 JOURNAL_DIRS: tuple[str, ...] = ("/var/log/journal", "/run/log/journal")
 #: The kernel ring buffer, as ``dmesg`` reads it.
@@ -212,43 +205,6 @@ def send_in_batches(lines: list[str], sink: Sink, flow: Flow) -> Deferred[None]:
     return done
 
 
-class _ChildLines(ChildProtocol):
-    """Sends the first ``n`` lines of a child's stdout (``journalctl -n N``), then kills it."""
-
-    def __init__(self, n: int, sink: Sink, done: Deferred[str], name: str) -> None:
-        super().__init__()
-        self.n = n
-        self.sink = sink
-        self.done = done
-        self.name = name
-        self.sent = 0
-
-    def lines_received(self, raw: list[bytes]) -> None:
-        room = self.n - self.sent
-        if room <= 0 or self.done.called:
-            return
-        take = raw[:room]
-        self.sent += len(take)
-        self.sink(Lines(tuple(decode_line(line) for line in take)))
-        if self.sent >= self.n:
-            self.kill()  # we have all we were asked for
-
-    def ended(self, reason: Failure) -> None:
-        if self.done.called:
-            return
-        failed = reason.check(ProcessTerminated) is not None and self.sent < self.n
-        if failed and not self.sent:
-            status, signum = exit_of(reason)
-            how = f"exit status {status}" if status is not None else f"signal {signum}"
-            detail = f": {self.stderr_tail[0]}" if self.stderr_tail else ""
-            self.done.errback(
-                CommandError("unavailable", f"Log command {self.name} failed ({how}){detail}")
-            )
-            return
-        assert reason.check(ProcessDone, ProcessTerminated)
-        self.done.callback(self.name)
-
-
 class CommandSource:
     """Runs ``argv`` (``{lines}`` replaced by N) and streams its output."""
 
@@ -271,15 +227,7 @@ class CommandSource:
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         argv = [arg.replace("{lines}", str(n)) for arg in self.argv]
-        child: _ChildLines
-
-        def cancel(d: Deferred[str]) -> None:
-            child.kill()
-
-        done: Deferred[str] = Deferred(cancel)
-        child = _ChildLines(n, sink, done, argv[0])
-        spawn(self._spawner, child, argv, done, flow=flow, what="Log command")
-        return done
+        return first_lines(self._spawner, argv, n, sink, flow, argv[0])
 
 
 def _has_entries(directory: str) -> bool:
@@ -401,7 +349,7 @@ class AutoSource:
         run_in_thread: RunInThread[Any],
         spawner: IReactorProcess,
         files: Sequence[str] = AUTO_FILES,
-        journal: Sequence[str] = JOURNAL_ARGV,
+        journal: str = "journalctl",
         journal_dirs: Sequence[str] = JOURNAL_DIRS,
         kernel: str | None = KMSG,
         own_log: Callable[[int], list[str]] | None = None,
@@ -410,14 +358,14 @@ class AutoSource:
         self._run_in_thread = run_in_thread
         self._spawner = spawner
         self._files = tuple(files)
-        self._journal = tuple(journal)
+        self._journal = journal
         self._journal_dirs = tuple(journal_dirs)
         self._kernel = KernelSource(run_in_thread, kernel) if kernel else None
         self._own = OwnLogSource(own_log) if own_log is not None else None
 
     @property
     def tried(self) -> str:
-        return ", ".join((*self._files, self._journal[0]))
+        return ", ".join((*self._files, self._journal))
 
     def note_for(self, source: str) -> str | None:
         fallbacks = [s.description for s in (self._kernel, self._own) if s is not None]
@@ -429,10 +377,10 @@ class AutoSource:
         for path in self._files:
             if os.path.exists(path):
                 return FileSource(path, self._run_in_thread)
-        if shutil.which(self._journal[0], path=CHILD_PATH) and any(
+        if shutil.which(self._journal, path=CHILD_PATH) and any(
             _has_entries(d) for d in self._journal_dirs
         ):
-            return CommandSource(self._journal, self._spawner, (*self._journal, "--follow"))
+            return JournalSource(self._spawner, program=self._journal)
         if self._kernel is not None and self._kernel.readable():
             return self._kernel
         if self._own is not None:
@@ -455,6 +403,8 @@ def source_from_config(
         return AutoSource(run_in_thread, spawner, own_log=own_log)
     if source.startswith("command:"):
         return CommandSource(shlex.split(source[len("command:") :]), spawner)
+    if source == "journal" or source.startswith("journal:"):
+        return JournalSource(spawner, source[len("journal:") :] or None)
     return FileSource(source, run_in_thread)
 
 
@@ -519,7 +469,7 @@ class LastlogCommand(Command[LastlogArgs]):
                 "after",
                 "string",
                 "with follow: resume right after this cursor",
-                pattern=r"[0-9a-f]{1,16}-[0-9]{1,19}",
+                pattern=rf"[0-9a-f]{{1,16}}-[0-9]{{1,19}}|{CURSOR_PATTERN}",
                 flag="--after",
                 metavar="CURSOR",
                 noun="a cursor",
@@ -580,7 +530,11 @@ class LastlogCommand(Command[LastlogArgs]):
         """What a follow of ``source`` reads: a file's path, or a command's key."""
         if isinstance(source, FileSource):
             return source.path
-        if isinstance(source, CommandSource) and self.followers is not None:
+        if self.followers is None:
+            return None
+        if isinstance(source, JournalSource):
+            return self.followers.register_journal(source)
+        if isinstance(source, CommandSource):
             return self.followers.register_command(source.follow_argv, source.spawner)
         return None
 

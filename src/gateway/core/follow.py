@@ -11,7 +11,10 @@ it lost once it reads again.  One slow watcher never holds up the feed or
 the others.
 
 Cursors are opaque strings ``<epoch>-<n>``: the epoch names one run of one
-reader (a new reader, a new epoch), ``n`` the line's number in it.
+reader (a new reader, a new epoch), ``n`` the line's number in it.  A source
+that names its own lines (the journal's ``__CURSOR``) gives them with
+:meth:`Feed.append_named`, and those names are the cursors: they stay good
+however often the reader starts again.
 """
 
 from __future__ import annotations
@@ -148,15 +151,42 @@ class Feed:
     #: Lines between two numbers that are no longer kept (``None``: unknown).
     #: A file's feed numbers lines by their end offset and counts them on disk.
     missing_between: Callable[[int, int], int | None] | None = None
+    #: For a feed of named lines: how many lines lie between two names
+    #: (``None``: unknown), for a resume from a name no longer kept.
+    names_apart: Callable[[str, str], int | None] | None = None
 
     def __post_init__(self) -> None:
         self._buffer: deque[Entry] = deque(maxlen=max(1, self.replay))
         self._numbers = itertools.count(1)
         self._last = 0
         self.watchers: set[Watcher] = set()
+        #: The names of the lines kept, both ways (a feed of named lines only).
+        self._names: dict[int, str] = {}
+        self._named: dict[str, int] = {}
 
     def cursor(self, number: int) -> str:
-        return f"{self.epoch}-{number}"
+        name = self._names.get(number)
+        return name if name is not None else f"{self.epoch}-{number}"
+
+    def append_named(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Lines the source names itself, as ``(name, text)``: numbered here,
+        and each line's name is its cursor."""
+        if not entries:
+            return
+        numbered = []
+        names, named, numbers = self._names, self._named, self._numbers
+        for name, text in entries:
+            n = next(numbers)
+            names[n] = name
+            named[name] = n
+            numbered.append((n, text))
+        self.append_numbered(numbered)
+        oldest = self._buffer[0][0]
+        while len(names) > len(self._buffer):  # forget the names of lines no longer kept
+            first = next(iter(names))
+            if first >= oldest:
+                break
+            named.pop(names.pop(first), None)
 
     def append(self, lines: Sequence[str]) -> None:
         if lines:
@@ -188,6 +218,8 @@ class Feed:
         kept = list(self._buffer)
         if after is None:
             return (kept[-last:] if last > 0 else []), None
+        if self._names:
+            return self._replay_named(kept, after)
         epoch, _, number = after.rpartition("-")
         if epoch != self.epoch or not number.isdigit():
             return kept, Stale(None)
@@ -204,10 +236,22 @@ class Feed:
             return kept, (None if missing == 0 else Stale(missing))
         return kept, (None if seen + 1 >= oldest else Stale(oldest - seen - 1))
 
+    def _replay_named(self, kept: list[Entry], after: str) -> tuple[list[Entry], Stale | None]:
+        seen = self._named.get(after)
+        if seen is not None:
+            return [e for e in kept if e[0] > seen], None
+        apart = self.names_apart
+        missing = apart(after, self._names[kept[0][0]]) if apart is not None and kept else None
+        if missing == 0:  # the line just before the oldest kept
+            return kept, None
+        return kept, Stale(missing if missing is not None and missing > 0 else None)
+
     def rebase(self, epoch: str) -> None:
         """The source started again (a new file): new numbers, nothing kept."""
         self.epoch = epoch
         self._buffer.clear()
+        self._names.clear()
+        self._named.clear()
         self._numbers = itertools.count(1)
         self._last = 0
 

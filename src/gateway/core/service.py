@@ -196,6 +196,10 @@ class CommandService:
         """How many commands are in flight."""
         return len(self._running)
 
+    def is_open_ended(self, outcome: Deferred[str]) -> bool:
+        """Whether the run :meth:`execute` returned runs until stopped (a follow)."""
+        return outcome in self._open_ended
+
     def stop_open_ended(self) -> None:
         """End what runs until stopped (follows): at shutdown, nothing waits for them."""
         for d in list(self._open_ended):

@@ -281,6 +281,8 @@ class LineConversation:
         if running.called:  # finished at once: the loop in _next goes on
             return
         self._running = running
+        if self.service.is_open_ended(running):
+            self._live = True  # "stop" ends it, even before its first line
 
         def done(outcome: str) -> None:
             if self._running is running:

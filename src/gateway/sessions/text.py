@@ -60,7 +60,9 @@ class TextRenderer:
             return [*self._begin(), *event.text, *self._end()]
         if isinstance(event, Error):
             return [error_line(event.code, event.message), *self._end()]
-        if isinstance(event, Progress | Following):
+        if isinstance(event, Following):
+            return self._begin()  # live now: said at once, even with no line yet
+        if isinstance(event, Progress):
             return []
         if isinstance(event, Dropped):
             return [*self._begin(), dropped_line(event.count)]
