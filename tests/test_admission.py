@@ -13,7 +13,8 @@ from twisted.internet.testing import StringTransport
 from gateway.config import TCPConfig, load
 from gateway.core.auth import Authenticator
 from gateway.core.quota import ClientQuota, Slot
-from gateway.frontends.admission import Admission
+from gateway.core.scope import ANONYMOUS, Identity
+from gateway.frontends.admission import Admission, Denial
 from gateway.frontends.line import LineFactory
 
 from .support.logs import recorded_events
@@ -99,16 +100,17 @@ def test_a_late_slot_after_the_client_left_goes_back() -> None:
 def test_check_bearer() -> None:
     clock = Clock()
     off = Admission(ClientQuota(1), clock)
-    assert off.check_bearer("h", None) is None
+    assert off.check_bearer("h", None) == ANONYMOUS
     on = Admission(ClientQuota(1), clock, Authenticator([TOKEN], clock, max_failures=2))
-    assert on.check_bearer("h", f"Bearer {TOKEN}") is None
+    assert on.check_bearer("h", f"Bearer {TOKEN}") == Identity("tokens[1]", "token")
     missing = on.check_bearer("h", None)
-    assert missing is not None and (missing.error.code, missing.delay) == ("unauthorized", 0.0)
+    assert isinstance(missing, Denial)
+    assert (missing.error.code, missing.delay) == ("unauthorized", 0.0)
     wrong = on.check_bearer("h", "Bearer wrong-token-000000000")
-    assert wrong is not None and wrong.delay == 0.25 and wrong.retry_after is None
+    assert isinstance(wrong, Denial) and wrong.delay == 0.25 and wrong.retry_after is None
     on.check_bearer("h", "Bearer wrong-token-000000000")
     locked = on.check_bearer("h", f"Bearer {TOKEN}")
-    assert locked is not None and locked.error.code == "rate_limited"
+    assert isinstance(locked, Denial) and locked.error.code == "rate_limited"
     assert locked.retry_after == 300 and locked.delay == 0.0
 
 
@@ -136,7 +138,7 @@ def test_reload_reaches_every_admission_setting(tmp_path: Path) -> None:
     assert admission.login_timeout == 5.0
     assert admission.metrics_need_token is False
     assert admission.login_auth is not None
-    assert admission.check_bearer("h", f"Bearer {TOKEN}") is None
+    assert admission.check_bearer("h", f"Bearer {TOKEN}") == Identity("tokens[1]", "token")
 
 
 def test_a_new_transport_is_listed_by_stats_and_metrics() -> None:

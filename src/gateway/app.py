@@ -120,6 +120,8 @@ class Gateway(MultiService):
         self.service = build_service(
             config, reactor, self.quota, self.runners, admission.limiter, self.recent_log.tail
         )
+        # A token's holder runs each command with its scope as last loaded.
+        self.service.identities = admission.auth.current
 
         tcp = config.tcp
         sockets = GatewayWebSocketFactory(

@@ -12,6 +12,7 @@ from twisted.logger import globalLogBeginner
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, load, redacted, unsafe_listeners
+from gateway.tokens import TokenError, new_token
 
 #: flag -> config key, for the common keys.
 FLAG_KEYS: dict[str, str] = {
@@ -26,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gateway",
         description="Remote-admin daemon: lastlog and comphash over netcat, HTTP and WebSocket.",
+        epilog="gateway token new NAME: make a named token and the config block that accepts it.",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="TOML config file (default: built-in)")
     p.add_argument("--tcp", metavar="ENDPOINT", help="line server listener, e.g. tcp:9999")
@@ -84,6 +86,9 @@ def main(
     environ: Mapping[str, str] | None = None,
     reactor: Any = None,
 ) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["token"]:
+        return token_command(argv[1:])
     args = parser().parse_args(argv)
     if args.print_config_example or args.print_systemd_unit:
         name = "gateway.toml" if args.print_config_example else "gateway.service"
@@ -117,6 +122,27 @@ def main(
         return fresh
 
     return run(config, reactor, loader)
+
+
+def token_command(argv: Sequence[str]) -> int:
+    """``gateway token new NAME``: a fresh token, shown once, and its config block."""
+    p = argparse.ArgumentParser(
+        prog="gateway token",
+        description="Make a named token: the token is printed once; the config keeps its SHA-256.",
+    )
+    p.add_argument("action", choices=("new",))
+    p.add_argument("name", help="what logs and messages call its holder, e.g. dashboard")
+    args = p.parse_args(argv)
+    try:
+        token, block = new_token(args.name)
+    except TokenError as e:
+        print(f"gateway token: {e}", file=sys.stderr)
+        return 2
+    print(f"# The token for {args.name} (shown only now; give it to its holder):")
+    print(f"# {token}")
+    print("# Paste this into the config (or the token file) and reload (SIGHUP):")
+    sys.stdout.write(block)
+    return 0
 
 
 def raise_open_files_limit() -> None:

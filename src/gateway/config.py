@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.declarations import DeclarationError, DeclaredCommand, parse_commands
+from gateway.tokens import NamedToken, TokenError, check_scopes, parse_tokens
 
 ENV_PREFIX = "GATEWAY_"
 #: Environment variables that are not config keys.
@@ -219,6 +220,8 @@ def parse_origin(origin: str) -> tuple[str, str, int] | None:
 @dataclass(frozen=True)
 class AuthConfig:
     tokens: tuple[str, ...] = ()
+    #: ``[[auth.token]]``: named tokens, stored hashed, each with its scope.
+    token: tuple[NamedToken, ...] = ()
     token_file: str = ""
     metrics: bool = True
     max_failures: int = 5
@@ -241,23 +244,50 @@ class AuthConfig:
         _positive("auth.lockout", self.lockout)
 
     def all_tokens(self) -> tuple[str, ...]:
-        """``tokens`` plus those in ``token_file`` (read now)."""
+        """``tokens`` plus the plain tokens in ``token_file`` (read now)."""
+        return (*self.tokens, *self._file()[0])
+
+    def named_tokens(self) -> tuple[NamedToken, ...]:
+        """``[[auth.token]]`` plus those in ``token_file`` (read now)."""
+        return (*self.token, *self._file()[1])
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any token is asked for (the token file read now)."""
+        return bool(self.all_tokens() or self.named_tokens())
+
+    def _file(self) -> tuple[list[str], tuple[NamedToken, ...]]:
+        """The token file: one plain token per line, or ``[[token]]`` tables
+        (the shape of ``[[auth.token]]``)."""
         if not self.token_file:
-            return self.tokens
+            return [], ()
         try:
             with open(self.token_file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+                text = f.read()
         except OSError as e:
             raise ConfigError(
                 "auth.token_file", f"cannot read {self.token_file}: {e.strerror}"
             ) from None
         except UnicodeDecodeError:
             raise ConfigError("auth.token_file", "is not UTF-8 text") from None
-        found = [line.strip() for line in lines]
+        found = [line.strip() for line in text.splitlines()]
         found = [t for t in found if t and not t.startswith("#")]
+        if found and found[0].startswith("["):
+            try:
+                tables = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError("auth.token_file", f"is not valid TOML: {e}") from None
+            unknown = sorted(set(tables) - {"token", "auth"})
+            if unknown:
+                raise ConfigError(f"auth.token_file: {unknown[0]}", "unknown key")
+            value = tables.get("token", tables.get("auth", {}).get("token", []))
+            try:
+                return [], parse_tokens("auth.token_file: token", value)
+            except TokenError as e:
+                raise ConfigError(e.key, e.message) from None
         for token in found:
             check_token("auth.token_file", token)
-        return (*self.tokens, *found)
+        return found, ()
 
 
 MIN_TOKEN_LENGTH = 16
@@ -311,6 +341,19 @@ class Config:
     def check(self) -> None:
         for name in _sections():
             getattr(self, name).check()
+        self.check_scopes("auth.token", self.auth.token)
+
+    def check_scopes(self, key: str, tokens: typing.Sequence[NamedToken]) -> None:
+        """Every command and algorithm the tokens name exists."""
+        commands = BUILTIN_COMMANDS | {c.name for c in self.commands}
+        try:
+            check_scopes(key, tokens, commands, self.comphash.algorithms)
+        except TokenError as e:
+            raise ConfigError(e.key, e.message) from None
+
+
+#: The commands every gateway has (a token's ``commands`` may also name declared ones).
+BUILTIN_COMMANDS = frozenset({"lastlog", "comphash", "help", "stats", "exit"})
 
 
 def _positive(key: str, value: float) -> None:
@@ -427,6 +470,12 @@ def merge(base: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config
             name = f"{section}.{key}"
             if key not in keys:
                 raise ConfigError(name, "unknown key")
+            if name == "auth.token":
+                try:
+                    fields[key] = parse_tokens(name, value)
+                except TokenError as e:
+                    raise ConfigError(e.key, e.message) from None
+                continue
             fields[key] = _coerce(name, keys[key], value)
         changed[section] = dataclasses.replace(getattr(base, section), **fields)
     config = dataclasses.replace(base, **changed)
@@ -478,6 +527,8 @@ def redacted(config: Config) -> dict[str, Any]:
     """The config as a dict, tokens hidden (for printing)."""
     out = dataclasses.asdict(config)
     out["auth"]["tokens"] = ["***"] * len(config.auth.tokens)
+    for token in out["auth"]["token"]:
+        token["sha256"] = "***"
     for command in out["commands"]:  # a declared command's env may hold a key or password
         command["env"] = {name: "***" for name, _ in command["env"]}
     return out
@@ -536,7 +587,7 @@ def reaches_beyond_loopback(description: str) -> bool:
 
 def unsafe_listeners(config: Config) -> list[str]:
     """Listeners open beyond loopback while no token is configured."""
-    if config.auth.all_tokens():
+    if config.auth.enabled:
         return []
     return [
         f"{key} = {value}"

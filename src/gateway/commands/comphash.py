@@ -208,6 +208,7 @@ class ComphashCommand(Command[ComphashArgs]):
                 flag="-a",
                 metavar="ALGO",
                 noun="an algorithm name",
+                scope="algorithms",
             ),
             Param(
                 "path",

@@ -455,8 +455,11 @@ class LastlogCommand(Command[LastlogArgs]):
                 minimum=1,
                 maximum=max_lines,
                 metavar="N",
+                scope="max_lines",
             ),
-            Param("follow", "flag", "then every new line, until stopped", flag="-f"),
+            Param(
+                "follow", "flag", "then every new line, until stopped", flag="-f", scope="follow"
+            ),
             Param(
                 "grep",
                 "string",

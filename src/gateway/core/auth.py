@@ -7,15 +7,42 @@ A token never appears in a message this module produces.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from gateway.core.errors import CommandError
 from gateway.core.peers import limit_key
+from gateway.core.scope import Identity
+
+log = Logger(namespace="gateway.auth")
+
+#: A token the gateway accepts: the SHA-256 of the token, and who it proves.
+Grant = tuple[bytes, Identity]
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def grants(tokens: Sequence[Grant | str]) -> list[Grant]:
+    """Grants; a plain token string proves a full-access identity
+    (``tokens[1]``, ``tokens[2]``, ... in the order given)."""
+    out: list[Grant] = []
+    plain = 0
+    for token in tokens:
+        if isinstance(token, str):
+            plain += 1
+            out.append((digest(token), Identity(f"tokens[{plain}]", "token")))
+        else:
+            out.append(token)
+    return out
+
 
 REQUIRED = "Authentication required."
 TOO_MANY_WAITING = "Too many clients waiting to log in; try again later. Bye!"
@@ -33,7 +60,7 @@ class _Failures:
 class Authenticator:
     def __init__(
         self,
-        tokens: Sequence[str],
+        tokens: Sequence[Grant | str],
         clock: IReactorTime,
         max_failures: int = 5,
         window: float = 60.0,
@@ -41,7 +68,8 @@ class Authenticator:
         max_pending: int = 5,
         max_pending_per_ip: int = 2,
     ) -> None:
-        self._tokens = [t.encode() for t in tokens]
+        self._grants = grants(tokens)
+        self._by_name = {identity.name: identity for _, identity in self._grants}
         self.clock = clock
         self.configure(max_failures, window, lockout, max_pending, max_pending_per_ip)
         self._failures: dict[str, _Failures] = {}
@@ -98,18 +126,32 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._tokens)
+        return bool(self._grants)
 
-    def replace_tokens(self, tokens: Sequence[str]) -> None:
-        """New tokens (config reload); who is already in stays in."""
-        self._tokens = [t.encode() for t in tokens]
+    def replace_tokens(self, tokens: Sequence[Grant | str]) -> None:
+        """New tokens (config reload).  Who is already in keeps its name: its
+        next command runs with the scope that name has now (:meth:`current`)."""
+        self._grants = grants(tokens)
+        self._by_name = {identity.name: identity for _, identity in self._grants}
 
-    def _matches(self, presented: str) -> bool:
-        given = presented.encode()
-        found = False
-        for token in self._tokens:
-            found |= hmac.compare_digest(token, given)
+    def current(self, identity: Identity) -> Identity | None:
+        """``identity`` as the tokens now say (``None``: its token was removed)."""
+        if identity.how != "token":
+            return identity
+        return self._by_name.get(identity.name)
+
+    def _match(self, presented: str) -> Identity | None:
+        # Every stored digest is compared, in constant time, whichever matches.
+        given = digest(presented)
+        found: Identity | None = None
+        for stored, identity in self._grants:
+            if hmac.compare_digest(stored, given):
+                found = identity
         return found
+
+    def expired(self, identity: Identity) -> bool:
+        expires = identity.scope.expires
+        return expires is not None and self.clock.seconds() >= expires
 
     def locked(self, peer: str) -> float:
         """Seconds ``peer`` must still wait (0 when it may try)."""
@@ -119,20 +161,24 @@ class Authenticator:
         left = state.locked_until - self.clock.seconds()
         return left if left > 0 else 0.0
 
-    def check(self, peer: str, presented: str | None) -> None:
-        """Return if ``presented`` is a valid token, else raise.
+    def check(self, peer: str, presented: str | None) -> Identity:
+        """Who ``presented`` proves ``peer`` to be, else raise.
 
-        ``unauthorized`` for a missing or wrong token; ``rate_limited`` while
-        ``peer`` is locked out after too many wrong ones.
+        ``unauthorized`` for a missing, wrong or expired token (the log says
+        which token expired, the client only that it is not accepted);
+        ``rate_limited`` while ``peer`` is locked out after too many wrong ones.
         """
         wait = self.locked(peer)
         if wait:
             raise CommandError(
                 "rate_limited", f"Too many failed attempts; try again in {math.ceil(wait)} s."
             )
-        if presented is not None and self._matches(presented):
+        identity = self._match(presented) if presented is not None else None
+        if identity is not None and not self.expired(identity):
             self._failures.pop(limit_key(peer), None)
-            return
+            return identity
+        if identity is not None:
+            log.info("{peer}: token {name} has expired", peer=peer, name=identity.name)
         if presented is not None:
             self._fail(peer)
         raise CommandError("unauthorized", REQUIRED)

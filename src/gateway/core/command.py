@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, parse_line, usage
+from gateway.core.scope import ANONYMOUS, Identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class Client:
     peer: str
     #: The connection's back-pressure (what a client not reading pauses).
     flow: Flow = field(default=UNLIMITED, compare=False, repr=False)
+    #: Who it proved to be (everyone is ``anonymous`` when no token is asked).
+    identity: Identity = field(default=ANONYMOUS, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

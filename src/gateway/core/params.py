@@ -53,6 +53,9 @@ class Param:
     #: For ``string``: the whole value must match (RE2: linear time, whatever
     #: a client sends).
     pattern: str | None = None
+    #: The scope field that bounds it for a scoped identity (``max_lines``,
+    #: ``follow``, ``algorithms``); a ``path`` is bounded by ``roots``.
+    scope: str | None = None
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -299,4 +302,14 @@ def query_parameter(p: Param) -> dict[str, Any]:
     if p.help:
         out["description"] = p.help
     out["schema"] = schema
+    return out
+
+
+def scoped(params: Sequence[Param]) -> dict[str, str]:
+    """Which scope field bounds which parameter (a path: ``roots``)."""
+    out: dict[str, str] = {}
+    for p in params:
+        field = p.scope or ("roots" if p.kind == "path" else None)
+        if field is not None:
+            out[p.name] = field
     return out

@@ -8,7 +8,7 @@ been sent.  Cancelling that Deferred (the client went away) stops the command.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
@@ -20,7 +20,9 @@ from gateway.core.command import RESERVED_FIELDS, AnyCommand, Client, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Result, Sink
 from gateway.core.metrics import CommandMetrics
+from gateway.core.params import scoped, validate
 from gateway.core.ratelimit import RateLimiter
+from gateway.core.scope import Identity
 from gateway.logfmt import printable
 
 
@@ -34,6 +36,9 @@ class CommandService:
         limiter: RateLimiter | None = None,
     ) -> None:
         self.limiter = limiter
+        #: Who a token's holder is now (its scope as last loaded; ``None``:
+        #: removed).  Unset: identities are taken as they were proven.
+        self.identities: Callable[[Identity], Identity | None] | None = None
         self._commands: dict[str, AnyCommand] = {}
         self._routes: dict[str, str] = {}
         self._running: set[Deferred[str]] = set()
@@ -90,14 +95,35 @@ class CommandService:
         command = self._commands.get(name)
         return command.frame if command is not None else None
 
-    def _prepare(self, request: Request) -> tuple[AnyCommand, Any]:
+    def _prepare(self, request: Request, identity: Identity) -> tuple[AnyCommand, Any]:
         command = self._commands.get(request.command)
         if command is None:
             raise CommandError("unknown_command", "Command not found.")
+        scope = identity.scope
+        if not scope.may_run(command.name):
+            scope.check(identity.shown, command.name, {}, {})  # raises: names the scope
         raw: Mapping[str, object] = (
             command.parse(request.rest) if request.rest is not None else request.args
         )
-        return command, command.prepare(raw)
+        args = command.prepare(raw)
+        if not scope.full:
+            checked = validate(command.name, command.params, raw)
+            scope.check(identity.shown, command.name, scoped(command.params), checked)
+        return command, args
+
+    def _identity(self, client: Client) -> Identity:
+        """Who ``client`` is now: its token's scope as last (re)loaded, or
+        ``unauthorized`` if its token was removed or has expired."""
+        identity = client.identity
+        if identity.how != "token":
+            return identity
+        current = self.identities(identity) if self.identities is not None else identity
+        if current is None:
+            raise CommandError("unauthorized", f"{identity.shown} is no longer accepted")
+        expires = current.scope.expires
+        if expires is not None and self._clock.seconds() >= expires:
+            raise CommandError("unauthorized", f"{identity.shown} has expired")
+        return current
 
     def execute(self, request: Request, client: Client, sink: Sink) -> Deferred[str]:
         """Run ``request`` for ``client``, sending events to ``sink``.
@@ -128,7 +154,7 @@ class CommandService:
         try:
             if self.limiter is not None:
                 self.limiter.take(client.peer)
-            command, args = self._prepare(request)
+            command, args = self._prepare(request, self._identity(client))
         except CommandError as e:
             d: Deferred[str] = Deferred()
             d.callback(fail(e.code, e.message, e.retry_after))

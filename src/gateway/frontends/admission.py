@@ -14,6 +14,7 @@ is logged with its traceback and answered ``internal``, never silence.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,11 +24,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import Config
-from gateway.core.auth import Authenticator, bearer
+from gateway.core.auth import Authenticator, Grant, bearer
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.flow import Flow
 from gateway.core.quota import ClientQuota, Quota, Slot
 from gateway.core.ratelimit import RateLimiter
+from gateway.core.scope import ANONYMOUS, Identity, Scope
 
 log = Logger(namespace="gateway.admission")
 
@@ -91,7 +93,7 @@ class Admission:
         if the token file cannot be read.
         """
         auth = config.auth
-        tokens = auth.all_tokens()
+        tokens = grants_of(config)
         configure = getattr(self.quota, "configure", None)
         if configure is not None:
             configure(config.quota.max_clients, config.quota.max_per_ip)
@@ -116,18 +118,18 @@ class Admission:
         """The authenticator a conversation checks ``auth`` lines with (``None``: off)."""
         return self.auth if self.auth.enabled else None
 
-    def check_bearer(self, peer: str, header: str | None) -> Denial | None:
-        """``None`` if the request may go on; else why not and how long to wait.
+    def check_bearer(self, peer: str, header: str | None) -> Identity | Denial:
+        """Who the request comes from, if it may go on; else why not and how
+        long to wait.
 
         A wrong token is answered after a growing delay; a locked-out address
         at once, with ``Retry-After``.
         """
         if not self.auth.enabled:
-            return None
+            return ANONYMOUS
         presented = bearer(header)
         try:
-            self.auth.check(peer, presented)
-            return None
+            return self.auth.check(peer, presented)
         except CommandError as e:
             if e.code == "rate_limited":
                 return Denial(e, 0.0, max(1, round(self.auth.locked(peer))))
@@ -183,3 +185,23 @@ class Admission:
 
 def is_quota_refusal(error: CommandError) -> bool:
     return error.code == "quota_exceeded"
+
+
+def grants_of(config: Config) -> list[Grant | str]:
+    """The tokens ``config`` accepts (the token file read now): plain ones
+    give full access, named ones their scope (roots resolved)."""
+    auth = config.auth
+    named = auth.named_tokens()
+    config.check_scopes("auth.token_file: token", named[len(auth.token) :])
+    out: list[Grant | str] = list(auth.all_tokens())
+    for token in named:
+        scope = Scope(
+            commands=frozenset(token.commands) if token.commands is not None else None,
+            max_lines=token.max_lines,
+            follow=token.follow,
+            roots=tuple(os.path.realpath(r) for r in token.roots) if token.roots else None,
+            algorithms=frozenset(token.algorithms) if token.algorithms is not None else None,
+            expires=token.expires,
+        )
+        out.append((bytes.fromhex(token.sha256), Identity(token.name, "token", scope)))
+    return out

@@ -27,6 +27,7 @@ from gateway.core.errors import CommandError
 from gateway.core.flow import BACKLOG, BEHIND, ReadGate
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
+from gateway.core.scope import ANONYMOUS, Identity
 from gateway.core.service import CommandService
 from gateway.frontends.admission import LINGER, Admission, is_quota_refusal
 from gateway.logfmt import printable
@@ -99,6 +100,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         self.conversation: LineConversation | JSONConversation | None = None
         self.session_state = SocketState.HANDSHAKE
         self._preauthenticated = False
+        self._identity = ANONYMOUS
         self._shutting_down = False
         self._gate: ReadGate | None = None
         self._abort_timer: IDelayedCall | None = None
@@ -117,7 +119,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
             # A client that can set headers (not a browser) may log in here.
             peer = peer_host(self.transport.getPeer())  # type: ignore[union-attr]
             denial = admission.check_bearer(peer, header)
-            if denial is not None:
+            if not isinstance(denial, Identity):
                 e = denial.error
                 deny = ConnectionDeny(401 if e.code == "unauthorized" else 429, e.message)
                 if not denial.delay:
@@ -127,6 +129,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 self.log.info("Wrong token in the WebSocket handshake from {peer}", peer=peer)
                 return deferLater(admission.clock, denial.delay, _raise, deny)
             self._preauthenticated = True
+            self._identity = denial
         return self._subprotocol(request)
 
     def _subprotocol(self, request: ConnectionRequest) -> str | None:
@@ -159,7 +162,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if gate is not None:
             # Nothing more is read from a client that does not read its answers.
             flow.watch(lambda: gate.hold(BEHIND, True), lambda: gate.hold(BEHIND, False))
-        client = Client(TRANSPORT, self.peer_host, flow)
+        client = Client(TRANSPORT, self.peer_host, flow, self._identity)
         if self.mode == JSON:
             self.conversation = JSONConversation(
                 factory.service,

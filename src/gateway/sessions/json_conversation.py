@@ -25,6 +25,7 @@ connection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -280,7 +281,7 @@ class JSONConversation:
             self._send(reply(action.id, "result", result={"authenticated": True}))
             return
         try:
-            self._auth.check(self.client.peer, action.token)
+            identity = self._auth.check(self.client.peer, action.token)
         except CommandError as e:
             answer = reply(action.id, "error", code=e.code, message=e.message)
             if e.code == "rate_limited":
@@ -292,6 +293,7 @@ class JSONConversation:
             self.service.clock.callLater(delay, self._send_unless_closed, answer)
             return
         self._login.succeeded()
+        self.client = dataclasses.replace(self.client, identity=identity)
         self._send(reply(action.id, "result", result={"authenticated": True}))
 
     def _send_unless_closed(self, text: str) -> None:

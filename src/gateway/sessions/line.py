@@ -9,6 +9,7 @@ conversation, with no transport: the front-end hands it lines and gives it
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -239,7 +240,7 @@ class LineConversation:
             self._write(["Already authenticated."])
             return
         try:
-            self._auth.check(self.client.peer, presented)
+            identity = self._auth.check(self.client.peer, presented)
         except CommandError as e:
             answer = error_line(e.code, e.message)
             if e.code == "rate_limited":
@@ -261,6 +262,7 @@ class LineConversation:
             return
         assert self._login is not None
         self._login.succeeded()
+        self.client = dataclasses.replace(self.client, identity=identity)
         self._write(["Authenticated."])
 
     def _run(self, request: Request) -> None:

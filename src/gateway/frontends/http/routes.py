@@ -37,6 +37,7 @@ from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
+from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal
 from gateway.sessions.text import dropped_line, gap_line
@@ -429,11 +430,11 @@ class RestAPI:
         self._console = console
         self.shutting_down = False
 
-    def _denied(self, request: IRequest, as_json: bool) -> Deferred[None] | None:
-        """``None`` if the request may go on; else the (delayed) 401 or 429 answer."""
+    def _denied(self, request: IRequest, as_json: bool) -> Identity | Deferred[None]:
+        """Who asks, if the request may go on; else the (delayed) 401 or 429 answer."""
         denial = self.admission.check_bearer(peer_of(request), request.getHeader("authorization"))
-        if denial is None:
-            return None
+        if isinstance(denial, Identity):
+            return denial
         e = denial.error
         if denial.retry_after is not None:
             headers = {"retry-after": str(denial.retry_after)}
@@ -466,9 +467,9 @@ class RestAPI:
         if command.metered and self.shutting_down:
             write_error(request, "unavailable", "Server shutting down.", as_json)
             return b""
-        denied = self._denied(request, as_json)
-        if denied is not None:
-            return denied
+        identity = self._denied(request, as_json)
+        if not isinstance(identity, Identity):
+            return identity
         names = [p.name for p in command.params]
         try:
             args = query(request, names)
@@ -480,10 +481,10 @@ class RestAPI:
             args["after"] = resume  # an EventSource reconnecting: go on after what it saw
         run = Request(command.name, args=args)
         if not command.metered:
-            client = Client(TRANSPORT, peer_of(request))
+            client = Client(TRANSPORT, peer_of(request), identity=identity)
             writer = self._writer(request, fmt, command.stream_key)
             return self.service.execute(run, client, writer).addCallback(lambda _: None)
-        return self._metered(request, run, command.stream_key, fmt)
+        return self._metered(request, run, command.stream_key, fmt, identity)
 
     def _writer(self, request: IRequest, fmt: str, stream_key: str | None) -> ResponseWriter:
         return ResponseWriter(
@@ -491,7 +492,12 @@ class RestAPI:
         )
 
     def _metered(
-        self, request: IRequest, run: Request, stream_key: str | None, fmt: str
+        self,
+        request: IRequest,
+        run: Request,
+        stream_key: str | None,
+        fmt: str,
+        identity: Identity,
     ) -> Deferred[None]:
         as_json = fmt != "text"
         peer = peer_of(request)
@@ -523,7 +529,7 @@ class RestAPI:
             slot = got
             writer = self._writer(request, fmt, stream_key)
             request.registerProducer(flow, True)  # paused while the client does not read
-            client = Client(TRANSPORT, peer, flow)
+            client = Client(TRANSPORT, peer, flow, identity)
             running = self.service.execute(run, client, writer)
             running.addCallback(finished)
 
@@ -569,9 +575,15 @@ class RestAPI:
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> Deferred[None] | bytes:
         if self.admission.metrics_need_token:
-            denied = self._denied(request, wants_json(request))
-            if denied is not None:
-                return denied
+            identity = self._denied(request, wants_json(request))
+            if not isinstance(identity, Identity):
+                return identity
+            if not identity.scope.may_run("stats"):  # the same figures as stats
+                message = (
+                    f"{identity.shown} may not read the metrics (stats is not among its commands)"
+                )
+                write_error(request, "forbidden", message, wants_json(request))
+                return b""
         request.setHeader("content-type", METRICS_TYPE)
         request.setHeader("cache-control", "no-store")
         text = render_metrics(
