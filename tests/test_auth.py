@@ -210,7 +210,7 @@ def http_harness() -> Any:
     quota = ClientQuota(10)
     service = make_service(None, clock, quota)
     auth = Authenticator([TOKEN], clock, max_failures=2)
-    api = RestAPI(Admission(quota, clock, auth), service, HTTPConfig(), lambda: {})
+    api = RestAPI(Admission(quota, clock, auth), service, HTTPConfig(), lambda scope: {})
     return StubTreq(api.resource()), clock, api
 
 

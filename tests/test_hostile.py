@@ -170,7 +170,7 @@ class QuotaMachine(RuleBasedStateMachine):
         self.ws.service.replace(LastlogCommand(self.source, 10, 1000, 10_000.0))
         self.lines = LineFactory(self.ws.admission, self.ws.service, TCPConfig())
         self.treq: Any = StubTreq(
-            RestAPI(self.ws.admission, self.ws.service, HTTPConfig(), dict).resource()
+            RestAPI(self.ws.admission, self.ws.service, HTTPConfig(), lambda scope: {}).resource()
         )
         self.tcp: list[tuple[Any, StringTransport]] = []
         self.sockets: list[Any] = []

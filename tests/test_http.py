@@ -54,7 +54,7 @@ class Harness:
             Admission(self.quota, self.clock),
             self.service,
             HTTPConfig(),
-            lambda: self.doc,
+            lambda scope: self.doc,
             websocket=None,
             console=Console.load(console_dir()),
         )

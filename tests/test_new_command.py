@@ -119,7 +119,7 @@ class HTTP:
     def __init__(self, service: CommandService) -> None:
         self.doc = document(service.commands)
         self.api = RestAPI(
-            Admission(ClientQuota(10), Clock()), service, HTTPConfig(), lambda: self.doc
+            Admission(ClientQuota(10), Clock()), service, HTTPConfig(), lambda scope: self.doc
         )
         self.treq: Any = StubTreq(self.api.resource())
 

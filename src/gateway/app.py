@@ -134,7 +134,7 @@ class Gateway(MultiService):
             admission,
             self.service,
             config.http,
-            lambda: document(self.service.commands),
+            lambda scope: document([c for c in self.service.commands if scope.may_run(c.name)]),
             websocket=websocket_resource(sockets),
             console=Console.load(console_dir()),
         )
@@ -169,6 +169,9 @@ class Gateway(MultiService):
             if before != after:
                 log.warn("{key} changed: restart the daemon to apply it", key=key)
         self.admission.reload(config)  # may raise ConfigError first: nothing changed yet
+        current = self.admission.auth.current
+        self.lines.revoke(current)  # connections whose token was removed
+        self.sockets.revoke(current)
         reconfigure(self.service, config, self.runners, self.recent_log.tail)
         self.lines.settings = config.tcp
         self.site.configure(config.http)

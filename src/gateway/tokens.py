@@ -28,6 +28,7 @@ TOKEN_KEYS = frozenset(
         "follow",
         "roots",
         "algorithms",
+        "max_clients",
         "expires",
     }
 )
@@ -53,6 +54,7 @@ class NamedToken:
     follow: bool = True
     roots: tuple[str, ...] | None = None
     algorithms: tuple[str, ...] | None = None
+    max_clients: int | None = None
     #: Seconds since the epoch.
     expires: float | None = None
 
@@ -116,6 +118,7 @@ def parse_token(key: str, table: object) -> NamedToken:
         follow=follow,
         roots=roots,
         algorithms=optional("algorithms", _strings),
+        max_clients=optional("max_clients", _positive_int),
         expires=optional("expires", _expires),
     )
 
@@ -167,6 +170,7 @@ def new_token(name: str) -> tuple[str, str]:
         "# follow = true\n"
         '# roots = ["/srv/releases"]\n'
         '# algorithms = ["sha256"]\n'
+        "# max_clients = 2\n"
         "# expires = 2027-01-31T00:00:00Z\n"
     )
     return token, block

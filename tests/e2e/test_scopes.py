@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from ..support.e2e import curl, nc
+from ..support.e2e import curl, nc, open_nc, read_line, read_until_closed
 
 DASHBOARD = "dashboard-token-0123456789abcdef"
 RELEASE = "release-token-0123456789abcdef00"
@@ -82,3 +84,95 @@ def test_nc_curl_and_websocket_are_refused_alike(start_gateway: Any, tmp_path: P
             == 'token "release-check" may not run lastlog (its commands: comphash)'
         )
     gw.wait_for(r"tcp 127\.0\.0\.1 lastlog: forbidden")
+
+
+def test_help_commands_and_openapi_list_only_what_the_token_may_run(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    gw = start(start_gateway, tmp_path)
+    said = nc(gw.tcp_port, f"auth {DASHBOARD}\nhelp\n".encode())
+    listed = [line.split()[0] for line in said.splitlines()[1:]]
+    assert sorted(listed) == ["exit", "help", "lastlog", "stats"]  # exit: always
+    status, _, body = curl(gw.url("/commands"), "-H", f"Authorization: Bearer {RELEASE}")
+    assert status == 403  # help is not among release-check's commands
+    status, _, body = curl(gw.url("/openapi.json"), "-H", f"Authorization: Bearer {DASHBOARD}")
+    assert status == 200
+    paths = json.loads(body)["paths"]
+    assert {"/commands", "/lastlog", "/stats"} <= set(paths) and "/comphash" not in paths
+    status, _, body = curl(gw.url("/openapi.json"))
+    assert "/comphash" in json.loads(body)["paths"]  # no token: the whole description
+
+
+def test_max_clients_caps_one_tokens_connections_on_every_transport(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("x\n")
+    gw = start_gateway(
+        f'[lastlog]\nsource = "{log}"\n'
+        f'[[auth.token]]\nname = "one"\nsha256 = "{sha(DASHBOARD)}"\nmax_clients = 1\n'
+    )
+    first = open_nc(gw.tcp_port)
+    assert first.stdin is not None
+    try:
+        first.stdin.write(f"auth {DASHBOARD}\n".encode())
+        first.stdin.flush()
+        assert read_line(first, 10) == b"Authenticated.\n"
+        refused = 'token "one" already holds its 1 connection (its max_clients)'
+        assert nc(gw.tcp_port, f"auth {DASHBOARD}\nstats\n".encode()).splitlines() == [
+            refused  # said as the quota's other refusals are
+        ]
+        status, _, body = curl(
+            gw.url("/lastlog?format=json"), "-H", f"Authorization: Bearer {DASHBOARD}"
+        )
+        assert status == 503 and json.loads(body)["detail"] == refused
+        with connect(
+            f"ws://127.0.0.1:{gw.http_port}/ws",
+            subprotocols=[Subprotocol("gateway.v1.json")],
+            additional_headers={"Authorization": f"Bearer {DASHBOARD}"},
+        ) as ws:
+            answer = json.loads(ws.recv(timeout=10))
+            assert (answer["code"], answer["message"]) == ("quota_exceeded", refused)
+    finally:
+        first.kill()
+        first.wait()
+    deadline = time.monotonic() + 10
+    while True:  # its place is given back when it leaves
+        status, _, _ = curl(gw.url("/lastlog"), "-H", f"Authorization: Bearer {DASHBOARD}")
+        if status == 200:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_reload_that_removes_a_token_closes_its_connections(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    gw = start(start_gateway, tmp_path)
+    client = open_nc(gw.tcp_port)
+    assert client.stdin is not None
+    with connect(
+        f"ws://127.0.0.1:{gw.http_port}/ws",
+        subprotocols=[Subprotocol("gateway.v1.json")],
+        additional_headers={"Authorization": f"Bearer {DASHBOARD}"},
+    ) as ws:
+        client.stdin.write(f"auth {DASHBOARD}\n".encode())
+        client.stdin.flush()
+        assert read_line(client, 10) == b"Authenticated.\n"
+        ws.send(json.dumps({"id": 1, "command": "stats"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "result"
+        config = gw.config_path.read_text()
+        cut = config.index('[[auth.token]]\nname = "dashboard"')
+        rest = config[cut:].split("[[auth.token]]", 2)
+        gw.config_path.write_text(config[:cut] + "[[auth.token]]" + rest[2])
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_for("Configuration reloaded")
+        gone = 'token "dashboard" is no longer accepted'
+        assert read_line(client, 10) == f"{gone}\n".encode()
+        assert read_until_closed(client, 10) == b""
+        answer = json.loads(ws.recv(timeout=10))
+        assert (answer["code"], answer["message"]) == ("unauthorized", gone)
+    client.kill()
+    client.wait()
+    status, _, _ = curl(gw.url("/stats"), "-H", f"Authorization: Bearer {DASHBOARD}")
+    assert status == 401

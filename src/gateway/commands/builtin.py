@@ -13,6 +13,7 @@ from gateway.core.events import Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import describe, validate
 from gateway.core.quota import Quota
+from gateway.core.scope import ANONYMOUS, Identity
 
 PARAM_SCHEMA = {
     "type": "object",
@@ -59,7 +60,14 @@ class HelpCommand(Command[None]):
         validate(self.name, self.params, args)  # no parameters: anything given is refused
 
     def run(self, args: None, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
-        commands = self._commands()
+        return self.run_as(ANONYMOUS, args, sink, flow)
+
+    def run_as(
+        self, identity: Identity, args: None, sink: Sink, flow: Flow = UNLIMITED
+    ) -> Deferred[Result]:
+        """The commands ``identity`` may run (all, without a scope)."""
+        scope = identity.scope
+        commands = [c for c in self._commands() if scope.may_run(c.name)]
         width = max(len(c.usage) for c in commands)
         return succeed(
             Result(

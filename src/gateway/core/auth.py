@@ -70,6 +70,8 @@ class Authenticator:
     ) -> None:
         self._grants = grants(tokens)
         self._by_name = {identity.name: identity for _, identity in self._grants}
+        #: Places held per identity name (those with a max_clients).
+        self._holding: dict[str, int] = {}
         self.clock = clock
         self.configure(max_failures, window, lockout, max_pending, max_pending_per_ip)
         self._failures: dict[str, _Failures] = {}
@@ -148,6 +150,34 @@ class Authenticator:
             if hmac.compare_digest(stored, given):
                 found = identity
         return found
+
+    def hold(self, identity: Identity) -> CommandError | None:
+        """Take one of ``identity``'s places (its ``max_clients``); the refusal
+        if all are held.  Every ``None`` is matched by one :meth:`release`."""
+        cap = identity.scope.max_clients
+        if cap is None:
+            return None
+        held = self._holding.get(identity.name, 0)
+        if held >= cap:
+            return CommandError(
+                "quota_exceeded",
+                f"{identity.shown} already holds its {cap} "
+                f"{'connection' if cap == 1 else 'connections'} (its max_clients)",
+            )
+        self._holding[identity.name] = held + 1
+        return None
+
+    def release(self, identity: Identity) -> None:
+        if identity.scope.max_clients is None:
+            return
+        held = self._holding.get(identity.name, 0) - 1
+        if held > 0:
+            self._holding[identity.name] = held
+        else:
+            self._holding.pop(identity.name, None)
+
+    def holding(self, name: str) -> int:
+        return self._holding.get(name, 0)
 
     def expired(self, identity: Identity) -> bool:
         expires = identity.scope.expires

@@ -131,5 +131,10 @@ class Command(Protocol[A]):
         """
         ...
 
+    def run_as(self, identity: Identity, args: A, sink: Sink, flow: Flow) -> Deferred[Result]:
+        """:meth:`run` for ``identity`` (whose scope allowed it): a command
+        whose answer depends on who asks (``help``) overrides this."""
+        return self.run(args, sink, flow)
+
 
 AnyCommand = Command[Any]

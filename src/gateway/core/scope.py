@@ -38,6 +38,9 @@ class Scope:
     roots: tuple[str, ...] | None = None
     #: The hash algorithms it may use.
     algorithms: frozenset[str] | None = None
+    #: How many connections (and HTTP requests in flight) it may hold at once,
+    #: within the quota of everyone.
+    max_clients: int | None = None
     #: When it stops being accepted (seconds since the epoch).
     expires: float | None = None
 

@@ -154,7 +154,8 @@ class CommandService:
         try:
             if self.limiter is not None:
                 self.limiter.take(client.peer)
-            command, args = self._prepare(request, self._identity(client))
+            identity = self._identity(client)
+            command, args = self._prepare(request, identity)
         except CommandError as e:
             d: Deferred[str] = Deferred()
             d.callback(fail(e.code, e.message, e.retry_after))
@@ -175,7 +176,7 @@ class CommandService:
             self.log.failure("command {command} failed", f, command=request.command)
             return fail("internal", INTERNAL_MESSAGE)
 
-        running: Deferred[Result] = maybeDeferred(command.run, args, sink, client.flow)
+        running: Deferred[Result] = maybeDeferred(command.run_as, identity, args, sink, client.flow)
         if timeout is not None:
             running.addTimeout(timeout, self._clock)
         outcome = running.addCallbacks(succeeded, failed)

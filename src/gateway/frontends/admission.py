@@ -201,6 +201,7 @@ def grants_of(config: Config) -> list[Grant | str]:
             follow=token.follow,
             roots=tuple(os.path.realpath(r) for r in token.roots) if token.roots else None,
             algorithms=frozenset(token.algorithms) if token.algorithms is not None else None,
+            max_clients=token.max_clients,
             expires=token.expires,
         )
         out.append((bytes.fromhex(token.sha256), Identity(token.name, "token", scope)))

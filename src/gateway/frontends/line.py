@@ -12,7 +12,7 @@ a socket by never answering.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -34,6 +34,7 @@ from gateway.core.errors import CommandError
 from gateway.core.flow import BACKLOG, ReadGate
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
+from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.frontends.admission import LINGER, Admission
 from gateway.sessions.line import LineConversation
@@ -301,3 +302,9 @@ class LineFactory(ServerFactory):
     def shutdown(self) -> None:
         for session in list(self.sessions):
             session.shutdown()
+
+    def revoke(self, current: Callable[[Identity], Identity | None]) -> None:
+        """Close the connections whose token a reload removed."""
+        for session in list(self.sessions):
+            if session.conversation is not None:
+                session.conversation.revoke(current)

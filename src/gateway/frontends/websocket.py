@@ -11,7 +11,7 @@ handshake completes and the server closes with 1013 and the reason
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -343,6 +343,12 @@ class GatewayWebSocketFactory(WebSocketServerFactory):
     def shutdown(self) -> None:
         for session in list(self.sessions):
             session.shutdown()
+
+    def revoke(self, current: Callable[[Identity], Identity | None]) -> None:
+        """Close the connections whose token a reload removed."""
+        for session in list(self.sessions):
+            if session.conversation is not None:
+                session.conversation.revoke(current)
 
     def configure(self, settings: WebSocketConfig) -> None:
         """Apply (new) limits; connections opened from now on get them."""

@@ -38,6 +38,7 @@ from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Progress, Result
+from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
 from gateway.sessions.login import Login
@@ -212,6 +213,8 @@ class JSONConversation:
     def start(self) -> None:
         self._started = True
         refusal = self._login.begin()
+        if refusal is None and self._auth is not None and self._login.authenticated:
+            refusal = self._login.claim(self.client.identity)  # a token in the handshake
         if refusal is not None:
             self._send(reply(None, "error", code=refusal.code, message=refusal.message))
             self.stop()
@@ -293,6 +296,12 @@ class JSONConversation:
             self.service.clock.callLater(delay, self._send_unless_closed, answer)
             return
         self._login.succeeded()
+        refusal = self._login.claim(identity)
+        if refusal is not None:
+            self._send(reply(action.id, "error", code=refusal.code, message=refusal.message))
+            self.stop()
+            self._close()
+            return
         self.client = dataclasses.replace(self.client, identity=identity)
         self._send(reply(action.id, "result", result={"authenticated": True}))
 
@@ -353,10 +362,25 @@ class JSONConversation:
 
         running.addCallback(done)
 
+    def revoke(self, current: Callable[[Identity], Identity | None]) -> bool:
+        """Close, saying why, if the client's token is no longer accepted
+        (``current`` says: a reload removed it); ``True`` if it was closed."""
+        identity = self.client.identity
+        if self.closed or identity.how != "token" or current(identity) is not None:
+            return False
+        self.log.info(
+            "Closing {peer}: {who} was removed", peer=self.client.peer, who=identity.shown
+        )
+        message = f"{identity.shown} is no longer accepted"
+        self._send(reply(None, "error", code="unauthorized", message=message))
+        self.stop()
+        self._close()
+        return True
+
     def stop(self) -> None:
         """The connection is ending: cancel everything still running."""
         self.closed = True
-        self._login.end()
+        self._login.leave()
         self._waiting.clear()
         running, self.running = self.running, {}
         for d in running.values():

@@ -21,6 +21,7 @@ from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Following, Result
+from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable, redact
 from gateway.sessions.login import Login
@@ -108,7 +109,10 @@ class LineConversation:
     def start(self) -> None:
         """Begin running commands (once the client holds its quota slot)."""
         self._started = True
-        refusal = self._login.begin() if self._login is not None else None
+        login = self._login
+        refusal = login.begin() if login is not None else None
+        if refusal is None and login is not None and login.authenticated:
+            refusal = login.claim(self.client.identity)  # a token in the handshake
         if refusal is not None:
             self._write([error_line(refusal.code, refusal.message)])
             self._end()
@@ -117,13 +121,27 @@ class LineConversation:
 
     def _release_login(self) -> None:
         if self._login is not None:
-            self._login.end()
+            self._login.leave()
 
     def _too_late(self) -> None:
         if self.closed:
             return
         self._write([error_line("unauthorized", REQUIRED)])
         self._end()
+
+    def revoke(self, current: Callable[[Identity], Identity | None]) -> bool:
+        """Close, saying why, if the client's token is no longer accepted
+        (``current`` says: a reload removed it); ``True`` if it was closed."""
+        identity = self.client.identity
+        if self.closed or identity.how != "token" or current(identity) is not None:
+            return False
+        self.log.info(
+            "Closing {peer}: {who} was removed", peer=self.client.peer, who=identity.shown
+        )
+        self._write([error_line("unauthorized", f"{identity.shown} is no longer accepted")])
+        self.stop()
+        self._close()
+        return True
 
     def _end(self) -> None:
         self.closed = True
@@ -262,6 +280,11 @@ class LineConversation:
             return
         assert self._login is not None
         self._login.succeeded()
+        refusal = self._login.claim(identity)
+        if refusal is not None:
+            self._write([error_line(refusal.code, refusal.message)])
+            self._end()
+            return
         self.client = dataclasses.replace(self.client, identity=identity)
         self._write(["Authenticated."])
 

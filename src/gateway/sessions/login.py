@@ -17,12 +17,14 @@ from twisted.logger import Logger
 from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
 from gateway.core.errors import CommandError
 from gateway.core.ratelimit import RateLimiter
+from gateway.core.scope import Identity
 
 
 class Login:
     log = Logger(namespace="gateway.sessions.login")
     __slots__ = (
         "_held",
+        "_identity",
         "_on_timeout",
         "_strikes",
         "_timeout",
@@ -52,6 +54,7 @@ class Login:
         self._on_timeout = on_timeout
         self._timer: IDelayedCall | None = None
         self._held = False
+        self._identity: Identity | None = None
         self._strikes = 0
 
     def begin(self) -> CommandError | None:
@@ -93,6 +96,25 @@ class Login:
         """The client presented a valid token."""
         self.authenticated = True
         self.end()
+
+    def claim(self, identity: Identity) -> CommandError | None:
+        """Hold one of ``identity``'s places while connected (its
+        ``max_clients``); the refusal to send, and close on, if all are held."""
+        if self.auth is None:
+            return None
+        refusal = self.auth.hold(identity)
+        if refusal is None:
+            self._identity = identity
+        else:
+            self.log.info("{peer}: {message}; closing", peer=self.peer, message=refusal.message)
+        return refusal
+
+    def leave(self) -> None:
+        """The connection ends: its waiting place and its identity's place go back."""
+        self.end()
+        identity, self._identity = self._identity, None
+        if identity is not None and self.auth is not None:
+            self.auth.release(identity)
 
     def end(self) -> None:
         """Give back the waiting place and stop the timer (logged in, or gone)."""

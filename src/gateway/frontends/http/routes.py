@@ -37,7 +37,7 @@ from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
-from gateway.core.scope import Identity
+from gateway.core.scope import FULL, Identity, Scope
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal
 from gateway.sessions.text import dropped_line, gap_line
@@ -415,7 +415,7 @@ class RestAPI:
         admission: Admission,
         service: CommandService,
         settings: HTTPConfig,
-        openapi: Callable[[], Mapping[str, Any]],
+        openapi: Callable[[Scope], Mapping[str, Any]],
         websocket: Any = None,
         console: Console | None = None,
     ) -> None:
@@ -470,6 +470,13 @@ class RestAPI:
         identity = self._denied(request, as_json)
         if not isinstance(identity, Identity):
             return identity
+        refusal = self.admission.auth.hold(identity)  # its max_clients, while the request runs
+        if refusal is not None:
+            write_error(request, refusal.code, refusal.message, as_json)
+            return b""
+        if identity.scope.max_clients is not None:
+            auth = self.admission.auth
+            request.notifyFinish().addBoth(lambda _: auth.release(identity))
         names = [p.name for p in command.params]
         try:
             args = query(request, names)
@@ -596,8 +603,16 @@ class RestAPI:
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
+        """The API; with a valid token, only what that token may run (without
+        one, the whole document: it describes, it grants nothing)."""
+        scope = FULL
+        header = request.getHeader("authorization")
+        if header is not None and self.admission.auth.enabled:
+            found = self.admission.check_bearer(peer_of(request), header)
+            if isinstance(found, Identity):
+                scope = found.scope
         request.setHeader("content-type", JSON)
-        return json.dumps(self._openapi(), indent=2).encode()
+        return json.dumps(self._openapi(scope), indent=2).encode()
 
     # -- the WebSocket and the browser console
 
