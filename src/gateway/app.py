@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__
+from gateway.auditlog import AuditLog, target_for
 from gateway.commands.follow import Followers
 from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
@@ -122,6 +123,8 @@ class Gateway(MultiService):
         )
         # A token's holder runs each command with its scope as last loaded.
         self.service.identities = admission.auth.current
+        self.audit: AuditLog | None = None
+        self._set_audit(config.audit.file)
 
         tcp = config.tcp
         sockets = GatewayWebSocketFactory(
@@ -139,6 +142,7 @@ class Gateway(MultiService):
             console=Console.load(console_dir()),
         )
         self.api = api
+        api.problems = self.problems
         self.sockets = sockets
         self.lines = LineFactory(admission, self.service, tcp)
         self.site = GuardedSite(api.resource(), config.http, reactor)
@@ -152,6 +156,31 @@ class Gateway(MultiService):
             listener.setServiceParent(self)
 
         self.exit_status = 0
+
+    def _set_audit(self, setting: str) -> None:
+        """Start, switch or stop the audit trail (``[audit] file``)."""
+        audit = self.audit
+        if not setting:
+            self.service.audit = None
+            self.audit = None
+            if audit is not None:
+                audit.disownServiceParent()  # writes what is queued, then stops
+            return
+        if audit is None:
+            audit = AuditLog(target_for(setting), self.reactor.callFromThread, self.reactor.seconds)
+            # Stopped with the others, once the commands whose records it writes ended.
+            audit.setServiceParent(self)
+            self.audit = audit
+        else:
+            changed = target_for(setting) if setting != self.config.audit.file else None
+            audit.reopen(changed)  # SIGHUP: the file again (logrotate), or the new one
+        self.service.audit = audit.record
+
+    def problems(self) -> list[str]:
+        """What makes ``/healthz`` say ``degraded``."""
+        audit = self.audit
+        problem = audit.problem if audit is not None else None
+        return [problem] if problem is not None else []
 
     def reload(self, config: Config) -> None:
         """Apply a new config without dropping anyone (SIGHUP).
@@ -173,6 +202,7 @@ class Gateway(MultiService):
         self.lines.revoke(current)  # connections whose token was removed
         self.sockets.revoke(current)
         reconfigure(self.service, config, self.runners, self.recent_log.tail)
+        self._set_audit(config.audit.file)
         self.lines.settings = config.tcp
         self.site.configure(config.http)
         self.api.settings = config.http

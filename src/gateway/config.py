@@ -302,6 +302,18 @@ def check_token(key: str, token: str) -> None:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    #: "" (off), "journal", or an absolute path (JSON lines, reopened on SIGHUP).
+    file: str = ""
+
+    def check(self) -> None:
+        if self.file not in ("", "journal") and not os.path.isabs(self.file):
+            raise ConfigError(
+                "audit.file", f'must be "", "journal" or an absolute path, got {self.file!r}'
+            )
+
+
+@dataclass(frozen=True)
 class FollowConfig:
     replay_lines: int = 10000
     queue_lines: int = 1000
@@ -335,6 +347,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     #: ``[commands.<name>]``: programs operators expose (checked when parsed).
     commands: tuple[DeclaredCommand, ...] = ()
 

@@ -16,9 +16,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.core.audit import record as audit_record
 from gateway.core.command import RESERVED_FIELDS, AnyCommand, Client, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
-from gateway.core.events import Error, Result, Sink
+from gateway.core.events import Error, Event, Lines, Result, Sink
 from gateway.core.metrics import CommandMetrics
 from gateway.core.params import scoped, validate
 from gateway.core.ratelimit import RateLimiter
@@ -36,6 +37,8 @@ class CommandService:
         limiter: RateLimiter | None = None,
     ) -> None:
         self.limiter = limiter
+        #: Where each command's audit record goes (``None``: no audit trail).
+        self.audit: Callable[[dict[str, Any]], None] | None = None
         #: Who a token's holder is now (its scope as last loaded; ``None``:
         #: removed).  Unset: identities are taken as they were proven.
         self.identities: Callable[[Identity], Identity | None] | None = None
@@ -133,10 +136,16 @@ class CommandService:
         """
         started = self._clock.seconds()
         timeout: float | None = 0.0
+        audit = self.audit
+        sent = [0]
+        if audit is not None:
+            sink = _counting(sink, sent)
 
         def finish(outcome: str) -> str:
             seconds = self._clock.seconds() - started
             self.metrics.record(request.command, outcome, seconds)
+            if audit is not None:
+                audit(audit_record(started, client, request, outcome, sent[0], seconds))
             self.log.info(
                 "{transport} {peer} {command}: {outcome} in {duration_ms:.1f} ms",
                 transport=client.transport,
@@ -246,3 +255,17 @@ def _check_declaration(command: AnyCommand) -> None:
         clash |= {command.stream_key} & (RESERVED_FIELDS | set(names))
     if clash or len(set(names)) != len(names):
         raise ValueError(f"{command.name}: result field names clash: {sorted(clash) or names}")
+
+
+def _counting(sink: Sink, sent: list[int]) -> Sink:
+    """``sink``, adding to ``sent[0]`` the bytes of text it passes on (lines
+    and a result's text, each with its newline): an audit record's size."""
+
+    def counted(event: Event) -> None:
+        if isinstance(event, Lines):
+            sent[0] += sum(len(line.encode("utf-8", "replace")) + 1 for line in event.lines)
+        elif isinstance(event, Result):
+            sent[0] += sum(len(line.encode("utf-8", "replace")) + 1 for line in event.text)
+        sink(event)
+
+    return counted

@@ -426,6 +426,8 @@ class RestAPI:
         self.service = service
         self.settings = settings
         self._openapi = openapi
+        #: What makes /healthz say "degraded" (the audit log failing, ...).
+        self.problems: Callable[[], list[str]] = list
         self._websocket = websocket
         self._console = console
         self.shutting_down = False
@@ -573,10 +575,15 @@ class RestAPI:
             write_error(request, e.code, e.message, wants_json(request))
             return b""
         request.setHeader("cache-control", "no-store")
+        problems = self.problems()
         if wants_json(request):
             request.setHeader("content-type", JSON)
+            if problems:
+                return json.dumps({"status": "degraded", "problems": problems}).encode()
             return b'{"status":"ok"}'
         request.setHeader("content-type", TEXT)
+        if problems:
+            return "".join(f"degraded: {p}\n" for p in problems).encode()
         return b"ok\n"
 
     @app.route("/metrics", methods=["GET"])

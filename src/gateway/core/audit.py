@@ -1,0 +1,97 @@
+"""Audit records: who ran what, how it went (pure: no I/O).
+
+One record per command, whatever the transport: the time, the identity's
+name (never a token) and how it was proven, the transport and peer, the
+command and its arguments, the outcome, the bytes of output and the
+duration.  :func:`json_line` makes the file's line; :func:`journal_fields`
+the journal's structured fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.core.command import Client, Request
+
+#: A client's argument is cut to this many characters in a record.
+MAX_ARG_CHARS = 512
+
+
+def _cut(value: object) -> object:
+    if isinstance(value, str) and len(value) > MAX_ARG_CHARS:
+        return value[:MAX_ARG_CHARS] + "…"
+    return value
+
+
+def record(
+    when: float,
+    client: Client,
+    request: Request,
+    outcome: str,
+    sent: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The record of one command; ``sent`` is the bytes of its output."""
+    args: object
+    if request.rest is not None:
+        args = _cut(request.rest)  # as typed after the command's name
+    else:
+        args = {str(_cut(k)): _cut(v) for k, v in list(request.args.items())[:32]}
+    identity = client.identity
+    return {
+        "time": dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds"),
+        "identity": identity.name,
+        "proof": identity.how,
+        "transport": client.transport,
+        "peer": client.peer,
+        "command": _cut(request.command),
+        "args": args,
+        "outcome": outcome,
+        "bytes": sent,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+
+
+def json_line(rec: Mapping[str, Any]) -> bytes:
+    """One line of the audit file: JSON, every control character escaped."""
+    return json.dumps(rec, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+
+def journal_fields(rec: Mapping[str, Any]) -> dict[str, str]:
+    """The journal's fields for ``rec`` (``GATEWAY_*``, searchable with journalctl)."""
+    args = rec["args"]
+    message = (
+        f"audit: {rec['identity']} ran {json.dumps(rec['command'], ensure_ascii=True)} over "
+        f"{rec['transport']} from {rec['peer']}: {rec['outcome']}"
+    )
+    return {
+        "MESSAGE": message,
+        "PRIORITY": "6",
+        "SYSLOG_IDENTIFIER": "gateway-audit",
+        "GATEWAY_IDENTITY": str(rec["identity"]),
+        "GATEWAY_PROOF": str(rec["proof"]),
+        "GATEWAY_TRANSPORT": str(rec["transport"]),
+        "GATEWAY_PEER": str(rec["peer"]),
+        "GATEWAY_COMMAND": str(rec["command"]),
+        "GATEWAY_ARGS": json.dumps(args, ensure_ascii=True),
+        "GATEWAY_OUTCOME": str(rec["outcome"]),
+        "GATEWAY_BYTES": str(rec["bytes"]),
+        "GATEWAY_DURATION_MS": str(rec["duration_ms"]),
+    }
+
+
+def journal_datagram(fields: Mapping[str, str]) -> bytes:
+    """The journal's native protocol: ``KEY=value`` lines, or, for a value
+    holding a newline, the key, its length (64-bit little-endian) and value."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
