@@ -27,7 +27,7 @@ from gateway.core.events import Error, Event
 from gateway.core.quota import ClientQuota
 from gateway.core.scope import Identity, Scope
 from gateway.core.service import CommandService
-from gateway.frontends.admission import grants_of
+from gateway.frontends.admission import Admission, grants_of
 from gateway.sessions.line import LineConversation
 
 from .support.fakes import FakeSpawner, call_now, run_now
@@ -296,3 +296,54 @@ def test_token_new_prints_a_token_whose_hash_is_in_the_block(
     assert Authenticator(grants_of(config), Clock()).check("h", token).name == "dashboard"
     assert main(["token", "new", "no spaces"]) == 2
     assert "letters, digits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[[auth.unix]]\nname = "root"\n', "auth.unix[1]"),
+        ('[[auth.unix]]\nname = "root"\nuid = 0\ngid = 0\n', "auth.unix[1]"),
+        ('[[auth.unix]]\nname = "root"\nuid = -1\n', "auth.unix[1].uid"),
+        ('[[auth.unix]]\nname = "root"\nuid = 0\ncommands = ["x"]\n', "auth.unix[1].commands"),
+        ("[[auth.unix]]\nuid = 0\n", "auth.unix[1].name"),
+        ('[[auth.certificate]]\nname = "ci"\ncn = ""\n', "auth.certificate[1].cn"),
+        ('[[auth.certificate]]\nname = "ci"\nsha256 = "x"\n', "auth.certificate[1].sha256"),
+    ],
+)
+def test_bad_unix_and_certificate_identities_name_their_key(
+    tmp_path: Path, toml: str, key: str
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert info.value.key == key
+
+
+def test_unix_users_groups_and_certificates_map_to_identities(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[[auth.unix]]\nname = "root"\nuid = 0\n'
+        '[[auth.unix]]\nname = "admins"\ngid = 4\nmax_lines = 5\n'
+        '[[auth.certificate]]\nname = "ci"\ncn = "ci.example.org"\ncommands = ["comphash"]\n'
+    )
+    config = load(str(path))
+    auth = Authenticator(grants_of(config), Clock())
+    assert not auth.enabled
+    admission = Admission.from_config(config, Clock())
+    auth = admission.auth
+    assert auth.enabled  # proofs other than tokens turn auth on
+    root = auth.unix_peer(0, 100)
+    assert root is not None and (root.name, root.how, root.shown) == (
+        "root",
+        "unix",
+        'unix user "root"',
+    )
+    admins = auth.unix_peer(1000, 4)
+    assert admins is not None and admins.scope.max_lines == 5
+    assert auth.unix_peer(1000, 1000) is None
+    ci = auth.certificate("ci.example.org")
+    assert ci is not None and ci.shown == 'certificate "ci"' and auth.certificate("other") is None
+    assert auth.current(ci) == ci
+    admission.reload(load(None))  # all removed
+    assert auth.current(ci) is None and auth.unix_peer(0, 0) is None

@@ -13,12 +13,22 @@ import os
 import shlex
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.declarations import DeclarationError, DeclaredCommand, parse_commands
-from gateway.tokens import NamedToken, TokenError, check_scopes, parse_tokens
+from gateway.tokens import (
+    CertificateName,
+    Named,
+    NamedToken,
+    TokenError,
+    UnixPeer,
+    check_scopes,
+    parse_certificates,
+    parse_tokens,
+    parse_unix_peers,
+)
 
 ENV_PREFIX = "GATEWAY_"
 #: Environment variables that are not config keys.
@@ -222,6 +232,10 @@ class AuthConfig:
     tokens: tuple[str, ...] = ()
     #: ``[[auth.token]]``: named tokens, stored hashed, each with its scope.
     token: tuple[NamedToken, ...] = ()
+    #: ``[[auth.unix]]``: local users or groups on a ``unix:`` listener.
+    unix: tuple[UnixPeer, ...] = ()
+    #: ``[[auth.certificate]]``: verified client certificates, by subject CN.
+    certificate: tuple[CertificateName, ...] = ()
     token_file: str = ""
     metrics: bool = True
     max_failures: int = 5
@@ -253,8 +267,8 @@ class AuthConfig:
 
     @property
     def enabled(self) -> bool:
-        """Whether any token is asked for (the token file read now)."""
-        return bool(self.all_tokens() or self.named_tokens())
+        """Whether clients must prove who they are (the token file read now)."""
+        return bool(self.all_tokens() or self.named_tokens() or self.unix or self.certificate)
 
     def _file(self) -> tuple[list[str], tuple[NamedToken, ...]]:
         """The token file: one plain token per line, or ``[[token]]`` tables
@@ -355,8 +369,10 @@ class Config:
         for name in _sections():
             getattr(self, name).check()
         self.check_scopes("auth.token", self.auth.token)
+        self.check_scopes("auth.unix", self.auth.unix)
+        self.check_scopes("auth.certificate", self.auth.certificate)
 
-    def check_scopes(self, key: str, tokens: typing.Sequence[NamedToken]) -> None:
+    def check_scopes(self, key: str, tokens: typing.Sequence[Named]) -> None:
         """Every command and algorithm the tokens name exists."""
         commands = BUILTIN_COMMANDS | {c.name for c in self.commands}
         try:
@@ -367,6 +383,14 @@ class Config:
 
 #: The commands every gateway has (a token's ``commands`` may also name declared ones).
 BUILTIN_COMMANDS = frozenset({"lastlog", "comphash", "help", "stats", "exit"})
+
+
+#: Keys that hold tables of identities, and their parsers.
+TABLES: dict[str, Callable[[str, object], tuple[Any, ...]]] = {
+    "auth.token": parse_tokens,
+    "auth.unix": parse_unix_peers,
+    "auth.certificate": parse_certificates,
+}
 
 
 def _positive(key: str, value: float) -> None:
@@ -483,9 +507,10 @@ def merge(base: Config, overrides: Mapping[str, Mapping[str, object]]) -> Config
             name = f"{section}.{key}"
             if key not in keys:
                 raise ConfigError(name, "unknown key")
-            if name == "auth.token":
+            parse = TABLES.get(name)
+            if parse is not None:
                 try:
-                    fields[key] = parse_tokens(name, value)
+                    fields[key] = parse(name, value)
                 except TokenError as e:
                     raise ConfigError(e.key, e.message) from None
                 continue

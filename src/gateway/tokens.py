@@ -15,23 +15,17 @@ import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-TOKEN_KEYS = frozenset(
-    {
-        "name",
-        "sha256",
-        "commands",
-        "max_lines",
-        "follow",
-        "roots",
-        "algorithms",
-        "max_clients",
-        "expires",
-    }
+#: What narrows an identity (a token's, a Unix user's, a certificate's).
+SCOPE_KEYS = frozenset(
+    {"commands", "max_lines", "follow", "roots", "algorithms", "max_clients", "expires"}
 )
+TOKEN_KEYS = SCOPE_KEYS | {"name", "sha256"}
+UNIX_KEYS = SCOPE_KEYS | {"name", "uid", "gid"}
+CERTIFICATE_KEYS = SCOPE_KEYS | {"name", "cn"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 SHA256 = re.compile(r"[0-9a-fA-F]{64}\Z")
 
@@ -44,11 +38,9 @@ class TokenError(Exception):
 
 
 @dataclass(frozen=True)
-class NamedToken:
-    """One ``[[auth.token]]``: ``None`` for a scope field means no narrowing."""
+class Limits:
+    """What an identity may do; ``None`` for a field means no narrowing."""
 
-    name: str
-    sha256: str
     commands: tuple[str, ...] | None = None
     max_lines: int | None = None
     follow: bool = True
@@ -57,6 +49,37 @@ class NamedToken:
     max_clients: int | None = None
     #: Seconds since the epoch.
     expires: float | None = None
+
+
+@dataclass(frozen=True)
+class NamedToken:
+    """One ``[[auth.token]]``."""
+
+    name: str
+    sha256: str
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True)
+class UnixPeer:
+    """One ``[[auth.unix]]``: a local user (or group) on a ``unix:`` listener."""
+
+    name: str
+    uid: int | None = None
+    gid: int | None = None
+    limits: Limits = Limits()
+
+
+@dataclass(frozen=True)
+class CertificateName:
+    """One ``[[auth.certificate]]``: a verified client certificate's subject CN."""
+
+    name: str
+    cn: str
+    limits: Limits = Limits()
+
+
+Named = NamedToken | UnixPeer | CertificateName
 
 
 def _strings(key: str, value: object) -> tuple[str, ...]:
@@ -81,23 +104,22 @@ def _expires(key: str, value: object) -> float:
     raise TokenError(key, "expected a date or a date-time (e.g. 2027-01-31T00:00:00Z)")
 
 
-def parse_token(key: str, table: object) -> NamedToken:
+def _table(key: str, table: object, keys: frozenset[str]) -> tuple[Mapping[str, Any], str]:
     if not isinstance(table, Mapping):
         raise TokenError(key, "expected a table")
     for name in table:
-        if name not in TOKEN_KEYS:
+        if name not in keys:
             raise TokenError(f"{key}.{name}", "unknown key")
     name = table.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise TokenError(
             f"{key}.name", "needs a name: letters, digits, '.', '_' or '-' (at most 64)"
         )
-    digest = table.get("sha256")
-    if not isinstance(digest, str) or not SHA256.match(digest):
-        # (never echoed: close to a secret)
-        raise TokenError(
-            f"{key}.sha256", "needs the token's SHA-256 as 64 hex digits (gateway token new)"
-        )
+    return table, name
+
+
+def parse_limits(key: str, table: Mapping[str, Any]) -> Limits:
+    """The scope fields of a table (the same for every kind of identity)."""
     follow = table.get("follow", True)
     if not isinstance(follow, bool):
         raise TokenError(f"{key}.follow", "expected true or false")
@@ -110,9 +132,7 @@ def parse_token(key: str, table: object) -> NamedToken:
     def optional(field: str, check: Callable[[str, object], T]) -> T | None:
         return check(f"{key}.{field}", table[field]) if field in table else None
 
-    return NamedToken(
-        name,
-        digest.lower(),
+    return Limits(
         commands=optional("commands", _strings),
         max_lines=optional("max_lines", _positive_int),
         follow=follow,
@@ -123,24 +143,76 @@ def parse_token(key: str, table: object) -> NamedToken:
     )
 
 
+def parse_token(key: str, table: object) -> NamedToken:
+    fields, name = _table(key, table, TOKEN_KEYS)
+    digest = fields.get("sha256")
+    if not isinstance(digest, str) or not SHA256.match(digest):
+        # (never echoed: close to a secret)
+        raise TokenError(
+            f"{key}.sha256", "needs the token's SHA-256 as 64 hex digits (gateway token new)"
+        )
+    return NamedToken(name, digest.lower(), parse_limits(key, fields))
+
+
+def _id(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TokenError(key, f"expected a number of 0 or more, got {value!r}")
+    return value
+
+
+def parse_unix(key: str, table: object) -> UnixPeer:
+    fields, name = _table(key, table, UNIX_KEYS)
+    uid = _id(f"{key}.uid", fields["uid"]) if "uid" in fields else None
+    gid = _id(f"{key}.gid", fields["gid"]) if "gid" in fields else None
+    if (uid is None) == (gid is None):
+        raise TokenError(key, "needs a uid or a gid (one of them)")
+    return UnixPeer(name, uid, gid, parse_limits(key, fields))
+
+
+def parse_certificate(key: str, table: object) -> CertificateName:
+    fields, name = _table(key, table, CERTIFICATE_KEYS)
+    cn = fields.get("cn", name)
+    if not isinstance(cn, str) or not cn:
+        raise TokenError(f"{key}.cn", "expected the certificate's subject common name")
+    return CertificateName(name, cn, parse_limits(key, fields))
+
+
+def _parse_all(
+    key: str, value: object, parse: Callable[[str, object], T], shape: str
+) -> tuple[T, ...]:
+    if not isinstance(value, list):
+        raise TokenError(key, f"expected [[{shape}]] tables")
+    items = tuple(parse(f"{key}[{i}]", table) for i, table in enumerate(value, 1))
+    seen: set[str] = set()
+    for i, item in enumerate(items, 1):
+        name = item.name  # type: ignore[attr-defined]
+        if name in seen:
+            raise TokenError(f"{key}[{i}].name", f"{name!r} is used twice")
+        seen.add(name)
+    return items
+
+
 def parse_tokens(key: str, value: object) -> tuple[NamedToken, ...]:
     """``[[auth.token]]`` tables: checked, names unique."""
-    if not isinstance(value, list):
-        raise TokenError(key, "expected [[auth.token]] tables")
-    tokens = tuple(parse_token(f"{key}[{i}]", table) for i, table in enumerate(value, 1))
-    seen: set[str] = set()
-    for i, token in enumerate(tokens, 1):
-        if token.name in seen:
-            raise TokenError(f"{key}[{i}].name", f"{token.name!r} is used twice")
-        seen.add(token.name)
-    return tokens
+    return _parse_all(key, value, parse_token, "auth.token")
+
+
+def parse_unix_peers(key: str, value: object) -> tuple[UnixPeer, ...]:
+    """``[[auth.unix]]`` tables."""
+    return _parse_all(key, value, parse_unix, "auth.unix")
+
+
+def parse_certificates(key: str, value: object) -> tuple[CertificateName, ...]:
+    """``[[auth.certificate]]`` tables."""
+    return _parse_all(key, value, parse_certificate, "auth.certificate")
 
 
 def check_scopes(
-    key: str, tokens: Sequence[NamedToken], commands: frozenset[str], algorithms: Sequence[str]
+    key: str, named: Sequence[Named], commands: frozenset[str], algorithms: Sequence[str]
 ) -> None:
-    """Every command and algorithm a token names exists."""
-    for i, token in enumerate(tokens, 1):
+    """Every command and algorithm an identity's scope names exists."""
+    for i, item in enumerate(named, 1):
+        token = item.limits
         for command in token.commands or ():
             if command not in commands:
                 known = ", ".join(sorted(commands))

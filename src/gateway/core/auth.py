@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -69,9 +69,14 @@ class Authenticator:
         max_pending_per_ip: int = 2,
     ) -> None:
         self._grants = grants(tokens)
-        self._by_name = {identity.name: identity for _, identity in self._grants}
-        #: Places held per identity name (those with a max_clients).
-        self._holding: dict[str, int] = {}
+        #: Who each kind of proof makes a client: by (how, name).
+        self._by_name = {("token", identity.name): identity for _, identity in self._grants}
+        #: Local users and groups (a unix: listener), verified certificates' names.
+        self._uids: dict[int, Identity] = {}
+        self._gids: dict[int, Identity] = {}
+        self._cns: dict[str, Identity] = {}
+        #: Places held per identity (those with a max_clients).
+        self._holding: dict[tuple[str, str], int] = {}
         self.clock = clock
         self.configure(max_failures, window, lockout, max_pending, max_pending_per_ip)
         self._failures: dict[str, _Failures] = {}
@@ -128,19 +133,44 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
-        return bool(self._grants)
+        """Whether anyone must prove who it is (tokens, or any other proof configured)."""
+        return bool(self._grants or self._uids or self._gids or self._cns)
 
     def replace_tokens(self, tokens: Sequence[Grant | str]) -> None:
         """New tokens (config reload).  Who is already in keeps its name: its
         next command runs with the scope that name has now (:meth:`current`)."""
         self._grants = grants(tokens)
-        self._by_name = {identity.name: identity for _, identity in self._grants}
+        self._index()
+
+    def replace_peers(
+        self,
+        uids: Mapping[int, Identity],
+        gids: Mapping[int, Identity],
+        cns: Mapping[str, Identity],
+    ) -> None:
+        """Who a local user, a local group, a certificate's name is (reload)."""
+        self._uids, self._gids, self._cns = dict(uids), dict(gids), dict(cns)
+        self._index()
+
+    def _index(self) -> None:
+        by_name = {("token", identity.name): identity for _, identity in self._grants}
+        for identity in (*self._uids.values(), *self._gids.values(), *self._cns.values()):
+            by_name[(identity.how, identity.name)] = identity
+        self._by_name = by_name
 
     def current(self, identity: Identity) -> Identity | None:
-        """``identity`` as the tokens now say (``None``: its token was removed)."""
-        if identity.how != "token":
+        """``identity`` as the configuration now says (``None``: removed)."""
+        if identity.how == "none":
             return identity
-        return self._by_name.get(identity.name)
+        return self._by_name.get((identity.how, identity.name))
+
+    def unix_peer(self, uid: int, gid: int) -> Identity | None:
+        """Who a local peer is: its user's identity, else its group's."""
+        return self._uids.get(uid) or self._gids.get(gid)
+
+    def certificate(self, cn: str) -> Identity | None:
+        """Who a verified certificate with subject ``cn`` is."""
+        return self._cns.get(cn)
 
     def _match(self, presented: str) -> Identity | None:
         # Every stored digest is compared, in constant time, whichever matches.
@@ -157,27 +187,26 @@ class Authenticator:
         cap = identity.scope.max_clients
         if cap is None:
             return None
-        held = self._holding.get(identity.name, 0)
+        key = (identity.how, identity.name)
+        held = self._holding.get(key, 0)
         if held >= cap:
             return CommandError(
                 "quota_exceeded",
                 f"{identity.shown} already holds its {cap} "
                 f"{'connection' if cap == 1 else 'connections'} (its max_clients)",
             )
-        self._holding[identity.name] = held + 1
+        self._holding[key] = held + 1
         return None
 
     def release(self, identity: Identity) -> None:
         if identity.scope.max_clients is None:
             return
-        held = self._holding.get(identity.name, 0) - 1
+        key = (identity.how, identity.name)
+        held = self._holding.get(key, 0) - 1
         if held > 0:
-            self._holding[identity.name] = held
+            self._holding[key] = held
         else:
-            self._holding.pop(identity.name, None)
-
-    def holding(self, name: str) -> int:
-        return self._holding.get(name, 0)
+            self._holding.pop(key, None)
 
     def expired(self, identity: Identity) -> bool:
         expires = identity.scope.expires

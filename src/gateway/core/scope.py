@@ -108,8 +108,9 @@ class Identity:
 
     @property
     def shown(self) -> str:
-        """How messages name it."""
-        return f'token "{self.name}"' if self.how == "token" else f'"{self.name}"'
+        """How messages name it: ``token "ops"``, ``unix user "root"``, ``certificate "ci"``."""
+        kind = {"token": "token", "unix": "unix user", "certificate": "certificate"}
+        return f'{kind[self.how]} "{self.name}"' if self.how in kind else f'"{self.name}"'
 
 
 #: Everyone, when the gateway asks for no token.

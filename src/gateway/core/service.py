@@ -118,7 +118,7 @@ class CommandService:
         """Who ``client`` is now: its token's scope as last (re)loaded, or
         ``unauthorized`` if its token was removed or has expired."""
         identity = client.identity
-        if identity.how != "token":
+        if identity.how == "none":
             return identity
         current = self.identities(identity) if self.identities is not None else identity
         if current is None:

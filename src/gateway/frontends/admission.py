@@ -15,9 +15,13 @@ is logged with its traceback and answered ``internal``, never silence.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -30,6 +34,7 @@ from gateway.core.flow import Flow
 from gateway.core.quota import ClientQuota, Quota, Slot
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import ANONYMOUS, Identity, Scope
+from gateway.tokens import Limits
 
 log = Logger(namespace="gateway.admission")
 
@@ -100,6 +105,19 @@ class Admission:
         if self.limiter is not None:
             self.limiter.configure(config.limits.commands_per_second, config.limits.command_burst)
         self.auth.replace_tokens(tokens)
+        self.auth.replace_peers(
+            {
+                p.uid: Identity(p.name, "unix", scope_of(p.limits))
+                for p in auth.unix
+                if p.uid is not None
+            },
+            {
+                p.gid: Identity(p.name, "unix", scope_of(p.limits))
+                for p in auth.unix
+                if p.gid is not None
+            },
+            {c.cn: Identity(c.name, "certificate", scope_of(c.limits)) for c in auth.certificate},
+        )
         self.auth.configure(
             auth.max_failures,
             auth.failure_window,
@@ -135,6 +153,30 @@ class Admission:
                 return Denial(e, 0.0, max(1, round(self.auth.locked(peer))))
             delay = self.auth.delay(peer) if presented is not None else 0.0
             return Denial(e, delay, None)
+
+    def local_identity(self, transport: Any) -> Identity | None:
+        """Who the peer of a ``unix:`` connection is, from its credentials
+        (SO_PEERCRED: the kernel's word, not the client's): its user's
+        identity, else its group's (``[[auth.unix]]``); ``None`` otherwise."""
+        if not self.auth.enabled or not isinstance(transport.getPeer(), UNIXAddress):
+            return None
+        try:
+            raw = transport.getHandle().getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+        except (AttributeError, OSError):
+            return None
+        pid, uid, gid = struct.unpack("3i", raw)
+        identity = self.auth.unix_peer(uid, gid)
+        if identity is not None:
+            log.info(
+                "unix peer pid {pid} uid {uid} gid {gid} is {who}",
+                pid=pid,
+                uid=uid,
+                gid=gid,
+                who=identity.shown,
+            )
+        return identity
 
     # -- back-pressure
 
@@ -187,6 +229,19 @@ def is_quota_refusal(error: CommandError) -> bool:
     return error.code == "quota_exceeded"
 
 
+def scope_of(limits: Limits) -> Scope:
+    """A scope from its configured limits (roots resolved now)."""
+    return Scope(
+        commands=frozenset(limits.commands) if limits.commands is not None else None,
+        max_lines=limits.max_lines,
+        follow=limits.follow,
+        roots=tuple(os.path.realpath(r) for r in limits.roots) if limits.roots else None,
+        algorithms=frozenset(limits.algorithms) if limits.algorithms is not None else None,
+        max_clients=limits.max_clients,
+        expires=limits.expires,
+    )
+
+
 def grants_of(config: Config) -> list[Grant | str]:
     """The tokens ``config`` accepts (the token file read now): plain ones
     give full access, named ones their scope (roots resolved)."""
@@ -195,14 +250,6 @@ def grants_of(config: Config) -> list[Grant | str]:
     config.check_scopes("auth.token_file: token", named[len(auth.token) :])
     out: list[Grant | str] = list(auth.all_tokens())
     for token in named:
-        scope = Scope(
-            commands=frozenset(token.commands) if token.commands is not None else None,
-            max_lines=token.max_lines,
-            follow=token.follow,
-            roots=tuple(os.path.realpath(r) for r in token.roots) if token.roots else None,
-            algorithms=frozenset(token.algorithms) if token.algorithms is not None else None,
-            max_clients=token.max_clients,
-            expires=token.expires,
-        )
-        out.append((bytes.fromhex(token.sha256), Identity(token.name, "token", scope)))
+        identity = Identity(token.name, "token", scope_of(token.limits))
+        out.append((bytes.fromhex(token.sha256), identity))
     return out

@@ -34,7 +34,7 @@ from gateway.core.errors import CommandError
 from gateway.core.flow import BACKLOG, ReadGate
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
-from gateway.core.scope import Identity
+from gateway.core.scope import ANONYMOUS, Identity
 from gateway.core.service import CommandService
 from gateway.frontends.admission import LINGER, Admission
 from gateway.sessions.line import LineConversation
@@ -98,14 +98,17 @@ class LineSession(LineReceiver, TimeoutMixin):
         self._gate = ReadGate.for_transport(self.transport)
         # Twisted pauses the flow when the client stops reading our output.
         self.transport.registerProducer(self.flow, True)  # type: ignore[attr-defined]
+        # A local user known by its credentials needs no token (unix: listeners).
+        local = self.admission.local_identity(self.transport)
         self.conversation = LineConversation(
             self.service,
-            Client(TRANSPORT, self.peer, self.flow),
+            Client(TRANSPORT, self.peer, self.flow, local or ANONYMOUS),
             self._write,
             self._close,
             self._changed,
             self.admission.login_auth,
             self.admission.login_timeout,
+            authenticated=local is not None,
         )
         self.setTimeout(self.idle_timeout)
         self.admission.hold(TRANSPORT, self.peer, self._is_gone, self._granted, self._refused)

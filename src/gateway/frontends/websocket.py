@@ -115,7 +115,11 @@ class GatewayWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(403, "Origin not allowed")
         admission = self.factory.admission
         header = request.headers.get("authorization")
-        if admission.auth.enabled and header is not None:
+        local = admission.local_identity(self.transport) if header is None else None
+        if local is not None:  # a local user on a unix: listener
+            self._preauthenticated = True
+            self._identity = local
+        elif admission.auth.enabled and header is not None:
             # A client that can set headers (not a browser) may log in here.
             peer = peer_host(self.transport.getPeer())  # type: ignore[union-attr]
             denial = admission.check_bearer(peer, header)

@@ -133,7 +133,7 @@ class LineConversation:
         """Close, saying why, if the client's token is no longer accepted
         (``current`` says: a reload removed it); ``True`` if it was closed."""
         identity = self.client.identity
-        if self.closed or identity.how != "token" or current(identity) is not None:
+        if self.closed or identity.how == "none" or current(identity) is not None:
             return False
         self.log.info(
             "Closing {peer}: {who} was removed", peer=self.client.peer, who=identity.shown

@@ -434,7 +434,12 @@ class RestAPI:
 
     def _denied(self, request: IRequest, as_json: bool) -> Identity | Deferred[None]:
         """Who asks, if the request may go on; else the (delayed) 401 or 429 answer."""
-        denial = self.admission.check_bearer(peer_of(request), request.getHeader("authorization"))
+        header = request.getHeader("authorization")
+        if header is None and request.channel is not None:
+            local = self.admission.local_identity(request.channel.transport)
+            if local is not None:  # a local user on a unix: listener
+                return local
+        denial = self.admission.check_bearer(peer_of(request), header)
         if isinstance(denial, Identity):
             return denial
         e = denial.error
