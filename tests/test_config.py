@@ -85,6 +85,9 @@ def test_default_algorithm_must_stay_allowed() -> None:
         ("[comphash]\nallowed_roots = []\n", "comphash.allowed_roots"),
         ("[comphash]\nchunk_size = 4096\n", "comphash.chunk_size"),
         ('[log]\nformat = "xml"\n', "log.format"),
+        ('[tls]\nclient_ca = "ca.pem"\n', "tls.client_ca"),
+        ("[tls]\nrequire_client_cert = true\n", "tls.require_client_cert"),
+        ('[audit]\nfile = "audit.jsonl"\n', "audit.file"),
         ('tcp = "x"\n', "tcp"),
     ],
 )

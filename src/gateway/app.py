@@ -20,12 +20,13 @@ from gateway.auditlog import AuditLog, target_for
 from gateway.commands.follow import Followers
 from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, TLSConfig
 from gateway.frontends.admission import LINGER, Admission
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
 from gateway.frontends.http.site import GuardedSite
 from gateway.frontends.line import LineFactory
+from gateway.frontends.tls import TLSError, client_cert_endpoint
 from gateway.frontends.websocket import GatewayWebSocketFactory, websocket_resource
 from gateway.logfmt import RecentLog
 
@@ -80,8 +81,18 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-def endpoint(reactor: Any, key: str, description: str) -> IStreamServerEndpoint:
-    """Parse an endpoint string, or a ConfigError naming ``key``."""
+def endpoint(
+    reactor: Any, key: str, description: str, tls: TLSConfig | None = None
+) -> IStreamServerEndpoint:
+    """Parse an endpoint string, or a ConfigError naming ``key``; an ``ssl:``
+    one verifies client certificates when ``tls.client_ca`` is set."""
+    if tls is not None and tls.client_ca and description.strip().lower().startswith("ssl:"):
+        try:
+            return client_cert_endpoint(
+                reactor, description, tls.client_ca, tls.require_client_cert
+            )
+        except (TLSError, ValueError) as e:
+            raise ConfigError(key, f"bad endpoint {description!r}: {e}") from None
     try:
         found: IStreamServerEndpoint = serverFromString(reactor, description)
         return found
@@ -147,9 +158,11 @@ class Gateway(MultiService):
         self.lines = LineFactory(admission, self.service, tcp)
         self.site = GuardedSite(api.resource(), config.http, reactor)
         self.listeners = [
-            ListeningService("TCP", endpoint(reactor, "tcp.listen", tcp.listen), self.lines),
             ListeningService(
-                "HTTP", endpoint(reactor, "http.listen", config.http.listen), self.site
+                "TCP", endpoint(reactor, "tcp.listen", tcp.listen, config.tls), self.lines
+            ),
+            ListeningService(
+                "HTTP", endpoint(reactor, "http.listen", config.http.listen, config.tls), self.site
             ),
         ]
         for listener in self.listeners:

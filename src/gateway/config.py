@@ -316,6 +316,20 @@ def check_token(key: str, token: str) -> None:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    #: PEM file of the CAs client certificates are verified against ("": none asked).
+    client_ca: str = ""
+    #: Refuse clients without a certificate at the handshake.
+    require_client_cert: bool = False
+
+    def check(self) -> None:
+        if self.client_ca and not os.path.isabs(self.client_ca):
+            raise ConfigError("tls.client_ca", "must be an absolute path")
+        if self.require_client_cert and not self.client_ca:
+            raise ConfigError("tls.require_client_cert", "needs tls.client_ca")
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     #: "" (off), "journal", or an absolute path (JSON lines, reopened on SIGHUP).
     file: str = ""
@@ -362,6 +376,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     follow: FollowConfig = field(default_factory=FollowConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     #: ``[commands.<name>]``: programs operators expose (checked when parsed).
     commands: tuple[DeclaredCommand, ...] = ()
 

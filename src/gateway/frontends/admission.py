@@ -34,6 +34,8 @@ from gateway.core.flow import Flow
 from gateway.core.quota import ClientQuota, Quota, Slot
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import ANONYMOUS, Identity, Scope
+from gateway.frontends.tls import certificate_cn
+from gateway.logfmt import printable
 from gateway.tokens import Limits
 
 log = Logger(namespace="gateway.admission")
@@ -78,6 +80,7 @@ class Admission:
         self.login_timeout = login_timeout
         self.stall_timeout = stall_timeout
         self.metrics_need_token = metrics_need_token
+        self.trust_certificates = False
 
     @classmethod
     def from_config(cls, config: Config, clock: IReactorTime) -> Admission:
@@ -126,6 +129,8 @@ class Admission:
             auth.max_pending_logins_per_ip,
         )
         self.login_timeout = auth.login_timeout
+        #: Client certificates are verified (ssl: listeners with tls.client_ca).
+        self.trust_certificates = bool(config.tls.client_ca)
         self.stall_timeout = config.limits.stall_timeout
         self.metrics_need_token = auth.metrics
 
@@ -177,6 +182,23 @@ class Admission:
                 who=identity.shown,
             )
         return identity
+
+    def certificate_identity(self, transport: Any) -> Identity | None:
+        """Who a verified client certificate on ``transport`` names
+        (``[[auth.certificate]]``, by subject CN); ``None`` otherwise."""
+        if not self.trust_certificates:
+            return None
+        cn = certificate_cn(transport)
+        if cn is None:
+            return None
+        identity = self.auth.certificate(cn)
+        if identity is None:
+            log.info("client certificate {cn} names no identity", cn=printable(cn, 200))
+        return identity
+
+    def known_peer(self, transport: Any) -> Identity | None:
+        """Who the peer is without a token: a local user, a verified certificate."""
+        return self.local_identity(transport) or self.certificate_identity(transport)
 
     # -- back-pressure
 

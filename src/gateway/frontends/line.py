@@ -19,6 +19,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     ISSLTransport,
 )
 from twisted.internet.protocol import ServerFactory, connectionDone
@@ -65,7 +66,7 @@ MOVES: dict[LineState, frozenset[LineState]] = {
 SPEAKING = frozenset({LineState.OPEN, LineState.HALF_CLOSED})
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class LineSession(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger(namespace="gateway.frontends.line")
@@ -112,6 +113,12 @@ class LineSession(LineReceiver, TimeoutMixin):
         )
         self.setTimeout(self.idle_timeout)
         self.admission.hold(TRANSPORT, self.peer, self._is_gone, self._granted, self._refused)
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: a verified client certificate may say who the client is."""
+        identity = self.admission.certificate_identity(self.transport)
+        if identity is not None and self.conversation is not None:
+            self.conversation.adopt(identity)
 
     def _move(self, to: LineState) -> None:
         if to not in MOVES[self.state]:

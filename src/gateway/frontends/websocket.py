@@ -115,8 +115,8 @@ class GatewayWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(403, "Origin not allowed")
         admission = self.factory.admission
         header = request.headers.get("authorization")
-        local = admission.local_identity(self.transport) if header is None else None
-        if local is not None:  # a local user on a unix: listener
+        local = admission.known_peer(self.transport) if header is None else None
+        if local is not None:  # a local user, a verified client certificate
             self._preauthenticated = True
             self._identity = local
         elif admission.auth.enabled and header is not None:

@@ -129,6 +129,20 @@ class LineConversation:
         self._write([error_line("unauthorized", REQUIRED)])
         self._end()
 
+    def adopt(self, identity: Identity) -> None:
+        """The transport proved who the client is (a verified certificate):
+        logged in as ``identity``, no token needed."""
+        if self._login is None or self.closed or self.client.identity.how != "none":
+            return
+        self.client = dataclasses.replace(self.client, identity=identity)
+        was_in = self._login.authenticated
+        self._login.succeeded()
+        if self._started and not was_in:  # (before start, start claims its place)
+            refusal = self._login.claim(identity)
+            if refusal is not None:
+                self._write([error_line(refusal.code, refusal.message)])
+                self._end()
+
     def revoke(self, current: Callable[[Identity], Identity | None]) -> bool:
         """Close, saying why, if the client's token is no longer accepted
         (``current`` says: a reload removed it); ``True`` if it was closed."""

@@ -436,9 +436,9 @@ class RestAPI:
         """Who asks, if the request may go on; else the (delayed) 401 or 429 answer."""
         header = request.getHeader("authorization")
         if header is None and request.channel is not None:
-            local = self.admission.local_identity(request.channel.transport)
-            if local is not None:  # a local user on a unix: listener
-                return local
+            known = self.admission.known_peer(request.channel.transport)
+            if known is not None:  # a local user, a verified client certificate
+                return known
         denial = self.admission.check_bearer(peer_of(request), header)
         if isinstance(denial, Identity):
             return denial
