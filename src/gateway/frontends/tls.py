@@ -87,8 +87,8 @@ def client_cert_endpoint(
     )
     cas = certificates(_read(client_ca, "tls.client_ca"), "tls.client_ca")
     options = ssl.CertificateOptions(
-        privateKey=server.privateKey.original,
-        certificate=server.original,
+        privateKey=server.privateKey.original.to_cryptography_key(),
+        certificate=server.original.to_cryptography(),
         extraCertChain=chain or None,
         verify=True,
         caCerts=cas,
