@@ -200,3 +200,5 @@ def test_the_documented_config_and_unit_ship_with_the_package(
     assert capsys.readouterr().out == DOCUMENTED.read_text()
     assert main(["--print-systemd-unit"], {}) == 0
     assert capsys.readouterr().out == (ROOT / "config" / "gateway.service").read_text()
+    assert main(["--print-systemd-socket"], {}) == 0
+    assert capsys.readouterr().out == (ROOT / "config" / "gateway.socket").read_text()

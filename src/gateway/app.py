@@ -96,7 +96,7 @@ def endpoint(
     try:
         found: IStreamServerEndpoint = serverFromString(reactor, description)
         return found
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, IndexError) as e:
         raise ConfigError(key, f"bad endpoint {description!r}: {e}") from None
 
 

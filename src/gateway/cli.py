@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print an example systemd unit for the gateway and exit",
     )
+    p.add_argument(
+        "--print-systemd-socket",
+        action="store_true",
+        help="print an example systemd socket unit (socket activation) and exit",
+    )
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
     return p
 
@@ -90,10 +95,14 @@ def main(
     if argv[:1] == ["token"]:
         return token_command(argv[1:])
     args = parser().parse_args(argv)
-    if args.print_config_example or args.print_systemd_unit:
-        name = "gateway.toml" if args.print_config_example else "gateway.service"
-        sys.stdout.write(shipped(name))
-        return 0
+    for flag, name in (
+        (args.print_config_example, "gateway.toml"),
+        (args.print_systemd_unit, "gateway.service"),
+        (args.print_systemd_socket, "gateway.socket"),
+    ):
+        if flag:
+            sys.stdout.write(shipped(name))
+            return 0
     environ = os.environ if environ is None else environ
     try:
         config = config_from_args(args, environ)

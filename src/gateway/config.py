@@ -624,6 +624,8 @@ def reaches_beyond_loopback(description: str) -> bool:
     kind = parts[0].lower()
     if kind == "unix":
         return False
+    if kind == "systemd":
+        return _systemd_reach(description)
     if kind not in ("tcp", "ssl", "tcp6"):
         return True
     options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
@@ -634,6 +636,32 @@ def reaches_beyond_loopback(description: str) -> bool:
         return False
     try:
         return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True
+
+
+def _systemd_reach(description: str) -> bool:
+    """Does the socket systemd passed (by index or name) listen beyond loopback?
+    Judged by where it is bound; one that cannot be found counts as reaching.
+
+    The socket is found the way the listener will find it, through Twisted's
+    ``systemd:`` parser (which reads, and clears, ``LISTEN_FDS`` once).
+    """
+    import ipaddress
+    import socket
+
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        endpoint = serverFromString(None, description)
+        with socket.socket(fileno=os.dup(endpoint.fileno)) as s:
+            if s.family == socket.AF_UNIX:
+                return False
+            host = s.getsockname()[0]
+    except (IndexError, KeyError, ValueError, TypeError, AttributeError, OSError):
+        return True
+    try:
+        return not ipaddress.ip_address(host).is_loopback
     except ValueError:
         return True
 

@@ -82,6 +82,7 @@ def test_wheel_holds_what_the_daemon_reads_and_no_twisted_plugins_init(wheel: Pa
         "gateway/web/style.css",
         "gateway/data/gateway.toml",
         "gateway/data/gateway.service",
+        "gateway/data/gateway.socket",
         "twisted/plugins/gateway_plugin.py",
     ):
         assert needed in names, needed
@@ -96,7 +97,12 @@ def test_sdist_ships_the_config_and_unit(wheel: Path) -> None:
     (sdist,) = wheel.parent.glob("gateway-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = {n.split("/", 1)[1] for n in archive.getnames() if "/" in n}
-    for needed in ("config/gateway.toml", "config/gateway.service", "README.md"):
+    for needed in (
+        "config/gateway.toml",
+        "config/gateway.service",
+        "config/gateway.socket",
+        "README.md",
+    ):
         assert needed in names, needed
 
 
@@ -164,6 +170,8 @@ def test_version_and_the_documented_config_come_with_it(installed: Path, tmp_pat
     assert check.returncode == 0, check.stderr
     unit = installed_run(gateway, "--print-systemd-unit", cwd=tmp_path).stdout
     assert unit == (ROOT / "config" / "gateway.service").read_text()
+    socket_unit = installed_run(gateway, "--print-systemd-socket", cwd=tmp_path).stdout
+    assert socket_unit == (ROOT / "config" / "gateway.socket").read_text()
 
 
 def test_twistd_plugin_from_the_wheel(

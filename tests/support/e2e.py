@@ -47,6 +47,7 @@ class Gateway:
         config: str = "",
         argv: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.config_path = tmp_path / "gateway.toml"
         self.config_path.write_text(config)
@@ -64,6 +65,7 @@ class Gateway:
             stderr=subprocess.STDOUT,
             env=environ,
             text=True,
+            pass_fds=tuple(pass_fds),
         )
         self.lines: list[str] = []
         self._eof = False

@@ -471,9 +471,10 @@ class RestAPI:
     def _command(self, request: IRequest, command: AnyCommand) -> Deferred[None] | bytes:
         fmt = response_format(request)
         as_json = fmt != "text"
-        if command.metered and self.shutting_down:
-            write_error(request, "unavailable", "Server shutting down.", as_json)
-            return b""
+        if self.shutting_down:
+            # Sent on a connection made before the listener closed: served,
+            # and the connection closed after it (no attempt is lost).
+            request.setHeader("connection", "close")
         identity = self._denied(request, as_json)
         if not isinstance(identity, Identity):
             return identity
