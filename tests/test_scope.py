@@ -16,7 +16,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from zope.interface import implementer
 
 from gateway.cli import main
-from gateway.commands.follow import Followers
+from gateway.commands.follow import Followers, epoch_of
 from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service
 from gateway.config import Config, ConfigError, load, merge, redacted
@@ -347,3 +347,34 @@ def test_unix_users_groups_and_certificates_map_to_identities(tmp_path: Path) ->
     assert auth.current(ci) == ci
     admission.reload(load(None))  # all removed
     assert auth.current(ci) is None and auth.unix_peer(0, 0) is None
+
+
+def test_a_scoped_resume_replays_at_most_max_lines_and_counts_the_rest(tmp_path: Path) -> None:
+    clock = Clock()
+    service, _ = service_for(config_with(tmp_path), clock)
+    service.identities = lambda identity: identity
+    log = tmp_path / "syslog"
+    st = log.stat()
+    first = f"{epoch_of((st.st_dev, st.st_ino))}-7"  # right after "line 0\n" (7 bytes)
+    out: list[str] = []
+    scoped = Identity("t", "token", Scope(max_lines=3))
+    conversation = LineConversation(
+        service, Client("tcp", "h", identity=scoped), out.extend, lambda: None
+    )
+    conversation.start()
+    conversation.submit(f"lastlog -f --lines=1 --after {first}")
+    assert out == [
+        "Begin lastlog",
+        "... 296 lines may be missing (older than what this follow may replay) ...",
+        "line 297",
+        "line 298",
+        "line 299",
+    ]
+    conversation.submit("stop")
+    out.clear()
+    unscoped = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
+    unscoped.start()
+    unscoped.submit(f"lastlog -f --lines=1 --after {first}")
+    # Everyone else: all that is kept (the follow keeps 100 lines here).
+    assert out[1] == "... 199 lines may be missing (older than what this follow may replay) ..."
+    assert out[2:] == [f"line {i}" for i in range(200, 300)]

@@ -496,11 +496,12 @@ class Followers:
         last: int,
         after: str | None,
         on_gap: Callable[[Stale], None] | None = None,
+        cap: int | None = None,
     ) -> None:
         assert sub.watcher is not None
         sub.feed = feed
         self._subscriptions.add(sub)
-        feed.attach(sub.watcher, last, after, on_gap)
+        feed.attach(sub.watcher, last, after, on_gap, cap)
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)

@@ -32,6 +32,7 @@ from gateway.core.events import Dropped, Following, Gap, Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.follow import Feed, Watcher, texts_and_cursors
 from gateway.core.params import Param, compile_pattern, validate
+from gateway.core.scope import Identity
 
 T = TypeVar("T")
 RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
@@ -496,6 +497,14 @@ class LastlogCommand(Command[LastlogArgs]):
     def timeout_for(self, args: LastlogArgs) -> float | None:
         return None if args.follow else self.timeout
 
+    def run_as(
+        self, identity: Identity, args: LastlogArgs, sink: Sink, flow: Flow = UNLIMITED
+    ) -> Deferred[Result]:
+        """A scoped client's resume replays at most its ``max_lines``."""
+        if args.follow:
+            return self._follow(args, sink, flow, identity.scope.max_lines)
+        return self.run(args, sink, flow)
+
     def run(self, args: LastlogArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
         if args.follow:
             return self._follow(args, sink, flow)
@@ -541,7 +550,9 @@ class LastlogCommand(Command[LastlogArgs]):
             return self.followers.register_command(source.follow_argv, source.spawner)
         return None
 
-    def _follow(self, args: LastlogArgs, sink: Sink, flow: Flow) -> Deferred[Result]:
+    def _follow(
+        self, args: LastlogArgs, sink: Sink, flow: Flow, replay_cap: int | None = None
+    ) -> Deferred[Result]:
         source = self.source.pick() if isinstance(self.source, AutoSource) else self.source
         followers = self.followers
         path = self._follow_key(source) if followers is not None else None
@@ -595,7 +606,9 @@ class LastlogCommand(Command[LastlogArgs]):
                 args.grep,
             )
             sub.ended = ended
-            followers.subscribe(sub, feed, args.lines, args.after, lambda g: sink(Gap(g.missing)))
+            followers.subscribe(
+                sub, feed, args.lines, args.after, lambda g: sink(Gap(g.missing)), replay_cap
+            )
             sink(Following())
 
         def failed(failure: Failure) -> None:

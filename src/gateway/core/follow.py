@@ -261,10 +261,20 @@ class Feed:
         last: int,
         after: str | None,
         on_gap: Callable[[Stale], None] | None = None,
+        cap: int | None = None,
     ) -> Stale | None:
         """Start ``watcher``: what it missed first (``on_gap`` told of a gap
-        before any line), then every new line."""
+        before any line), then every new line.  A resume replays at most
+        ``cap`` lines (a scoped client's ``max_lines``); the older ones count
+        as missing."""
         entries, stale = self.replay_for(last, after)
+        if cap is not None and after is not None and len(entries) > cap:
+            skipped = len(entries) - cap
+            entries = entries[-cap:]
+            if stale is None:
+                stale = Stale(skipped)
+            elif stale.missing is not None:
+                stale = Stale(stale.missing + skipped)
         if stale is not None and on_gap is not None:
             on_gap(stale)
         if entries:

@@ -30,7 +30,7 @@ def gap_line(missing: int | None) -> str:
             "... the cursor is from an earlier run: lines may be missing; from the oldest kept ..."
         )
     lines = "line" if missing == 1 else "lines"
-    return f"... {missing} {lines} may be missing (the cursor is older than what is kept) ..."
+    return f"... {missing} {lines} may be missing (older than what this follow may replay) ..."
 
 
 class TextRenderer:

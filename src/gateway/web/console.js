@@ -389,7 +389,7 @@
         break;
       case "stale":
         parts.pre.appendChild(
-          document.createTextNode("... lines may be missing (the cursor is older than what is kept) ...\n"),
+          document.createTextNode("... lines may be missing (older than what this follow may replay) ...\n"),
         );
         break;
       case "progress":
