@@ -378,3 +378,10 @@ def test_a_scoped_resume_replays_at_most_max_lines_and_counts_the_rest(tmp_path:
     # Everyone else: all that is kept (the follow keeps 100 lines here).
     assert out[1] == "... 199 lines may be missing (older than what this follow may replay) ..."
     assert out[2:] == [f"line {i}" for i in range(200, 300)]
+
+
+def test_identity_tables_are_not_environment_variables() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, {"GATEWAY_AUTH_TOKEN": "a-secret-token-0123456789"})
+    assert info.value.key == "GATEWAY_AUTH_TOKEN" and "unknown" in str(info.value)
+    assert "a-secret-token" not in str(info.value)

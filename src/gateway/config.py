@@ -551,6 +551,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
     by_name: dict[str, tuple[str, str, Any]] = {}
     for section, cls in _sections().items():
         for key, kind in _keys(cls).items():
+            if f"{section}.{key}" in TABLES:  # tables of identities: the file only
+                continue
             by_name[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, kind)
     out: dict[str, dict[str, object]] = {}
     for name, text in environ.items():
