@@ -15,6 +15,7 @@ Needs: wrk, webhook, taskset (Debian: wrk, webhook, util-linux).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -130,11 +131,15 @@ def make_log(tmp: Path, size: int = 100 * 1024 * 1024) -> Path:
     return log
 
 
-def wrk(url: str, connections: int = 50, seconds: int = 10) -> tuple[float, float]:
+def wrk(
+    url: str, connections: int = 50, seconds: int = 10, headers: tuple[str, ...] = ()
+) -> tuple[float, float]:
     """Requests per second and p99 latency (ms) from wrk."""
+    extra = [arg for header in headers for arg in ("-H", header)]
     done = subprocess.run(
         pinned(
-            LOAD_CPU, [need("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+            LOAD_CPU,
+            [need("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
         ),
         capture_output=True,
         text=True,
@@ -183,6 +188,50 @@ def http_lastlog(tmp: Path, log: Path | None = None) -> list[Row]:
     return [
         Row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer_rps, gw_rps),
         Row("GET /lastlog p99", "ms", "webhook + tail", peer_p99, gw_p99, better="lower"),
+    ]
+
+
+def http_lastlog_scoped(tmp: Path) -> list[Row]:
+    """What a scoped token and the audit trail cost: GET /lastlog with a named
+    token (commands and max_lines narrowed) and [audit] file on, against the
+    same gateway with no auth and no audit.  Alternated three times; the median of each."""
+    log = make_log(tmp, 10 * 1024 * 1024)
+    token = "bench-scoped-token-0123456789abcdef"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    plain = f'{FAST}[lastlog]\nsource = "{log}"\n'
+    scoped = (
+        f'{plain}[audit]\nfile = "{tmp / "audit.jsonl"}"\n'
+        f'[[auth.token]]\nname = "bench"\nsha256 = "{digest}"\n'
+        'commands = ["lastlog", "stats"]\nmax_lines = 200\n'
+    )
+    open_rps: list[tuple[float, float]] = []
+    scoped_rps: list[tuple[float, float]] = []
+    for _ in range(3):
+        with gateway(plain, tmp) as (_, http):
+            open_rps.append(wrk(f"http://127.0.0.1:{http}/lastlog"))
+        with gateway(scoped, tmp) as (_, http):
+            scoped_rps.append(
+                wrk(f"http://127.0.0.1:{http}/lastlog", headers=(f"Authorization: Bearer {token}",))
+            )
+    audited = len((tmp / "audit.jsonl").read_bytes().splitlines())
+    print(f"  (audit records written: {audited})", file=sys.stderr)
+    best_open, best_scoped = sorted(open_rps)[1], sorted(scoped_rps)[1]
+    return [
+        Row(
+            "GET /lastlog, scoped token + audit",
+            "req/s",
+            "no auth, no audit",
+            best_open[0],
+            best_scoped[0],
+        ),
+        Row(
+            "GET /lastlog p99, scoped + audit",
+            "ms",
+            "no auth, no audit",
+            sorted(p for _, p in open_rps)[1],
+            sorted(p for _, p in scoped_rps)[1],
+            better="lower",
+        ),
     ]
 
 
@@ -694,6 +743,7 @@ def responsiveness(tmp: Path) -> list[Row]:
 ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "http_lastlog": http_lastlog,
     "http_lastlog_growing": http_lastlog_growing,
+    "http_lastlog_scoped": http_lastlog_scoped,
     "tcp_lastlog": tcp_lastlog,
     "ws_lastlog": ws_lastlog,
     "comphash": comphash,

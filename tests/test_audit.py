@@ -40,7 +40,7 @@ def test_a_record_names_the_identity_and_cuts_long_arguments() -> None:
         0.5, Client("tcp", "10.0.0.1", identity=ops), Request("lastlog", rest="5"), "ok", 12, 0.25
     )
     assert rec == {
-        "time": "1970-01-01T00:00:00.500+00:00",
+        "time": "1970-01-01T00:00:00.500Z",
         "identity": "ops",
         "proof": "token",
         "transport": "tcp",
@@ -125,7 +125,11 @@ class FailingTarget:
     def open(self) -> None:
         pass
 
-    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+    @staticmethod
+    def encode(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        return list(records)
+
+    def write(self, records: list[Mapping[str, Any]]) -> None:
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         self.got.extend(records)

@@ -180,7 +180,12 @@ class Gateway(MultiService):
                 audit.disownServiceParent()  # writes what is queued, then stops
             return
         if audit is None:
-            audit = AuditLog(target_for(setting), self.reactor.callFromThread, self.reactor.seconds)
+            audit = AuditLog(
+                target_for(setting),
+                self.reactor.callFromThread,
+                self.reactor.seconds,
+                call_later=self.reactor.callLater,
+            )
             # Stopped with the others, once the commands whose records it writes ended.
             audit.setServiceParent(self)
             self.audit = audit

@@ -29,6 +29,9 @@ log = Logger(namespace="gateway.audit")
 
 #: Records waiting to be written, at most; more are lost (and counted).
 QUEUE_RECORDS = 10_000
+#: Records are handed to the writer thread together, at most this often
+#: (seconds): one wake-up of the thread per batch, not per command.
+HAND_OVER_SECONDS = 0.05
 #: The journal's socket for structured entries.
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 #: Seconds between two log lines about failing writes.
@@ -50,11 +53,16 @@ class FileTarget:
         self.close()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
-    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+    @staticmethod
+    def encode(records: Sequence[Mapping[str, Any]]) -> bytes:
+        """The lines for ``records`` (made in the reactor thread, so the
+        writer thread holds the GIL only to start its write)."""
+        return b"".join(map(json_line, records))
+
+    def write(self, data: Any) -> None:
         if self._fd is None:
             self.open()
         assert self._fd is not None
-        data = b"".join(json_line(r) for r in records)
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -79,12 +87,16 @@ class JournalTarget:
         self.close()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
-    def write(self, records: Sequence[Mapping[str, Any]]) -> None:
+    @staticmethod
+    def encode(records: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        return [journal_datagram(journal_fields(r)) for r in records]
+
+    def write(self, datagrams: Any) -> None:
         if self._sock is None:
             self.open()
         assert self._sock is not None
-        for r in records:
-            self._sock.sendto(journal_datagram(journal_fields(r)), self.path)
+        for datagram in datagrams:
+            self._sock.sendto(datagram, self.path)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -107,13 +119,25 @@ class AuditLog(Service):
         call_in_reactor: Callable[..., Any],
         seconds: Callable[[], float],
         max_queue: int = QUEUE_RECORDS,
+        call_later: Callable[..., Any] | None = None,
     ) -> None:
         """``call_in_reactor`` runs a call in the reactor thread (for logging);
-        ``seconds`` is the clock, for spacing complaints."""
+        ``seconds`` is the clock, for spacing complaints; ``call_later``
+        (the reactor's) gathers records for :data:`HAND_OVER_SECONDS` before
+        they go to the thread (without it, each goes at once)."""
         self.target = target
+        #: What encodes the records handed over now (the writer switches to
+        #: a new target in the queue's order).
+        self._encoder: Target = target
         self._call = call_in_reactor
         self._seconds = seconds
-        self._queue: queue.Queue[object] = queue.Queue(max_queue)
+        self._call_later = call_later
+        self._max = max_queue
+        #: Records gathered in the reactor thread, not yet handed over.
+        self._gathered: list[Mapping[str, Any]] = []
+        self._handing: Any = None
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._waiting = 0  # records handed over and not yet written
         self._thread: threading.Thread | None = None
         self.written = 0
         self.failed = 0
@@ -131,14 +155,30 @@ class AuditLog(Service):
 
     def record(self, rec: Mapping[str, Any]) -> None:
         """Queue ``rec``; never waits."""
-        try:
-            self._queue.put_nowait(rec)
-        except queue.Full:
+        if self._waiting + len(self._gathered) >= self._max:
             self.lost += 1
             self._complain("audit queue full: records lost")
+            return
+        self._gathered.append(rec)
+        if self._call_later is None:
+            self._hand_over()
+        elif self._handing is None:
+            self._handing = self._call_later(HAND_OVER_SECONDS, self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._handing = None
+        batch, self._gathered = self._gathered, []
+        if batch:
+            self._waiting += len(batch)
+            # Encoded for the target it will reach: the queue keeps the order
+            # of batches and switches.
+            self._queue.put((len(batch), self._encoder.encode(batch)))
 
     def reopen(self, target: Target | None = None) -> None:
         """Open the file again (logrotate moved it), or switch to ``target``."""
+        self._hand_over()  # what was gathered goes where it was meant to
+        if target is not None:
+            self._encoder = target
         self._queue.put((_REOPEN, target))
 
     def startService(self) -> None:
@@ -149,6 +189,9 @@ class AuditLog(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        if self._handing is not None and self._handing.active():
+            self._handing.cancel()
+        self._hand_over()
         thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(_STOP)
@@ -163,25 +206,15 @@ class AuditLog(Service):
             self._failed(0, e)
         while True:
             item = self._queue.get()
-            batch: list[Mapping[str, Any]] = []
-            while True:
-                if item is _STOP:
-                    self._write(batch)
-                    self.target.close()
-                    return
-                if isinstance(item, tuple) and item and item[0] is _REOPEN:
-                    self._write(batch)
-                    batch = []
-                    self._reopen(item[1])
-                else:
-                    batch.append(item)  # type: ignore[arg-type]
-                if len(batch) >= 1000:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._write(batch)
+            if item is _STOP:
+                self.target.close()
+                return
+            if isinstance(item, tuple) and item[0] is _REOPEN:
+                self._reopen(item[1])
+                continue
+            assert isinstance(item, tuple)
+            count: int = item[0]
+            self._write(count, item[1])
 
     def _reopen(self, target: Target | None) -> None:
         self.target.close()
@@ -192,15 +225,14 @@ class AuditLog(Service):
         except OSError as e:
             self._failed(0, e)
 
-    def _write(self, batch: list[Mapping[str, Any]]) -> None:
-        if not batch:
-            return
+    def _write(self, count: int, payload: Any) -> None:
+        self._waiting -= count  # (a racy count is fine: it only bounds memory)
         try:
-            self.target.write(batch)
+            self.target.write(payload)
         except OSError as e:
-            self._failed(len(batch), e)
+            self._failed(count, e)
             return
-        self.written += len(batch)
+        self.written += count
         if self.error is not None:
             self.error = None
             self._call(

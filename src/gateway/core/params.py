@@ -110,6 +110,8 @@ class _Plan:
     order: tuple[Param, ...]  # positional parameters (the subject) before options
     options: dict[str, Param]
     positional: tuple[Param, ...]
+    #: Which scope field bounds which parameter (a path: ``roots``).
+    scoped: dict[str, str]
 
 
 #: Plans by the identity of the declaration they were made for (parsing is on
@@ -133,11 +135,17 @@ def _make_plan(params: tuple[Param, ...]) -> _Plan:
     # Every parameter may also be named: ``--name VALUE`` or ``--name=VALUE``.
     options.update({f"--{p.name}": p for p in params})
     positional = tuple(p for p in params if p.flag is None)
+    scoped: dict[str, str] = {}
+    for p in params:
+        field = p.scope or ("roots" if p.kind == "path" else None)
+        if field is not None:
+            scoped[p.name] = field
     return _Plan(
         frozenset(p.name for p in params),
         positional + tuple(p for p in params if p.flag is not None),
         options,
         positional,
+        scoped,
     )
 
 
@@ -306,10 +314,15 @@ def query_parameter(p: Param) -> dict[str, Any]:
 
 
 def scoped(params: Sequence[Param]) -> dict[str, str]:
-    """Which scope field bounds which parameter (a path: ``roots``)."""
-    out: dict[str, str] = {}
-    for p in params:
-        field = p.scope or ("roots" if p.kind == "path" else None)
-        if field is not None:
-            out[p.name] = field
+    """Which scope field bounds which parameter (a path: ``roots``); worked out once."""
+    return _plan(params).scoped
+
+
+def scoped_values(params: Sequence[Param], raw: Mapping[str, object]) -> dict[str, Any]:
+    """The checked values of the scoped parameters only (``raw`` was validated)."""
+    plan = _plan(params)
+    out: dict[str, Any] = {}
+    for p in plan.order:
+        if p.name in plan.scoped:
+            out[p.name] = _check(p, raw[p.name]) if p.name in raw else p.default
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from gateway.core.errors import CommandError
@@ -96,6 +97,8 @@ class Scope:
 
 
 FULL = Scope()
+#: How messages name each kind of proof.
+KINDS = {"token": "token", "unix": "unix user", "certificate": "certificate"}
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,13 @@ class Identity:
     name: str
     how: str
     scope: Scope = FULL
+    #: How messages name it: ``token "ops"``, ``unix user "root"``, ``certificate "ci"``.
+    shown: str = dataclass_field(default="", compare=False, repr=False)
 
-    @property
-    def shown(self) -> str:
-        """How messages name it: ``token "ops"``, ``unix user "root"``, ``certificate "ci"``."""
-        kind = {"token": "token", "unix": "unix user", "certificate": "certificate"}
-        return f'{kind[self.how]} "{self.name}"' if self.how in kind else f'"{self.name}"'
+    def __post_init__(self) -> None:
+        kind = KINDS.get(self.how)
+        shown = f'{kind} "{self.name}"' if kind is not None else f'"{self.name}"'
+        object.__setattr__(self, "shown", shown)
 
 
 #: Everyone, when the gateway asks for no token.

@@ -21,7 +21,7 @@ from gateway.core.command import RESERVED_FIELDS, AnyCommand, Client, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Event, Lines, Result, Sink
 from gateway.core.metrics import CommandMetrics
-from gateway.core.params import scoped, validate
+from gateway.core.params import scoped, scoped_values
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import Identity
 from gateway.logfmt import printable
@@ -110,8 +110,10 @@ class CommandService:
         )
         args = command.prepare(raw)
         if not scope.full:
-            checked = validate(command.name, command.params, raw)
-            scope.check(identity.shown, command.name, scoped(command.params), checked)
+            fields = scoped(command.params)
+            if fields:
+                values = scoped_values(command.params, raw)
+                scope.check(identity.shown, command.name, fields, values)
         return command, args
 
     def _identity(self, client: Client) -> Identity:
@@ -257,15 +259,22 @@ def _check_declaration(command: AnyCommand) -> None:
         raise ValueError(f"{command.name}: result field names clash: {sorted(clash) or names}")
 
 
+def _size(lines: Sequence[str]) -> int:
+    """UTF-8 bytes of ``lines``, a newline each (counted in C when all are ASCII)."""
+    if all(map(str.isascii, lines)):
+        return sum(map(len, lines)) + len(lines)
+    return sum(len(line.encode("utf-8", "replace")) for line in lines) + len(lines)
+
+
 def _counting(sink: Sink, sent: list[int]) -> Sink:
     """``sink``, adding to ``sent[0]`` the bytes of text it passes on (lines
     and a result's text, each with its newline): an audit record's size."""
 
     def counted(event: Event) -> None:
         if isinstance(event, Lines):
-            sent[0] += sum(len(line.encode("utf-8", "replace")) + 1 for line in event.lines)
-        elif isinstance(event, Result):
-            sent[0] += sum(len(line.encode("utf-8", "replace")) + 1 for line in event.text)
+            sent[0] += _size(event.lines)
+        elif isinstance(event, Result) and event.text:
+            sent[0] += _size(event.text)
         sink(event)
 
     return counted
