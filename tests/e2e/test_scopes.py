@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from ..support.e2e import curl, nc, open_nc, read_line, read_until_closed
+from ..support.e2e import BIN, curl, nc, open_nc, read_line, read_until_closed
 
 DASHBOARD = "dashboard-token-0123456789abcdef"
 RELEASE = "release-token-0123456789abcdef00"
@@ -176,3 +177,53 @@ def test_a_reload_that_removes_a_token_closes_its_connections(
     client.wait()
     status, _, _ = curl(gw.url("/stats"), "-H", f"Authorization: Bearer {DASHBOARD}")
     assert status == 401
+
+
+def test_no_token_reaches_a_log_stats_metrics_audit_or_check_config(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "syslog"
+    log.write_text("x\n")
+    audit = tmp_path / "audit.jsonl"
+    plain = "plain-secret-token-0123456789ab"
+    config = (
+        f'[lastlog]\nsource = "{log}"\n[audit]\nfile = "{audit}"\n'
+        f'[auth]\ntokens = ["{plain}"]\n'
+        f'[[auth.token]]\nname = "dashboard"\nsha256 = "{sha(DASHBOARD)}"\n'
+    )
+    gw = start_gateway(config)
+    nc(gw.tcp_port, f"auth {DASHBOARD}\nlastlog\nauth {plain}\nstats\n".encode())
+    nc(gw.tcp_port, f"AUTH\t{DASHBOARD}\nauth wrong-{DASHBOARD}\n".encode())
+    bearer = ("-H", f"Authorization: Bearer {DASHBOARD}")
+    texts: list[bytes | str] = [
+        curl(gw.url("/stats"), *bearer)[2],
+        curl(gw.url("/stats?format=json"), *bearer)[2],
+    ]
+    texts.append(curl(gw.url("/metrics"), *bearer)[2])
+    with connect(
+        f"ws://127.0.0.1:{gw.http_port}/ws", subprotocols=[Subprotocol("gateway.v1.json")]
+    ) as ws:
+        ws.send(json.dumps({"id": 1, "auth": DASHBOARD}))
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"id": 2, "line": f"auth {plain}"}))
+        ws.recv(timeout=10)
+    checked = subprocess.run(
+        [str(BIN / "gateway"), "--config", str(gw.config_path), "--check-config"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    gw.wait_for(r"Lost WebSocket connection from 127\.0\.0\.1")
+    assert gw.stop() == 0
+    texts += [checked, "\n".join(gw.lines), audit.read_text()]
+    for text in texts:
+        shown = text.decode() if isinstance(text, bytes) else text
+        for secret in (DASHBOARD, plain, sha(DASHBOARD)):
+            assert secret not in shown
+    assert '"sha256": "***"' in checked and "auth ***" in "\n".join(gw.lines)
+    assert [json.loads(line)["command"] for line in audit.read_text().splitlines()] == [
+        "lastlog",
+        "stats",
+        "stats",
+        "stats",
+    ]
