@@ -1,15 +1,20 @@
 import hashlib
 import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
+import blake3
 import pytest
 
 from gateway.commands.comphash import (
+    BLAKE3_CHUNK,
     Cancelled,
     ComphashArgs,
     ComphashCommand,
     checksum_line,
+    chunk_for,
     hash_fd,
     open_regular,
 )
@@ -333,3 +338,50 @@ def test_file_swapped_after_the_check_is_refused(
 )
 def test_checksum_line_is_what_sha1sum_prints(path: str, line: str) -> None:
     assert checksum_line("ab12", path) == line
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1025, 3 * MiB + 7, 16 * MiB + 1])
+@pytest.mark.parametrize("threads", [1, 0, 2])
+def test_blake3_matches_b3sum_whatever_the_size_and_threads(
+    root: Path, size: int, threads: int
+) -> None:
+    path = root / f"b3-{size}"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    command = make_command([str(root)], algorithms=["sha1", "blake3"], threads=threads)
+    _, outcome = run(command, f"-a blake3 {path}")
+    assert isinstance(outcome, Result)
+    assert outcome.data["hex"] == blake3.blake3(data).hexdigest()
+    assert outcome.data["size"] == size
+    b3sum = shutil.which("b3sum")
+    if b3sum is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("b3sum is not installed (.ci/run installs it)")
+        return
+    done = subprocess.run([b3sum, "--no-names", str(path)], capture_output=True, check=True)
+    assert done.stdout.decode().strip() == outcome.data["hex"]
+
+
+def test_blake3_on_several_threads_reads_large_chunks_and_stops_between_them(
+    tmp_path: Path,
+) -> None:
+    assert chunk_for("blake3", MiB, 0) == BLAKE3_CHUNK
+    assert chunk_for("blake3", MiB, 1) == MiB  # one thread: the configured chunk
+    assert chunk_for("sha256", MiB, 0) == MiB
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * (3 * BLAKE3_CHUNK))
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def progress(done: int) -> None:
+        seen.append(done)
+        stop.set()
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(Cancelled):
+            hash_fd(fd, "blake3", MiB, stop, progress, MiB, threads=0)
+        assert seen == [BLAKE3_CHUNK]
+        assert os.lseek(fd, 0, os.SEEK_CUR) == BLAKE3_CHUNK
+    finally:
+        os.close(fd)

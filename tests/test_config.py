@@ -34,7 +34,8 @@ def test_design_defaults() -> None:
     assert (c.quota.max_clients, c.quota.max_per_ip) == (10, 0)
     assert (c.lastlog.source, c.lastlog.max_lines) == ("auto", 1000)
     assert c.comphash.allowed_roots == ("/",)
-    assert c.comphash.algorithms == ("sha1", "sha256", "sha512", "md5", "blake2b")
+    # The design's five, and BLAKE3 (its hashing roadmap: -a blake3)
+    assert c.comphash.algorithms == ("sha1", "sha256", "sha512", "md5", "blake2b", "blake3")
     assert c.websocket.allowed_origins == ()
 
 

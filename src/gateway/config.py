@@ -153,11 +153,13 @@ class LastlogConfig:
 @dataclass(frozen=True)
 class ComphashConfig:
     allowed_roots: tuple[str, ...] = ("/",)
-    algorithms: tuple[str, ...] = ("sha1", "sha256", "sha512", "md5", "blake2b")
+    algorithms: tuple[str, ...] = ("sha1", "sha256", "sha512", "md5", "blake2b", "blake3")
     default_algorithm: str = "sha1"
     chunk_size: int = 1024 * 1024
     workers: int = 4
     timeout: float = 600.0
+    #: The most threads one BLAKE3 hash uses (0: one per core).
+    threads: int = 0
 
     def check(self) -> None:
         if not self.allowed_roots:
@@ -168,6 +170,8 @@ class ComphashConfig:
         if not self.algorithms:
             raise ConfigError("comphash.algorithms", "must list at least one algorithm")
         for name in self.algorithms:
+            if name == "blake3":
+                continue
             if name not in hashlib.algorithms_available or name.startswith("shake_"):
                 raise ConfigError("comphash.algorithms", f"unsupported algorithm {name!r}")
         if self.default_algorithm not in self.algorithms:
@@ -176,6 +180,7 @@ class ComphashConfig:
             raise ConfigError("comphash.chunk_size", "must be at least 1048576 (1 MiB)")
         _positive("comphash.workers", self.workers)
         _positive("comphash.timeout", self.timeout)
+        _not_negative("comphash.threads", self.threads)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import blake3
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
@@ -90,6 +91,25 @@ def open_regular(path: str, roots: Sequence[str]) -> tuple[int, int]:
 
 _local = threading.local()
 
+#: One read for BLAKE3 on several threads: large enough to spread, small enough
+#: to stay in the cache (16 MiB ran at 2.4 GB/s here, 4 MiB at 3.4).
+BLAKE3_CHUNK = 4 * 1024 * 1024
+
+
+def new_hasher(algorithm: str, threads: int = 1) -> Any:
+    """A hash object: hashlib's, or BLAKE3 with up to ``threads`` threads
+    (0: one per core)."""
+    if algorithm == "blake3":
+        return blake3.blake3(max_threads=threads or blake3.blake3.AUTO)
+    return hashlib.new(algorithm)
+
+
+def chunk_for(algorithm: str, chunk_size: int, threads: int) -> int:
+    """How much one read takes: BLAKE3 on several threads wants large updates."""
+    if algorithm == "blake3" and threads != 1:
+        return max(chunk_size, BLAKE3_CHUNK)
+    return chunk_size
+
 
 def lower_priority() -> None:
     """Let this (hashing) thread yield the CPU to the reactor thread.
@@ -124,14 +144,20 @@ def hash_fd(
     stop: threading.Event,
     progress: Callable[[int], None] | None = None,
     progress_every: int = 0,
+    threads: int = 1,
 ) -> tuple[str, int]:
     """Hash the open file ``fd`` to its end; return ``(hexdigest, bytes)``.
 
     Checks ``stop`` before each chunk and raises :class:`Cancelled` when set.
     Calls ``progress(done)`` each ``progress_every`` bytes (0: never).
+    BLAKE3 uses up to ``threads`` threads per chunk (0: one per core).
+
+    The file is read, not mapped: a mapped file that shrinks while it is
+    hashed kills the process with SIGBUS, and a network or FUSE filesystem
+    can stall page faults where a read can be interrupted between chunks.
     """
-    digest = hashlib.new(algorithm)
-    view = _buffer(chunk_size)
+    digest = new_hasher(algorithm, threads)
+    view = _buffer(chunk_for(algorithm, chunk_size, threads))
     done = 0
     next_report = progress_every
     with open(fd, "rb", buffering=0, closefd=False) as f:
@@ -189,7 +215,10 @@ class ComphashCommand(Command[ComphashArgs]):
         timeout: float,
         run_in_thread: RunInThread,
         call_from_thread: CallFromThread,
+        threads: int = 0,
     ) -> None:
+        """``threads``: the most threads one BLAKE3 hash uses (0: one per core)."""
+        self.threads = threads
         self.roots = tuple(os.path.realpath(r) for r in allowed_roots)
         self.algorithms = tuple(algorithms)
         self.default_algorithm = default_algorithm
@@ -245,7 +274,7 @@ class ComphashCommand(Command[ComphashArgs]):
                 every = max(self.chunk_size, size // 100)
                 try:
                     hexdigest, done = hash_fd(
-                        fd, args.algorithm, self.chunk_size, stop, step, every
+                        fd, args.algorithm, self.chunk_size, stop, step, every, self.threads
                     )
                 except OSError as e:  # EIO, a file on a vanished mount, ...
                     raise CommandError(

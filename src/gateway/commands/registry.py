@@ -70,6 +70,7 @@ def configured_commands(
             comphash.timeout,
             runners.read_file,
             runners.call_from_thread,
+            comphash.threads,
         ),
     ]
     return built_in + list(declared_commands(config.commands, runners.spawner))
