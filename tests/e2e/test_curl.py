@@ -108,7 +108,7 @@ def test_bad_input_gets_the_right_status(
         (
             f"/comphash?path={data}/f&algorithm=crc32",
             400,
-            "Unknown algorithm: crc32 (allowed: sha1, sha256, sha512, md5, blake2b)",
+            "Unknown algorithm: crc32 (allowed: sha1, sha256, sha512, md5, blake2b, blake3)",
         ),
         ("/no/such/route", 404, "No such route: /no/such/route"),
     ]

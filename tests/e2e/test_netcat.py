@@ -111,7 +111,8 @@ def test_bad_input_gets_clear_answers_and_the_daemon_keeps_serving(
         f"An error occurred: Path is outside the allowed roots: {data}/up/key",
         f"An error occurred: Path is outside the allowed roots: {private}/key",
         "An error occurred: Path is under /proc, which is never hashed: /proc/self/environ",
-        "An error occurred: Unknown algorithm: rot13 (allowed: sha1, sha256, sha512, md5, blake2b)",
+        "An error occurred: Unknown algorithm: rot13 "
+        "(allowed: sha1, sha256, sha512, md5, blake2b, blake3)",
         "An error occurred: lines must be an integer from 1 to 1000",
         "An error occurred: lines must be an integer from 1 to 1000",
         "An error occurred: lines must be an integer from 1 to 1000",
