@@ -136,6 +136,9 @@ class Gateway(MultiService):
         self.service.identities = admission.auth.current
         self.audit: AuditLog | None = None
         self._set_audit(config.audit.file)
+        self.service.metrics.sources.append(
+            lambda: self.audit.samples() if self.audit is not None else []
+        )
 
         tcp = config.tcp
         sockets = GatewayWebSocketFactory(

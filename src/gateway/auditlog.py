@@ -24,6 +24,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from gateway.core.audit import journal_datagram, journal_fields, json_line
+from gateway.core.metrics import Family
 
 log = Logger(namespace="gateway.audit")
 
@@ -145,6 +146,27 @@ class AuditLog(Service):
         #: Why the last write failed, until one succeeds (``None``: all is well).
         self.error: str | None = None
         self._complained = -COMPLAIN_EVERY
+
+    def samples(self) -> list[Family]:
+        """The audit metrics: records written, failed and lost; failing now."""
+        return [
+            (
+                "gateway_audit_records_total",
+                "counter",
+                "Audit records, by what became of them (written, failed, lost).",
+                [
+                    ({"state": "written"}, self.written),
+                    ({"state": "failed"}, self.failed),
+                    ({"state": "lost"}, self.lost),
+                ],
+            ),
+            (
+                "gateway_audit_failing",
+                "gauge",
+                "1 while the audit log cannot be written.",
+                [({}, 1 if self.error is not None else 0)],
+            ),
+        ]
 
     @property
     def problem(self) -> str | None:

@@ -61,6 +61,9 @@ def test_every_transport_is_audited_without_the_token(start_gateway: Any, tmp_pa
     assert got[0]["bytes"] == len("a\nb\n") and got[0]["duration_ms"] >= 0
     text = audit.read_text()
     assert TOKEN not in text and "auth" not in text and digest not in text
+    _, _, metrics = curl(gw.url("/metrics"), "-H", f"Authorization: Bearer {TOKEN}")
+    assert 'gateway_audit_records_total{state="written"} 4' in metrics.decode()
+    assert "gateway_audit_failing 0" in metrics.decode()
 
     audit.rename(tmp_path / "audit.jsonl.1")  # logrotate's move, then its SIGHUP
     gw.proc.send_signal(signal.SIGHUP)
@@ -86,3 +89,8 @@ def test_an_audit_log_that_cannot_be_written_is_degraded_not_down(
         "problems": ["audit log failing (/dev/full: No space left on device)"],
     }
     assert nc(gw.tcp_port, b"lastlog\n").splitlines() == ["Begin lastlog", "a", "End lastlog"]
+    status, _, body = curl(gw.url("/metrics"))
+    metrics = body.decode()
+    assert "gateway_audit_failing 1" in metrics
+    assert 'gateway_audit_records_total{state="written"} 0' in metrics
+    assert 'gateway_audit_records_total{state="failed"} 0' not in metrics  # (it counts them)
