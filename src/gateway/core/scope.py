@@ -117,6 +117,11 @@ class Identity:
         object.__setattr__(self, "shown", shown)
 
 
+def no_longer_accepted(identity: Identity) -> CommandError:
+    """What a client whose identity a reload removed is told."""
+    return CommandError("unauthorized", f"{identity.shown} is no longer accepted")
+
+
 #: Everyone, when the gateway asks for no token.
 ANONYMOUS = Identity("anonymous", "none")
 

@@ -23,7 +23,7 @@ from gateway.core.events import Error, Event, Lines, Result, Sink
 from gateway.core.metrics import CommandMetrics
 from gateway.core.params import scoped, scoped_values
 from gateway.core.ratelimit import RateLimiter
-from gateway.core.scope import Identity
+from gateway.core.scope import Identity, no_longer_accepted
 from gateway.logfmt import printable
 
 
@@ -124,7 +124,7 @@ class CommandService:
             return identity
         current = self.identities(identity) if self.identities is not None else identity
         if current is None:
-            raise CommandError("unauthorized", f"{identity.shown} is no longer accepted")
+            raise no_longer_accepted(identity)
         expires = current.scope.expires
         if expires is not None and self._clock.seconds() >= expires:
             raise CommandError("unauthorized", f"{identity.shown} has expired")

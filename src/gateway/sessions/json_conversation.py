@@ -41,7 +41,7 @@ from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Pr
 from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
-from gateway.sessions.login import Login
+from gateway.sessions.login import Login, revocation
 
 Id = int | str
 FIELDS = frozenset({"id", "command", "args", "line", "cancel", "auth"})
@@ -365,14 +365,10 @@ class JSONConversation:
     def revoke(self, current: Callable[[Identity], Identity | None]) -> bool:
         """Close, saying why, if the client's token is no longer accepted
         (``current`` says: a reload removed it); ``True`` if it was closed."""
-        identity = self.client.identity
-        if self.closed or identity.how == "none" or current(identity) is not None:
+        error = None if self.closed else revocation(self.client, current)
+        if error is None:
             return False
-        self.log.info(
-            "Closing {peer}: {who} was removed", peer=self.client.peer, who=identity.shown
-        )
-        message = f"{identity.shown} is no longer accepted"
-        self._send(reply(None, "error", code="unauthorized", message=message))
+        self._send(reply(None, "error", code=error.code, message=error.message))
         self.stop()
         self._close()
         return True

@@ -24,7 +24,7 @@ from gateway.core.events import Event, Following, Result
 from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable, redact
-from gateway.sessions.login import Login
+from gateway.sessions.login import Login, revocation
 from gateway.sessions.text import TextRenderer, error_line
 
 
@@ -146,13 +146,10 @@ class LineConversation:
     def revoke(self, current: Callable[[Identity], Identity | None]) -> bool:
         """Close, saying why, if the client's token is no longer accepted
         (``current`` says: a reload removed it); ``True`` if it was closed."""
-        identity = self.client.identity
-        if self.closed or identity.how == "none" or current(identity) is not None:
+        error = None if self.closed else revocation(self.client, current)
+        if error is None:
             return False
-        self.log.info(
-            "Closing {peer}: {who} was removed", peer=self.client.peer, who=identity.shown
-        )
-        self._write([error_line("unauthorized", f"{identity.shown} is no longer accepted")])
+        self._write([error_line(error.code, error.message)])
         self.stop()
         self._close()
         return True

@@ -15,9 +15,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
+from gateway.core.command import Client
 from gateway.core.errors import CommandError
 from gateway.core.ratelimit import RateLimiter
-from gateway.core.scope import Identity
+from gateway.core.scope import Identity, no_longer_accepted
 
 
 class Login:
@@ -124,3 +125,15 @@ class Login:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+
+def revocation(
+    client: Client, current: Callable[[Identity], Identity | None]
+) -> CommandError | None:
+    """The error to close ``client`` with if a reload removed who it proved
+    to be (``current`` says who it is now), logged; else ``None``."""
+    identity = client.identity
+    if identity.how == "none" or current(identity) is not None:
+        return None
+    Login.log.info("Closing {peer}: {who} was removed", peer=client.peer, who=identity.shown)
+    return no_longer_accepted(identity)
