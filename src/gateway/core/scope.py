@@ -59,17 +59,21 @@ class Scope:
     def may_run(self, command: str) -> bool:
         return self.commands is None or command in self.commands or command in ALWAYS
 
+    def require(self, who: str, command: str) -> None:
+        """Raise ``forbidden``, naming the scope, unless ``who`` may run ``command``."""
+        if not self.may_run(command):
+            allowed = ", ".join(sorted(self.commands or ()))
+            raise CommandError(
+                "forbidden", f"{who} may not run {command} (its commands: {allowed or 'none'})"
+            )
+
     def check(
         self, who: str, command: str, scoped: Mapping[str, str], checked: Mapping[str, Any]
     ) -> None:
         """Raise ``forbidden`` unless ``who`` may run ``command`` with the
         ``checked`` arguments; ``scoped`` says which scope field bounds which
         argument (``{"lines": "max_lines", "path": "roots", ...}``)."""
-        if not self.may_run(command):
-            allowed = ", ".join(sorted(self.commands or ()))
-            raise CommandError(
-                "forbidden", f"{who} may not run {command} (its commands: {allowed or 'none'})"
-            )
+        self.require(who, command)
         for name, field in scoped.items():
             value = checked.get(name)
             if value is None or value is False:

@@ -103,8 +103,7 @@ class CommandService:
         if command is None:
             raise CommandError("unknown_command", "Command not found.")
         scope = identity.scope
-        if not scope.may_run(command.name):
-            scope.check(identity.shown, command.name, {}, {})  # raises: names the scope
+        scope.require(identity.shown, command.name)
         raw: Mapping[str, object] = (
             command.parse(request.rest) if request.rest is not None else request.args
         )
