@@ -262,18 +262,21 @@ class AuthConfig:
         _positive("auth.failure_window", self.failure_window)
         _positive("auth.lockout", self.lockout)
 
+    def read_tokens(self) -> tuple[tuple[str, ...], tuple[NamedToken, ...]]:
+        """Every token, the token file read (once) now: the plain ones
+        (``tokens`` first) and the named ones (``[[auth.token]]`` first)."""
+        plain, named = self._file()
+        return (*self.tokens, *plain), (*self.token, *named)
+
     def all_tokens(self) -> tuple[str, ...]:
         """``tokens`` plus the plain tokens in ``token_file`` (read now)."""
-        return (*self.tokens, *self._file()[0])
-
-    def named_tokens(self) -> tuple[NamedToken, ...]:
-        """``[[auth.token]]`` plus those in ``token_file`` (read now)."""
-        return (*self.token, *self._file()[1])
+        return self.read_tokens()[0]
 
     @property
     def enabled(self) -> bool:
         """Whether clients must prove who they are (the token file read now)."""
-        return bool(self.all_tokens() or self.named_tokens() or self.unix or self.certificate)
+        plain, named = self.read_tokens()
+        return bool(plain or named or self.unix or self.certificate)
 
     def _file(self) -> tuple[list[str], tuple[NamedToken, ...]]:
         """The token file: one plain token per line, or ``[[token]]`` tables

@@ -268,9 +268,9 @@ def grants_of(config: Config) -> list[Grant | str]:
     """The tokens ``config`` accepts (the token file read now): plain ones
     give full access, named ones their scope (roots resolved)."""
     auth = config.auth
-    named = auth.named_tokens()
+    plain, named = auth.read_tokens()
     config.check_scopes("auth.token_file: token", named[len(auth.token) :])
-    out: list[Grant | str] = list(auth.all_tokens())
+    out: list[Grant | str] = list(plain)
     for token in named:
         identity = Identity(token.name, "token", scope_of(token.limits))
         out.append((bytes.fromhex(token.sha256), identity))
