@@ -17,12 +17,11 @@ from gateway.commands.journal import (
     parse_entry,
 )
 from gateway.commands.lastlog import LastlogCommand, prime_file
-from gateway.core.command import Client
 from gateway.core.follow import Feed, Stale, Watcher
 from gateway.core.service import CommandService
-from gateway.sessions.line import LineConversation
 
 from .support.fakes import FakeSpawner, run_now
+from .test_follow import follow_lines
 
 S = "d4b82928cc344b4794905c14a56cdb9e"
 B = "0123456789abcdef0123456789abcdef"
@@ -129,14 +128,6 @@ def test_a_feed_without_names_apart_calls_an_unknown_name_stale() -> None:
     feed.append_named([(cursor(1), "a")])
     assert watch(feed, cursor(7))[1] == [Stale(None)]
     assert watch(feed, "deadbeef-1")[1] == [Stale(None)]
-
-
-def follow_lines(service: CommandService, line: str) -> list[str]:
-    out: list[str] = []
-    c = LineConversation(service, Client("tcp", "h"), out.extend, lambda: None)
-    c.start()
-    c.submit(line)
-    return out
 
 
 def entry_json(i: int, message: str) -> bytes:

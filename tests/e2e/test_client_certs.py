@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from ..support.e2e import BIN, make_certificate, require_tool
+from ..support.e2e import BIN, make_certificate, require_tool, write_pem
 
 TOKEN = "cert-test-token-0123456789abcdef"
 
@@ -42,15 +42,7 @@ def issue(
         .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
     )
     cert = builder.sign(ca[0] if ca else key, hashes.SHA256())
-    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path, cert_path = write_pem(key, cert, directory / f"{name}.key", directory / f"{name}.pem")
     return key_path, cert_path, (key, cert)
 
 

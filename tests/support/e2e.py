@@ -235,8 +235,13 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    key_path = directory / "key.pem"
-    cert_path = directory / "cert.pem"
+    return write_pem(key, cert, directory / "key.pem", directory / "cert.pem")
+
+
+def write_pem(
+    key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, key_path: Path, cert_path: Path
+) -> tuple[Path, Path]:
+    """Write a key (PKCS#8) and its certificate as PEM files; return their paths."""
     key_path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
