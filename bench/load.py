@@ -118,10 +118,11 @@ async def watch(mode: str, target: str, watchers: int, seconds: float, stalled: 
             if counted[0] % 7 == 0:  # a sample keeps the client cheap
                 delays.append(time.time() - stamp)
 
-    async def tcp_one(read: bool) -> None:
-        host, port = target.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"lastlog -f 1\n")
+    async def lines_until_stop(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read: bool, prefix: bytes
+    ) -> None:
+        """Hand each line starting with ``prefix`` (without it) to ``got``
+        until the run ends; a watcher that does not ``read`` only waits."""
         ready[0] += 1
         if not read:
             await asyncio.sleep(max(0.0, stop - time.monotonic()))
@@ -132,8 +133,15 @@ async def watch(mode: str, target: str, watchers: int, seconds: float, stalled: 
                 line = await asyncio.wait_for(reader.readline(), stop - time.monotonic())
             except TimeoutError:
                 break
-            got(line)
+            if line.startswith(prefix):
+                got(line[len(prefix) :])
         writer.close()
+
+    async def tcp_one(read: bool) -> None:
+        host, port = target.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"lastlog -f 1\n")
+        await lines_until_stop(reader, writer, read, b"")
 
     async def ws_one(read: bool) -> None:
         from websockets.asyncio.client import connect
@@ -158,19 +166,7 @@ async def watch(mode: str, target: str, watchers: int, seconds: float, stalled: 
         writer.write(
             f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
         )
-        ready[0] += 1
-        if not read:
-            await asyncio.sleep(max(0.0, stop - time.monotonic()))
-            writer.close()
-            return
-        while time.monotonic() < stop:
-            try:
-                line = await asyncio.wait_for(reader.readline(), stop - time.monotonic())
-            except TimeoutError:
-                break
-            if line.startswith(b"data: "):
-                got(line[6:])
-        writer.close()
+        await lines_until_stop(reader, writer, read, b"data: ")
 
     one = {"tcp": tcp_one, "ws": ws_one, "sse": sse_one}[mode]
     begin = time.monotonic()
