@@ -10,8 +10,8 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.task import Clock
 
 from gateway.app import endpoint
-from gateway.config import ConfigError, TLSConfig
-from gateway.frontends.tls import certificate_cn, split_endpoint
+from gateway.config import ConfigError, TLSConfig, split_endpoint
+from gateway.frontends.tls import certificate_cn
 
 from .support.e2e import make_certificate
 

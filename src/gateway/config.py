@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import shlex
 import tomllib
 import typing
@@ -620,6 +621,20 @@ def load(
     return config
 
 
+def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """``ssl:8443:privateKey=k.pem`` -> ``("ssl", ["8443"], {"privateKey": "k.pem"})``
+    (``\\:`` is a colon inside a value, as in Twisted's endpoint strings)."""
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description.strip())]
+    kind, positional, named = parts[0].lower(), [], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            named[key] = value
+        else:
+            positional.append(part)
+    return kind, positional, named
+
+
 def reaches_beyond_loopback(description: str) -> bool:
     """Does this endpoint string listen where other machines can reach it?
 
@@ -628,18 +643,15 @@ def reaches_beyond_loopback(description: str) -> bool:
     reaching beyond, to be safe.
     """
     import ipaddress
-    import re
 
-    parts = re.split(r"(?<!\\):", description.strip())
-    kind = parts[0].lower()
+    kind, _, options = split_endpoint(description)
     if kind == "unix":
         return False
     if kind == "systemd":
         return _systemd_reach(description)
     if kind not in ("tcp", "ssl", "tcp6"):
         return True
-    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    interface = options.get("interface", "").replace("\\:", ":").strip("[]")
+    interface = options.get("interface", "").strip("[]")
     if not interface:
         return True  # every interface
     if interface == "localhost":

@@ -10,7 +10,7 @@ message naming the scope that refused it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -128,8 +128,3 @@ def no_longer_accepted(identity: Identity) -> CommandError:
 
 #: Everyone, when the gateway asks for no token.
 ANONYMOUS = Identity("anonymous", "none")
-
-
-def visible(scope: Scope, names: Sequence[str]) -> list[str]:
-    """Of ``names`` (commands), those ``scope`` may run."""
-    return [n for n in names if scope.may_run(n)]

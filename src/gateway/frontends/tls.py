@@ -19,26 +19,14 @@ from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 
+from gateway.config import split_endpoint
+
 KNOWN = frozenset({"port", "privateKey", "certKey", "interface", "backlog", "extraCertChain"})
 PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class TLSError(ValueError):
     pass
-
-
-def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """``ssl:8443:privateKey=k.pem`` -> ``("ssl", ["8443"], {"privateKey": "k.pem"})``
-    (``\\:`` is a colon inside a value, as in Twisted's endpoint strings)."""
-    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description.strip())]
-    kind, positional, named = parts[0].lower(), [], {}
-    for part in parts[1:]:
-        key, sep, value = part.partition("=")
-        if sep:
-            named[key] = value
-        else:
-            positional.append(part)
-    return kind, positional, named
 
 
 def _read(path: str, what: str) -> bytes:
