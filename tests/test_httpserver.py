@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from gateway.config import HTTPConfig
+from gateway.frontends.admission import LINGER
 from gateway.frontends.http.site import GuardedSite
 
 
@@ -23,14 +28,41 @@ class Ok(Resource):
     render_POST = render_GET
 
 
-def connect(settings: HTTPConfig | None = None) -> tuple[object, StringTransport, Clock]:
+class Later(Resource):
+    """Answers when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Any] = []
+
+    def render_GET(self, request: Any) -> int:
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+def site_for(
+    settings: HTTPConfig | None = None, later: Later | None = None
+) -> tuple[GuardedSite, Clock]:
     clock = Clock()
     root = Resource()
     root.putChild(b"healthz", Ok())
-    site = GuardedSite(root, settings or HTTPConfig(), clock)
+    if later is not None:
+        root.putChild(b"later", later)
+    return GuardedSite(root, settings or HTTPConfig(), clock), clock
+
+
+def connect_to(site: GuardedSite) -> tuple[Any, StringTransport]:
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
     channel.makeConnection(transport)
+    return channel, transport
+
+
+def connect(settings: HTTPConfig | None = None) -> tuple[object, StringTransport, Clock]:
+    site, clock = site_for(settings)
+    channel, transport = connect_to(site)
     return channel, transport, clock
 
 
@@ -117,3 +149,78 @@ def test_limits_follow_the_config(size: int, tmp_path: Path) -> None:
     channel, t, _ = connect(HTTPConfig(max_header_bytes=size))
     channel.dataReceived(b"GET /" + b"a" * size + b" HTTP/1.1\r\n")  # type: ignore[attr-defined]
     assert status_of(t) == (414, f"error: request line too long (limit {size} bytes)\n".encode())
+
+
+# -- stopping: every request that reached the daemon is answered, then the
+# connection closes; no connection is dropped with nothing said.
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+def closed_by_us(channel: Any, t: StringTransport) -> None:
+    """The transport was asked to close: what the reactor then does."""
+    assert t.disconnecting
+    channel.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_request_arriving_after_the_stop_is_answered_and_closed() -> None:
+    site, _ = site_for()
+    channel, t = connect_to(site)  # accepted just before the listener closed
+    site.stop()
+    assert site.connections == 1  # the stop waits for it
+    channel.dataReceived(GET)
+    code, _ = status_of(t)
+    assert code == 200 and b"Connection: close" in t.value()
+    closed_by_us(channel, t)
+    assert site.connections == 0
+
+
+def test_a_silent_new_connection_gets_linger_not_the_request_timeout() -> None:
+    site, clock = site_for()
+    channel, t = connect_to(site)
+    site.stop()
+    clock.advance(LINGER - 0.1)
+    assert t.value() == b""
+    clock.advance(0.2)
+    assert status_of(t)[0] == 408 and t.disconnecting
+
+
+def test_a_connection_made_after_the_stop_is_stopping_too() -> None:
+    site, clock = site_for()
+    site.stop()
+    channel, t = connect_to(site)
+    clock.advance(LINGER + 0.1)
+    assert status_of(t)[0] == 408 and t.disconnecting
+
+
+def test_a_kept_alive_connection_between_requests_closes_at_once() -> None:
+    site, _ = site_for()
+    channel, t = connect_to(site)
+    channel.dataReceived(GET)
+    assert b"Connection: close" not in t.value() and not t.disconnecting
+    site.stop()
+    closed_by_us(channel, t)
+    assert site.connections == 0
+
+
+def test_a_request_running_at_the_stop_is_finished_then_closed() -> None:
+    later = Later()
+    site, _ = site_for(later=later)
+    channel, t = connect_to(site)
+    channel.dataReceived(b"GET /later HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    site.stop()
+    assert not t.disconnecting and site.connections == 1
+    request = later.waiting.pop()
+    request.write(b"done\n")
+    request.finish()
+    assert status_of(t) == (200, b"5\r\ndone\n\r\n0\r\n\r\n")
+    assert b"Connection: close" in t.value()
+    closed_by_us(channel, t)
+
+
+def test_a_connection_handed_to_a_websocket_is_not_waited_for() -> None:
+    site, _ = site_for()
+    channel, _ = connect_to(site)
+    assert site.connections == 1
+    channel.transport = None  # what the WebSocket upgrade does
+    assert site.connections == 0

@@ -291,6 +291,7 @@ class Gateway(MultiService):
         stopped = [listener.stopService() for listener in self.listeners]
         self.lines.shutdown()
         self.sockets.shutdown()
+        self.site.stop()
         grace = self.config.limits.shutdown_grace
         self.service.stop_open_ended()  # follows end now (End lastlog), not after the grace
         idle = self.service.when_idle()
@@ -305,7 +306,12 @@ class Gateway(MultiService):
             # What was written must reach the clients before the reactor drops
             # every connection, so wait for them to close (LINGER at most).
             return self._wait_until(
-                lambda: not self.lines.sessions and not self.sockets.sessions, LINGER + 1.0
+                lambda: (
+                    not self.lines.sessions
+                    and not self.sockets.sessions
+                    and not self.site.connections
+                ),
+                LINGER + 1.0,
             )
 
         def finish(_: object) -> Deferred[None]:

@@ -471,10 +471,6 @@ class RestAPI:
     def _command(self, request: IRequest, command: AnyCommand) -> Deferred[None] | bytes:
         fmt = response_format(request)
         as_json = fmt != "text"
-        if self.shutting_down:
-            # Sent on a connection made before the listener closed: served,
-            # and the connection closed after it (no attempt is lost).
-            request.setHeader("connection", "close")
         identity = self._denied(request, as_json)
         if not isinstance(identity, Identity):
             return identity

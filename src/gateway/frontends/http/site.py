@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,6 +117,9 @@ class GuardedChannel(HTTPChannel):
         self._lines = 0
         self._held: list[bytes] = []
         self._closing: IDelayedCall | None = None
+        self._answered = 0  # requests received whole on this connection
+        self._stopping = False
+        self._lost = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -125,7 +129,41 @@ class GuardedChannel(HTTPChannel):
 
     def _start_deadline(self) -> None:
         self._stop_deadline()
-        self._deadline = self.clock.callLater(self.settings.request_timeout, self._too_slow)
+        wait = LINGER if self._stopping else self.settings.request_timeout
+        self._deadline = self.clock.callLater(wait, self._too_slow)
+
+    @property
+    def open(self) -> bool:
+        """Still ours: not closed, not handed over to a WebSocket."""
+        return self.transport is not None and not self._lost
+
+    def stop(self) -> None:
+        """The daemon stops: finish what is asked, then close.
+
+        A connection made just before the listener closed may not have sent
+        its request yet: it still gets ``LINGER`` seconds to do so and is
+        answered (with ``Connection: close``).  A kept-alive connection between
+        requests is closed now, as HTTP allows.
+        """
+        self._stopping = True
+        if self._refused:
+            return  # closing already
+        if self._handlingRequest:
+            self.persistent = False  # closed once this answer is sent
+            for request in self.requests:
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return
+        if self._answered and self._deadline is None:
+            self._close_within(LINGER)
+        else:
+            self._start_deadline()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self._stopping:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -194,6 +232,7 @@ class GuardedChannel(HTTPChannel):
     def allContentReceived(self) -> None:
         self._stop_deadline()
         self._lines = 0
+        self._answered += 1
         if self._refused:
             return  # answered 413 (or another refusal): the route never runs
         super().allContentReceived()
@@ -219,6 +258,7 @@ class GuardedChannel(HTTPChannel):
             transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         self._stop_deadline()
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
@@ -293,6 +333,8 @@ class GuardedSite(Site):
         )
         self.settings = settings
         self.clock = reactor
+        self.stopping = False
+        self._channels: weakref.WeakSet[GuardedChannel] = weakref.WeakSet()
 
     protocol = GuardedChannel  # type: ignore[assignment]
 
@@ -305,7 +347,22 @@ class GuardedSite(Site):
         channel = super().buildProtocol(addr)
         channel.settings = self.settings
         channel.clock = self.clock
+        self._channels.add(channel)
+        if self.stopping:
+            channel._stopping = True
         return channel
+
+    def stop(self) -> None:
+        """Answer what each connection asks (or is about to), then close it."""
+        self.stopping = True
+        for channel in list(self._channels):
+            if channel.open:
+                channel.stop()
+
+    @property
+    def connections(self) -> int:
+        """HTTP connections still open (not those handed to a WebSocket)."""
+        return sum(1 for channel in list(self._channels) if channel.open)
 
     def log(self, request: Any) -> None:
         """No access log: the command service logs each command once."""
