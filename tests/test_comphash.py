@@ -10,7 +10,6 @@ import pytest
 
 from gateway.commands.comphash import (
     BLAKE3_CHUNK,
-    Cancelled,
     ComphashArgs,
     ComphashCommand,
     checksum_line,
@@ -18,6 +17,7 @@ from gateway.commands.comphash import (
     hash_fd,
     open_regular,
 )
+from gateway.commands.tree import Cancelled
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Progress, Result
 

@@ -386,6 +386,7 @@ def test_openapi_lists_every_route(h: Harness) -> None:
     assert set(doc["paths"]) == {
         "/lastlog",
         "/comphash",
+        "/comphash/check",
         "/commands",
         "/stats",
         "/healthz",
@@ -394,12 +395,14 @@ def test_openapi_lists_every_route(h: Harness) -> None:
         "/",
         "/ws",
     }
+    assert set(doc["paths"]["/comphash/check"]) == {"post"}
     from jsonschema import Draft202012Validator
 
     for path in doc["paths"].values():  # every schema in it is itself valid
-        for response in path["get"]["responses"].values():
-            for media in response.get("content", {}).values():  # (/ws has no body)
-                Draft202012Validator.check_schema(media["schema"])
+        for operation in path.values():
+            for response in operation["responses"].values():
+                for media in response.get("content", {}).values():  # (/ws has no body)
+                    Draft202012Validator.check_schema(media["schema"])
 
 
 def test_unknown_route_is_404_in_both_formats(h: Harness) -> None:

@@ -21,12 +21,27 @@ PARAMS = (
 )
 
 
+COMPHASH_PARAMS = [
+    "algorithm",
+    "recursive",
+    "check",
+    "ignore_missing",
+    "strict",
+    "quiet",
+    "dir",
+    "manifest",
+    "path",
+]
+
 def test_usage_is_written_from_the_declaration(tmp_path: Path) -> None:
     assert usage("demo", PARAMS) == "demo [-m MODE] [N] <path>"
     service = make_service(tmp_path, Clock(), ClientQuota(1))
     usages = {c.name: c.usage for c in service.commands}
     assert usages["lastlog"] == "lastlog [N] [-f] [-g REGEX] [--after CURSOR]"
-    assert usages["comphash"] == "comphash [-a ALGO] <path>"
+    assert usages["comphash"] == (
+        "comphash [-a ALGO] [-r] [-c] [--ignore-missing] [--strict] [--quiet] [--dir DIR]"
+        " [--manifest MANIFEST] <path>"
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,7 +110,7 @@ def test_describe_and_openapi_come_from_the_same_declaration(tmp_path: Path) -> 
     service = make_service(tmp_path, Clock(), ClientQuota(1), algorithms=["sha256", "md5"])
     doc = document(service.commands)
     comphash = doc["paths"]["/comphash"]["get"]["parameters"]
-    assert [p["name"] for p in comphash] == ["algorithm", "path", "format"]
+    assert [p["name"] for p in comphash] == [*COMPHASH_PARAMS, "format"]
     assert comphash[0]["schema"]["enum"] == ["sha256", "md5"]
     lastlog = doc["paths"]["/lastlog"]["get"]["parameters"][0]
     assert lastlog["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}
@@ -111,6 +126,6 @@ def test_help_and_commands_list_the_parameters(tmp_path: Path) -> None:
     result = events[-1]
     assert isinstance(result, Result)
     listed = {c["name"]: c["params"] for c in result.data["commands"]}
-    assert [p["name"] for p in listed["comphash"]] == ["algorithm", "path"]
-    assert listed["comphash"][1]["required"] is True
+    assert [p["name"] for p in listed["comphash"]] == COMPHASH_PARAMS
+    assert listed["comphash"][-1]["required"] is True  # the path
     assert listed["help"] == []

@@ -160,6 +160,7 @@ class Gateway(MultiService):
         self.sockets = sockets
         self.lines = LineFactory(admission, self.service, tcp)
         self.site = GuardedSite(api.resource(), config.http, reactor)
+        self.site.body_limit = self._body_limit
         self.listeners = [
             ListeningService(
                 "TCP", endpoint(reactor, "tcp.listen", tcp.listen, config.tls), self.lines
@@ -267,6 +268,11 @@ class Gateway(MultiService):
 
     def _sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reload_from_source)
+
+    def _body_limit(self, path: str) -> int | None:
+        """A POST route's own body limit (``POST /comphash/check``: the manifest)."""
+        command = self.service.at_post_route(path)
+        return command.post.max_bytes if command is not None and command.post is not None else None
 
     def reload_from_source(self) -> None:
         """Read the configuration again and apply it; keep the old one if it is bad."""

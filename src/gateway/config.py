@@ -159,8 +159,15 @@ class ComphashConfig:
     chunk_size: int = 1024 * 1024
     workers: int = 4
     timeout: float = 600.0
-    #: The most threads one BLAKE3 hash uses (0: one per core).
+    #: The most threads one hash uses (0: one per core): a BLAKE3 hash of a
+    #: large file, or the files of a tree (-r) or a manifest (-c).
     threads: int = 0
+    #: A tree (-r) holding more files or bytes is refused.
+    max_files: int = 100_000
+    max_bytes: int = 1 << 40
+    #: A manifest (-c) larger than this is refused (also the body limit of
+    #: POST /comphash/check).
+    max_manifest_bytes: int = 64 * 1024 * 1024
 
     def check(self) -> None:
         if not self.allowed_roots:
@@ -182,6 +189,9 @@ class ComphashConfig:
         _positive("comphash.workers", self.workers)
         _positive("comphash.timeout", self.timeout)
         _not_negative("comphash.threads", self.threads)
+        _positive("comphash.max_files", self.max_files)
+        _positive("comphash.max_bytes", self.max_bytes)
+        _positive("comphash.max_manifest_bytes", self.max_manifest_bytes)
 
 
 @dataclass(frozen=True)

@@ -26,21 +26,30 @@ import blake3
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gateway.commands.paths import check_allowed, resolve_allowed
-from gateway.core.command import Command, Field
+from gateway.commands import manifest as manifests
+from gateway.commands.paths import check_allowed, inside, resolve_allowed
+from gateway.commands.tree import (
+    DIR_FLAGS,
+    Cancelled,
+    DirectoryCursor,
+    SharedFd,
+    Tree,
+    in_order,
+    open_in_tree,
+    units_of,
+    walk,
+)
+from gateway.core.command import BodyRoute, Command, Field
 from gateway.core.errors import CommandError
-from gateway.core.events import Progress, Result, Sink
+from gateway.core.events import Lines, Progress, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, validate
+from gateway.core.scope import Identity
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 CallFromThread = Callable[..., None]
-
-
-class Cancelled(Exception):
-    """The reader was asked to stop between two chunks."""
 
 
 def _os_error(e: OSError, path: str) -> CommandError:
@@ -191,6 +200,18 @@ def checksum_line(hexdigest: str, path: str) -> str:
 class ComphashArgs:
     path: str
     algorithm: str
+    #: ``-r``: every regular file below the directory ``path``.
+    recursive: bool = False
+    #: ``-c``: check the manifest at ``path`` (or ``manifest``, its text).
+    check: bool = False
+    #: ``-a`` given: a check takes every line for this algorithm.
+    algorithm_given: bool = False
+    ignore_missing: bool = False
+    strict: bool = False
+    quiet: bool = False
+    manifest: str | None = None
+    #: Where a manifest's relative paths start (default: the manifest's directory).
+    base: str | None = None
 
 
 def format_size(n: int) -> str:
@@ -203,8 +224,39 @@ def format_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+#: How a reason not to read a listed file reads, as coreutils words it.
+_WHY = {
+    "not_found": "No such file or directory",
+    "permission_denied": "Permission denied",
+    "forbidden": "outside the allowed roots",
+}
+
+
+def why_unreadable(e: CommandError) -> str:
+    if e.code == "not_a_file":
+        return "Is a directory" if "directory" in e.message else "Not a regular file"
+    return _WHY.get(e.code, e.message)
+
+
+def _comment(kind: str, path: str, why: str) -> str:
+    """A ``#`` line in a manifest (``sha256sum -c`` skips it): what was not hashed."""
+    return f"# {kind}: {manifests.shown_name(path)} ({why})"
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+#: A result lists at most this many skipped files (all are counted).
+MAX_LISTED = 1000
+
+
 class ComphashCommand(Command[ComphashArgs]):
     name = "comphash"
+    #: ``-r`` and ``-c`` stream one line per file: in a one-document JSON
+    #: answer they go in ``lines``; a single file's answer has none.
+    stream_key = "lines"
+    always_streams = False
 
     def __init__(
         self,
@@ -216,9 +268,27 @@ class ComphashCommand(Command[ComphashArgs]):
         run_in_thread: RunInThread,
         call_from_thread: CallFromThread,
         threads: int = 0,
+        workers: int = 4,
+        max_files: int = 100_000,
+        max_bytes: int = 1 << 40,
+        max_manifest_bytes: int = 64 << 20,
     ) -> None:
-        """``threads``: the most threads one BLAKE3 hash uses (0: one per core)."""
+        """``threads``: the most threads one hash uses (0: one per core): a
+        BLAKE3 hash of one file, or the files of a tree or a manifest, each
+        bounded by ``workers``, the size of the pool behind ``run_in_thread``."""
         self.threads = threads
+        self.width = max(1, min(threads or os.cpu_count() or 1, workers))
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.max_manifest_bytes = max_manifest_bytes
+        self.post = BodyRoute(
+            "/comphash/check",
+            "manifest",
+            {"check": "1"},
+            max_manifest_bytes,
+            "check the files a manifest (the body) lists, as sha256sum -c does",
+            replaces=("path",),
+        )
         self.roots = tuple(os.path.realpath(r) for r in allowed_roots)
         self.algorithms = tuple(algorithms)
         self.default_algorithm = default_algorithm
@@ -226,12 +296,15 @@ class ComphashCommand(Command[ComphashArgs]):
         self.timeout = timeout
         self._run_in_thread = run_in_thread
         self._call_from_thread = call_from_thread
-        self.summary = f"hash of a file (default {default_algorithm}; {', '.join(self.algorithms)})"
+        self.summary = (
+            f"hash of a file, of every file in a tree (-r), or a check of a manifest (-c)"
+            f" (default {default_algorithm}; {', '.join(self.algorithms)})"
+        )
         self.params = (
             Param(
                 "algorithm",
                 "choice",
-                "the hash algorithm",
+                "the hash algorithm (-c: what every line uses; default: each line says)",
                 default=default_algorithm,
                 choices=self.algorithms,
                 flag="-a",
@@ -239,26 +312,156 @@ class ComphashCommand(Command[ComphashArgs]):
                 noun="an algorithm name",
                 scope="algorithms",
             ),
+            Param("recursive", "flag", "every regular file below the directory PATH", flag="-r"),
+            Param(
+                "check",
+                "flag",
+                "read checksums from the manifest PATH (or MANIFEST) and check them",
+                flag="-c",
+            ),
+            Param(
+                "ignore_missing",
+                "flag",
+                "-c: say nothing of missing files",
+                flag="--ignore-missing",
+            ),
+            Param(
+                "strict", "flag", "-c: fail when a line is improperly formatted", flag="--strict"
+            ),
+            Param(
+                "quiet", "flag", "-c: print only the lines that did not check OK", flag="--quiet"
+            ),
+            Param(
+                "dir",
+                "path",
+                "-c: where the manifest's relative paths start (default: its directory)",
+                flag="--dir",
+                metavar="DIR",
+                noun="a directory",
+            ),
+            Param(
+                "manifest",
+                "string",
+                "-c: the manifest's text instead of a path (the body of POST /comphash/check)",
+                flag="--manifest",
+                metavar="MANIFEST",
+                noun="a manifest",
+            ),
             Param(
                 "path",
                 "path",
-                "absolute path of a regular file",
+                "absolute path of a regular file (-r: a directory; -c: a manifest)",
                 required=True,
                 missing="Please provide a path.",
             ),
         )
+        #: With a manifest's text, no path is asked for.
+        self._params_for_text = tuple(p for p in self.params if p.name != "path")
         self.result_fields = (
-            Field("path", {"type": "string"}, "the file, as asked"),
-            Field("algorithm", {"type": "string", "enum": list(self.algorithms)}),
-            Field("hex", {"type": "string", "pattern": "^[0-9a-f]+$"}, "the digest"),
-            Field("size", {"type": "integer", "minimum": 0}, "bytes hashed"),
+            Field("path", {"type": "string"}, "the file, tree or manifest, as asked"),
+            Field(
+                "algorithm",
+                {"type": "string", "enum": list(self.algorithms)},
+                required=False,
+            ),
+            Field(
+                "hex", {"type": "string", "pattern": "^[0-9a-f]+$"}, "the digest", required=False
+            ),
+            Field("size", {"type": "integer", "minimum": 0}, "bytes hashed", required=False),
+            Field("files", {"type": "integer", "minimum": 0}, "-r: files hashed", required=False),
+            Field("bytes", {"type": "integer", "minimum": 0}, "-r: bytes hashed", required=False),
+            Field(
+                "skipped",
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"path": {"type": "string"}, "why": {"type": "string"}},
+                        "required": ["path", "why"],
+                        "additionalProperties": False,
+                    },
+                },
+                f"-r, -c: what was not hashed, and why (the first {MAX_LISTED})",
+                required=False,
+            ),
+            Field(
+                "ok",
+                {"type": "boolean"},
+                "-c: what sha256sum -c's exit status 0 means",
+                required=False,
+            ),
+            Field("checked", {"type": "integer", "minimum": 0}, "-c: entries read", required=False),
+            Field("failed", {"type": "integer", "minimum": 0}, "-c: did NOT match", required=False),
+            Field(
+                "missing",
+                {"type": "integer", "minimum": 0},
+                "-c: files that do not exist",
+                required=False,
+            ),
+            Field(
+                "unreadable",
+                {"type": "integer", "minimum": 0},
+                "-c: listed files not read (the missing among them)",
+                required=False,
+            ),
+            Field(
+                "malformed",
+                {"type": "integer", "minimum": 0},
+                "-c: improperly formatted lines",
+                required=False,
+            ),
         )
 
     def prepare(self, args: Mapping[str, object]) -> ComphashArgs:
-        checked = validate(self.name, self.params, args)
-        return ComphashArgs(path=checked["path"], algorithm=checked["algorithm"])
+        with_text = args.get("manifest") is not None and args.get("path") is None
+        checked = validate(self.name, self._params_for_text if with_text else self.params, args)
+        recursive, check = bool(checked["recursive"]), bool(checked["check"])
+        manifest = checked.get("manifest")
+        if recursive and check:
+            raise CommandError("bad_argument", "-r and -c do not go together")
+        if not check:
+            for name in ("ignore_missing", "strict", "quiet"):
+                if checked[name]:
+                    flag = "--" + name.replace("_", "-")
+                    raise CommandError("bad_argument", f"{flag} is meaningful only with -c")
+            for name in ("dir", "manifest"):
+                if checked.get(name) is not None:
+                    raise CommandError("bad_argument", f"--{name} is meaningful only with -c")
+        path = checked.get("path")
+        if manifest is not None and path is not None:
+            raise CommandError("bad_argument", "a manifest comes from PATH or MANIFEST, not both")
+        return ComphashArgs(
+            path=path if path is not None else "-",
+            algorithm=checked["algorithm"],
+            recursive=recursive,
+            check=check,
+            algorithm_given="algorithm" in args,
+            ignore_missing=bool(checked["ignore_missing"]),
+            strict=bool(checked["strict"]),
+            quiet=bool(checked["quiet"]),
+            manifest=manifest,
+            base=checked.get("dir"),
+        )
+
+    def run_as(
+        self, identity: Identity, args: ComphashArgs, sink: Sink, flow: Flow = UNLIMITED
+    ) -> Deferred[Result]:
+        """A check reads paths from a manifest: each must lie in the caller's
+        roots too, and each line's algorithm be one it may use."""
+        if args.check:
+            return self._check(args, sink, flow, identity)
+        return self.run(args, sink, flow)
 
     def run(self, args: ComphashArgs, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[Result]:
+        if args.recursive:
+            return self._tree(args, sink, flow)
+        if args.check:
+            return self._check(args, sink, flow, None)
+        return self._single(args, sink)
+
+    # -- one file
+
+    def _single(self, args: ComphashArgs, sink: Sink) -> Deferred[Result]:
         stop = threading.Event()
         outer: Deferred[Result] = Deferred(lambda _: stop.set())
 
@@ -300,6 +503,10 @@ class ComphashCommand(Command[ComphashArgs]):
             if not outer.called:
                 sink(Progress(done, total))
 
+        return self._relay(self._run_in_thread(work), outer)
+
+    @staticmethod
+    def _relay(work: Deferred[Any], outer: Deferred[Result]) -> Deferred[Result]:
         def relay(result: Result | Failure) -> None:
             if outer.called:
                 return  # cancelled meanwhile; the thread has stopped or will
@@ -308,5 +515,351 @@ class ComphashCommand(Command[ComphashArgs]):
             else:
                 outer.callback(result)
 
-        self._run_in_thread(work).addBoth(relay)
+        work.addBoth(relay)
         return outer
+
+    # -- a tree
+
+    def _open_tree(self, path: str) -> int:
+        """The directory ``path``, opened (``O_NOFOLLOW``) and checked to lie in the roots."""
+        real = resolve_allowed(path, self.roots, "hashed")
+        try:
+            fd = os.open(real, DIR_FLAGS)
+        except OSError as e:
+            if e.errno == errno.ENOTDIR:
+                raise CommandError(
+                    "not_a_file", f"Not a directory: {path} (-r hashes a tree)"
+                ) from None
+            raise _os_error(e, path) from None
+        try:
+            check_allowed(os.readlink(f"/proc/self/fd/{fd}"), path, self.roots)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _tree(self, args: ComphashArgs, sink: Sink, flow: Flow) -> Deferred[Result]:
+        stop = threading.Event()
+        running: list[Deferred[Any]] = []
+
+        def cancel(_: Deferred[Result]) -> None:
+            stop.set()
+            for d in running:
+                d.cancel()
+
+        outer: Deferred[Result] = Deferred(cancel)
+        top: list[SharedFd] = []
+        tally = {"files": 0, "bytes": 0, "done": 0}
+        skipped: list[dict[str, str]] = []
+
+        def listed() -> Tree:
+            lower_priority()
+            shared = SharedFd(self._open_tree(args.path))
+            fd = shared.acquire()
+            top.append(shared)  # closed by the reactor once all is done (or cancelled)
+            try:
+                if stop.is_set():
+                    shared.close()
+                    raise Cancelled()
+                return walk(fd, args.path, self.max_files, self.max_bytes, stop)
+            finally:
+                shared.release()
+
+        def hash_unit(tree: Tree, unit: range) -> list[tuple[str | None, str]]:
+            """(hex, "") or (None, why) for each file of ``unit``."""
+            lower_priority()
+            fd = top[0].acquire()
+            cursor = DirectoryCursor(fd)
+            out: list[tuple[str | None, str]] = []
+            try:
+                for i in unit:
+                    if stop.is_set():
+                        raise Cancelled()
+                    file = tree.files[i]
+                    try:
+                        opened = open_in_tree(cursor, file)
+                    except OSError as e:
+                        out.append((None, e.strerror or "cannot open"))
+                        continue
+                    try:
+                        hexdigest, _ = hash_fd(opened, args.algorithm, self.chunk_size, stop)
+                        out.append((hexdigest, ""))
+                    except OSError as e:
+                        out.append((None, e.strerror or "cannot read"))
+                    finally:
+                        os.close(opened)
+            finally:
+                cursor.close()
+                top[0].release()
+            return out
+
+        def walked(tree: Tree) -> Deferred[Result]:
+            total_files = len(tree.files)
+            sink(Progress(0, tree.bytes, 0, total_files))
+            step = {"next": 0}
+
+            def emit(unit: range, outcomes: list[tuple[str | None, str]]) -> None:
+                lines: list[str] = []
+                for i, (hexdigest, why) in zip(unit, outcomes, strict=True):
+                    file = tree.files[i]
+                    tally["done"] += 1
+                    if hexdigest is None:
+                        lines.append(_comment("unreadable", file.shown, why))
+                        if len(skipped) < MAX_LISTED:
+                            skipped.append({"path": file.shown, "why": why})
+                        continue
+                    lines.append(checksum_line(hexdigest, file.shown))
+                    tally["files"] += 1
+                    tally["bytes"] += file.size
+                sink(Lines(tuple(lines)))
+                done = tally["done"]
+                if done >= step["next"] or done == total_files:
+                    step["next"] = done + max(1, total_files // 100)
+                    sink(Progress(tally["bytes"], tree.bytes, done, total_files))
+
+            d = in_order(
+                units_of([f.size for f in tree.files]),
+                lambda unit: hash_unit(tree, unit),
+                self._run_in_thread,
+                emit,
+                self.width,
+                flow,
+                stop,
+            )
+            running.append(d)
+
+            def then(_: None) -> Result:
+                return finished(tree)
+
+            return d.addCallback(then)
+
+        def finished(tree: Tree) -> Result:
+            notes = [_comment("skipped", s.shown, s.why) for s in tree.skipped]
+            if notes:
+                sink(Lines(tuple(notes)))
+            for s in tree.skipped:
+                if len(skipped) < MAX_LISTED:
+                    skipped.append({"path": s.shown, "why": s.why})
+            files, size = tally["files"], tally["bytes"]
+            not_hashed = tally["done"] - files + len(tree.skipped)
+            summary = f"{args.algorithm} of {_files(files)} under {args.path} ({format_size(size)})"
+            if not_hashed:
+                summary += f", {not_hashed} skipped"
+            return Result(
+                command=self.name,
+                data={
+                    "path": args.path,
+                    "algorithm": args.algorithm,
+                    "files": files,
+                    "bytes": size,
+                    "skipped": skipped,
+                },
+                text=(f"# {summary}",),
+                body=(),  # text/plain stays a manifest
+                summary=summary,
+            )
+
+        def closed(result: Any) -> Any:
+            if top:
+                top[0].close()
+            return result
+
+        listing = self._run_in_thread(listed)
+        running.append(listing)
+        work = listing.addCallback(lambda tree: None if stop.is_set() else walked(tree))
+        return self._relay(work.addBoth(closed), outer)
+
+    # -- a manifest
+
+    def _check(
+        self, args: ComphashArgs, sink: Sink, flow: Flow, identity: Identity | None
+    ) -> Deferred[Result]:
+        stop = threading.Event()
+        running: list[Deferred[Any]] = []
+
+        def cancel(_: Deferred[Result]) -> None:
+            stop.set()
+            for d in running:
+                d.cancel()
+
+        outer: Deferred[Result] = Deferred(cancel)
+        scope = identity.scope if identity is not None else None
+        scope_roots = scope.roots if scope is not None else None
+        shown_manifest = "standard input" if args.manifest is not None else args.path
+        counts = {"ok": 0, "failed": 0, "unreadable": 0, "missing": 0, "done": 0}
+        problems: list[str] = []  # what coreutils says on stderr, in order
+        skipped: list[dict[str, str]] = []
+
+        def read() -> tuple[manifests.Manifest, str]:
+            lower_priority()
+            if args.manifest is not None:
+                text = args.manifest
+                base = args.base
+            else:
+                fd, size = open_regular(args.path, self.roots)
+                try:
+                    if size > self.max_manifest_bytes:
+                        raise CommandError(
+                            "bad_argument",
+                            f"Manifest too large: {args.path} ({format_size(size)};"
+                            f" comphash.max_manifest_bytes is {self.max_manifest_bytes})",
+                        )
+                    with open(fd, "rb", closefd=False) as f:
+                        raw = f.read(self.max_manifest_bytes + 1)
+                finally:
+                    os.close(fd)
+                text = raw.decode("utf-8", "surrogateescape")
+                base = args.base or os.path.dirname(args.path)
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            found = manifests.parse_manifest(
+                lines, args.algorithm if args.algorithm_given else None
+            )
+            for entry in found.entries:
+                self._allowed_algorithm(entry, identity)
+            return found, base or ""
+
+        def where(entry: manifests.Entry, base: str) -> str:
+            if os.path.isabs(entry.path):
+                return entry.path
+            if not base:
+                raise CommandError(
+                    "not_found", f"{entry.path} is relative: send dir= to say where it starts"
+                )
+            return os.path.join(base, entry.path)
+
+        def check_unit(
+            found: manifests.Manifest, base: str, unit: range
+        ) -> list[tuple[str, str, bool]]:
+            """(outcome, why, missing) for each entry of ``unit``."""
+            lower_priority()
+            out: list[tuple[str, str, bool]] = []
+            for i in unit:
+                if stop.is_set():
+                    raise Cancelled()
+                entry = found.entries[i]
+                try:
+                    path = where(entry, base)
+                    if scope_roots is not None:
+                        real = os.path.realpath(path)
+                        if not any(inside(real, root) for root in scope_roots):
+                            raise CommandError("forbidden", "outside the roots of this identity")
+                    fd, _ = open_regular(path, self.roots)
+                except CommandError as e:
+                    out.append((manifests.UNREADABLE, why_unreadable(e), e.code == "not_found"))
+                    continue
+                try:
+                    hexdigest, _ = hash_fd(fd, entry.algorithm, self.chunk_size, stop)
+                except OSError as e:
+                    out.append((manifests.UNREADABLE, e.strerror or "cannot read", False))
+                    continue
+                finally:
+                    os.close(fd)
+                same = hexdigest == entry.hex
+                out.append((manifests.OK if same else manifests.FAILED, "", False))
+            return out
+
+        def parsed(found_and_base: tuple[manifests.Manifest, str]) -> Deferred[Result]:
+            found, base = found_and_base
+            total = len(found.entries)
+            sink(Progress(0, total, 0, total))
+            step = {"next": 0}
+
+            def emit(unit: range, outcomes: list[tuple[str, str, bool]]) -> None:
+                lines: list[str] = []
+                for i, (outcome, why, missing) in zip(unit, outcomes, strict=True):
+                    entry = found.entries[i]
+                    counts["done"] += 1
+                    if outcome == manifests.OK:
+                        counts["ok"] += 1
+                        if args.quiet:
+                            continue
+                    elif outcome == manifests.FAILED:
+                        counts["failed"] += 1
+                    else:
+                        counts["unreadable"] += 1
+                        counts["missing"] += missing
+                        if missing and args.ignore_missing:
+                            continue
+                        problems.append(f"comphash: {manifests.shown_name(entry.path)}: {why}")
+                        if len(skipped) < MAX_LISTED:
+                            skipped.append({"path": entry.path, "why": why})
+                    lines.append(manifests.check_line(entry.path, outcome))
+                if lines:
+                    sink(Lines(tuple(lines)))
+                done = counts["done"]
+                if done >= step["next"] or done == total:
+                    step["next"] = done + max(1, total // 100)
+                    sink(Progress(done, total, done, total))
+
+            d = in_order(
+                units_of([0] * total),  # sizes unknown until opened: by count
+                lambda unit: check_unit(found, base, unit),
+                self._run_in_thread,
+                emit,
+                self.width,
+                flow,
+                stop,
+            )
+            running.append(d)
+
+            def then(_: None) -> Result:
+                return finished(found)
+
+            return d.addCallback(then)
+
+        def finished(found: manifests.Manifest) -> Result:
+            tally = manifests.Tally(
+                entries=len(found.entries),
+                ok=counts["ok"],
+                failed=counts["failed"],
+                unreadable=counts["unreadable"],
+                missing=counts["missing"],
+                malformed=found.malformed,
+                ignore_missing=args.ignore_missing,
+                strict=args.strict,
+            )
+            warnings = [*problems, *tally.warnings(shown_manifest)]
+            verdict = "OK" if tally.passed else "FAILED"
+            summary = (
+                f"check of {shown_manifest}: {verdict} ({tally.ok} OK, {tally.failed} failed,"
+                f" {tally.unreadable} not read)"
+            )
+            return Result(
+                command=self.name,
+                data={
+                    "path": args.path,
+                    "ok": tally.passed,
+                    "checked": tally.entries,
+                    "failed": tally.failed,
+                    "missing": tally.missing,
+                    "unreadable": tally.unreadable,
+                    "malformed": tally.malformed,
+                    "skipped": skipped,
+                },
+                text=tuple(warnings),
+                summary=summary,
+            )
+
+        reading = self._run_in_thread(read)
+        running.append(reading)
+        work = reading.addCallback(lambda found: None if stop.is_set() else parsed(found))
+        return self._relay(work, outer)
+
+    def _allowed_algorithm(self, entry: manifests.Entry, identity: Identity | None) -> None:
+        if entry.algorithm not in self.algorithms:
+            raise CommandError(
+                "bad_argument",
+                f"line {entry.number} uses {entry.algorithm}, which is not one of"
+                f" comphash.algorithms ({', '.join(self.algorithms)})",
+            )
+        if identity is None:
+            return
+        allowed = identity.scope.algorithms
+        if allowed is not None and entry.algorithm not in allowed:
+            raise CommandError(
+                "forbidden",
+                f"{identity.shown} may not use {entry.algorithm} (line {entry.number};"
+                f" its algorithms: {', '.join(sorted(allowed))})",
+            )

@@ -71,6 +71,10 @@ def configured_commands(
             runners.read_file,
             runners.call_from_thread,
             comphash.threads,
+            comphash.workers,
+            comphash.max_files,
+            comphash.max_bytes,
+            comphash.max_manifest_bytes,
         ),
     ]
     return built_in + list(declared_commands(config.commands, runners.spawner))

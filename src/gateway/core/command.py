@@ -50,6 +50,21 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyRoute:
+    """``POST <path>``: the request body is the parameter ``param`` (a
+    manifest to check), with ``fixed`` arguments added to the query's, and a
+    body limit of its own."""
+
+    path: str
+    param: str
+    fixed: Mapping[str, str]
+    max_bytes: int
+    summary: str = ""
+    #: Parameters the body stands in for (not asked for on this route).
+    replaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Field:
     """One field of a command's JSON result, declared once (OpenAPI, docs).
 
@@ -93,12 +108,17 @@ class Command(Protocol[A]):
     #: The JSON array streamed lines go into in a one-document HTTP answer
     #: (``{"lines": [...], ...}``); ``None``: the command streams no lines.
     stream_key: str | None = None
+    #: Whether every answer has that array (else only those that stream lines:
+    #: ``comphash -r`` has one, a single file's hash none).
+    always_streams: bool = True
     #: Whether ``GET`` on :attr:`route` runs it (``exit`` is not: it ends a connection).
     on_http: bool = True
     #: The HTTP path when it is not ``/<name>`` (``help`` is ``/commands``).
     http_path: str | None = None
     #: Whether a request (HTTP) holds a quota slot while the command runs.
     metered: bool = True
+    #: A ``POST`` route whose body is one of the parameters, if any.
+    post: BodyRoute | None = None
 
     @property
     def usage(self) -> str:

@@ -45,10 +45,13 @@ class Gap:
 
 @dataclass(frozen=True)
 class Progress:
-    """``done`` of ``total`` units (bytes for a hash) processed so far."""
+    """``done`` of ``total`` units (bytes for a hash) processed so far; a
+    command working through many files also says how many of them."""
 
     done: int
     total: int
+    files_done: int | None = None
+    files_total: int | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class CommandService:
         self.identities: Callable[[Identity], Identity | None] | None = None
         self._commands: dict[str, AnyCommand] = {}
         self._routes: dict[str, str] = {}
+        self._posts: dict[str, str] = {}
         self._running: set[Deferred[str]] = set()
         #: Runs with no timeout (follows): they end only when stopped.
         self._open_ended: set[Deferred[str]] = set()
@@ -63,6 +64,10 @@ class CommandService:
             if route in self._routes:
                 raise ValueError(f"{command.name}: route {route} is {self._routes[route]}'s")
             self._routes[route] = command.name
+        if command.post is not None:
+            if command.post.path in self._routes:
+                raise ValueError(f"{command.name}: route {command.post.path} is taken")
+            self._posts[command.post.path] = command.name
         self._commands[command.name] = command
         self.metrics.known.add(command.name)
 
@@ -71,7 +76,7 @@ class CommandService:
         old = self._commands.get(command.name)
         if old is None:
             raise ValueError(f"no command {command.name!r} to replace")
-        if command.route != old.route:
+        if command.route != old.route or (command.post is None) != (old.post is None):
             raise ValueError(f"{command.name}: a new version may not move its route")
         _check_declaration(command)
         self._commands[command.name] = command
@@ -81,6 +86,8 @@ class CommandService:
         command = self._commands.pop(name)
         if command.route is not None:
             del self._routes[command.route]
+        if command.post is not None:
+            del self._posts[command.post.path]
 
     @property
     def commands(self) -> Sequence[AnyCommand]:
@@ -88,6 +95,11 @@ class CommandService:
 
     def get(self, name: str) -> AnyCommand | None:
         return self._commands.get(name)
+
+    def at_post_route(self, path: str) -> AnyCommand | None:
+        """The command ``POST path`` runs (its body a parameter), if any."""
+        name = self._posts.get(path)
+        return self._commands[name] if name is not None else None
 
     def at_route(self, path: str) -> AnyCommand | None:
         """The command ``GET path`` runs, if any."""

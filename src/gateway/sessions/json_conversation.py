@@ -166,7 +166,18 @@ def event_replies(id: Id, event: Event) -> list[str]:
     if isinstance(event, Gap):
         return [reply(id, "stale", missing=event.missing)]
     if isinstance(event, Progress):
-        return [reply(id, "progress", done=event.done, total=event.total)]
+        if event.files_total is None:
+            return [reply(id, "progress", done=event.done, total=event.total)]
+        return [
+            reply(
+                id,
+                "progress",
+                done=event.done,
+                total=event.total,
+                files_done=event.files_done,
+                files_total=event.files_total,
+            )
+        ]
     if isinstance(event, Result):
         return [reply(id, "result", result=event.document())]
     if isinstance(event, Error):

@@ -71,6 +71,16 @@ class TextRenderer:
         raise TypeError(f"not an event: {event!r}")
 
 
+def raw_bytes(text: str) -> bytes:
+    """``text`` as UTF-8, a file name's undecodable bytes given back as they
+    were (so a manifest line names the file ``sha256sum`` names); any other
+    unencodable character becomes ``?``."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
 _last_encoded: tuple[Sequence[str] | None, bytes] = (None, b"")
 
 
@@ -83,7 +93,7 @@ def encode_lines(lines: Sequence[str]) -> bytes:
     global _last_encoded
     if lines is _last_encoded[0]:
         return _last_encoded[1]
-    block = "".join(f"{line}\n" for line in lines).encode("utf-8", "replace")
+    block = raw_bytes("".join(f"{line}\n" for line in lines))
     if isinstance(lines, tuple):
         _last_encoded = (lines, block)
     return block

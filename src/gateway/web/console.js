@@ -264,7 +264,7 @@
     return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
   }
 
-  function showProgress(block, done, total) {
+  function showProgress(block, done, total, filesDone, filesTotal) {
     const parts = block._parts;
     if (!parts.progress) {
       const box = el("div", "progress");
@@ -286,7 +286,13 @@
     const pct = total ? Math.min(100, (100 * done) / total) : 100;
     parts.fill.style.width = `${pct.toFixed(1)}%`;
     parts.track.setAttribute("aria-valuenow", pct.toFixed(0));
-    parts.label.textContent = `${formatBytes(done)} of ${formatBytes(total)} (${pct.toFixed(0)}%)`;
+    let label = `${formatBytes(done)} of ${formatBytes(total)}`;
+    if (filesTotal != null) {
+      // a tree counts bytes and files; a manifest check counts its entries
+      const files = `${filesDone} of ${filesTotal} files`;
+      label = done === filesDone && total === filesTotal ? files : `${files}, ${label}`;
+    }
+    parts.label.textContent = `${label} (${pct.toFixed(0)}%)`;
   }
 
   function copyButton(text) {
@@ -393,7 +399,7 @@
         );
         break;
       case "progress":
-        showProgress(block, reply.done, reply.total);
+        showProgress(block, reply.done, reply.total, reply.files_done, reply.files_total);
         break;
       case "result":
         running.delete(reply.id);

@@ -69,6 +69,7 @@ ERRORS = {
     "503": "quota_exceeded (with Retry-After) or unavailable",
     "504": "timeout",
     "500": "internal",
+    "413": "too_large (the request body is over the route's limit)",
 }
 
 
@@ -109,7 +110,8 @@ def result_schema(command: AnyCommand) -> dict[str, Any]:
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
         "required": ["code", "message"],
     }
-    schema["required"] = [command.stream_key]
+    if command.always_streams:
+        schema["required"] = [command.stream_key]
     schema["anyOf"] = [{"required": done}, {"required": ["error"]}]
     return schema
 
@@ -139,11 +141,43 @@ def command_operation(command: AnyCommand) -> dict[str, Any]:
     }
 
 
+def post_operation(command: AnyCommand) -> dict[str, Any]:
+    """``POST <path>`` of a command that takes its body as a parameter."""
+    post = command.post
+    assert post is not None
+    operation = command_operation(command)
+    taken = {post.param, *post.fixed, *post.replaces}
+    fixed = " ".join(f"{name}={value}" for name, value in post.fixed.items())
+    operation.update(
+        {
+            "summary": post.summary or command.summary,
+            "description": (
+                f"Runs {command.name} with {fixed} and the body as {post.param}. "
+                f"The body may be up to {post.max_bytes} bytes."
+            ),
+            "operationId": post.path.strip("/").replace("/", "-"),
+            "parameters": [
+                *(query_parameter(p) for p in command.params if p.name not in taken),
+                FORMAT,
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {TEXT: {"schema": {"type": "string"}}},
+            },
+        }
+    )
+    operation["responses"].update(_errors("413"))
+    return operation
+
+
 def document(commands: Sequence[AnyCommand]) -> dict[str, Any]:
     """The document; each command's route, parameters and result schema come
     from the command's own declaration (:mod:`gateway.core.command`)."""
     get = "get"
     routes = {c.route: {get: command_operation(c)} for c in commands if c.route is not None}
+    routes.update(
+        {c.post.path: {"post": post_operation(c)} for c in commands if c.post is not None}
+    )
     return {
         "openapi": "3.1.0",
         "info": {

@@ -30,7 +30,7 @@ from twisted.web.server import Request as IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway.config import HTTPConfig
-from gateway.core.command import AnyCommand, Client, Request
+from gateway.core.command import AnyCommand, BodyRoute, Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Dropped, Error, Event, Gap, Lines, Result
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -40,7 +40,7 @@ from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import FULL, Identity, Scope
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal
-from gateway.sessions.text import dropped_line, gap_line
+from gateway.sessions.text import dropped_line, gap_line, raw_bytes
 
 TRANSPORT = register_transport("http", order=1)
 TEXT = "text/plain; charset=utf-8"
@@ -111,6 +111,23 @@ def query(request: IRequest, allowed: Iterable[str]) -> dict[str, str]:
     return args
 
 
+def posted_args(request: IRequest, post: BodyRoute, names: Iterable[str]) -> dict[str, str]:
+    """A ``POST`` route's arguments: the query's, the fixed ones, and the body
+    (UTF-8 text) as ``post.param``.  The site has held the body to
+    ``post.max_bytes`` already."""
+    allowed = set(names) - {post.param, *post.fixed, *post.replaces}
+    args = query(request, allowed)
+    content: Any = request.content
+    content.seek(0)
+    body = content.read()
+    try:
+        args[post.param] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("bad_argument", "The body is not valid UTF-8.") from None
+    args.update(post.fixed)
+    return args
+
+
 class ResponseWriter:
     """Writes one command's events to one HTTP response, as they arrive.
 
@@ -131,11 +148,16 @@ class ResponseWriter:
         lines_key: str | None = None,
         clock: IReactorTime | None = None,
         keepalive: float = 15.0,
+        always: bool = True,
     ) -> None:
+        """``always``: the JSON document has the ``lines_key`` array even when
+        nothing was streamed (else only once a line is)."""
         self.request = request
         self.fmt = fmt
         self.as_json = fmt != "text"
         self.lines_key = lines_key
+        self._always = always
+        self._array = False  # the lines array of a JSON document is open
         self.started = False
         self.gone = False
         self._first_item = True
@@ -162,13 +184,18 @@ class ResponseWriter:
         r.setHeader("x-accel-buffering", "no")  # stream through nginx too
         r.setHeader("cache-control", "no-store")
         r.setHeader("x-content-type-options", "nosniff")
-        if self.fmt == "json" and self.lines_key:
-            r.write(b'{"%s":[' % self.lines_key.encode())
+        if self.fmt == "json" and self.lines_key and self._always:
+            self._open_array()
         elif self.fmt == "sse" and self._clock is not None:
             ping = LoopingCall(self._comment)
             ping.clock = self._clock
             ping.start(self._keepalive, now=False)
             self._ping = ping
+
+    def _open_array(self) -> None:
+        assert self.lines_key is not None
+        self._array = True
+        self.request.write(b'{"%s":[' % self.lines_key.encode())
 
     def _comment(self) -> None:
         if not self.gone:
@@ -195,10 +222,14 @@ class ResponseWriter:
             return
         fmt = self.fmt
         if fmt == "text":
-            self.request.write("".join(f"{line}\n" for line in lines).encode())
+            self.request.write(raw_bytes("".join(f"{line}\n" for line in lines)))
         elif fmt == "json":
+            if not self._array:
+                self._open_array()
             items = ",".join(json.dumps(line, ensure_ascii=False) for line in lines)
-            self.request.write((items if self._first_item else "," + items).encode())
+            self.request.write(
+                (items if self._first_item else "," + items).encode("utf-8", "replace")
+            )
             self._first_item = False
         elif fmt == "ndjson":
             if event.cursors:
@@ -210,16 +241,18 @@ class ResponseWriter:
                 out = "".join(
                     json.dumps({"line": line}, ensure_ascii=False) + "\n" for line in lines
                 )
-            self.request.write(out.encode())
+            self.request.write(out.encode("utf-8", "replace"))
         elif event.cursors:
             self.request.write(
                 "".join(
                     f"id: {cursor}\ndata: {line}\n\n"
                     for line, cursor in zip(lines, event.cursors, strict=True)
-                ).encode()
+                ).encode("utf-8", "replace")
             )
         else:
-            self.request.write("".join(f"data: {line}\n\n" for line in lines).encode())
+            self.request.write(
+                "".join(f"data: {line}\n\n" for line in lines).encode("utf-8", "replace")
+            )
 
     def _notice(self, event: Dropped | Gap) -> None:
         data: dict[str, object]
@@ -229,11 +262,11 @@ class ResponseWriter:
             text, name = gap_line(event.missing), "stale"
             data = {"stale": True, "missing": event.missing}
         if self.fmt == "ndjson":
-            self.request.write((json.dumps(data) + "\n").encode())
+            self.request.write((json.dumps(data) + "\n").encode("utf-8", "replace"))
         elif self.fmt == "sse":
             count = event.count if isinstance(event, Dropped) else event.missing
             shown = "" if count is None else str(count)
-            self.request.write(f"event: {name}\ndata: {shown}\n\n".encode())
+            self.request.write(f"event: {name}\ndata: {shown}\n\n".encode("utf-8", "replace"))
         else:  # a line of its own (inside the lines array for json)
             self._lines(Lines((text,)))
 
@@ -241,18 +274,20 @@ class ResponseWriter:
         fmt = self.fmt
         if fmt == "text":
             if result.plain:
-                self.request.write("".join(f"{line}\n" for line in result.plain).encode())
+                self.request.write(raw_bytes("".join(f"{line}\n" for line in result.plain)))
             return
         document = json.dumps(result.document(), ensure_ascii=False)
         if fmt == "ndjson":
-            self.request.write(f'{{"result":{document}}}\n'.encode())
+            self.request.write(f'{{"result":{document}}}\n'.encode("utf-8", "replace"))
         elif fmt == "sse":
-            self.request.write(f"event: result\ndata: {document}\n\n".encode())
-        elif self.lines_key:
+            self.request.write(f"event: result\ndata: {document}\n\n".encode("utf-8", "replace"))
+        elif self._array:
             rest = document[1:]  # the fields after the lines array
-            self.request.write(("]" + ("," + rest if rest != "}" else "}")).encode())
+            self.request.write(
+                ("]" + ("," + rest if rest != "}" else "}")).encode("utf-8", "replace")
+            )
         else:
-            self.request.write(document.encode())
+            self.request.write(document.encode("utf-8", "replace"))
 
     def _error(self, error: Error) -> None:
         if not self.started:
@@ -265,14 +300,14 @@ class ResponseWriter:
         # Too late for a status code: finish the body so the failure shows.
         problem = json.dumps({"code": error.code, "message": error.message})
         if self.fmt == "json":
-            tail = f'],"error":{problem}}}' if self.lines_key else ""
-            self.request.write(tail.encode())
+            tail = f'],"error":{problem}}}' if self._array else ""
+            self.request.write(tail.encode("utf-8", "replace"))
         elif self.fmt == "ndjson":
-            self.request.write(f'{{"error":{problem}}}\n'.encode())
+            self.request.write(f'{{"error":{problem}}}\n'.encode("utf-8", "replace"))
         elif self.fmt == "sse":
-            self.request.write(f"event: error\ndata: {problem}\n\n".encode())
+            self.request.write(f"event: error\ndata: {problem}\n\n".encode("utf-8", "replace"))
         else:
-            self.request.write(f"error: {error.message}\n".encode())
+            self.request.write(raw_bytes(f"error: {error.message}\n"))
 
 
 def write_error(
@@ -370,14 +405,19 @@ class CommandRoutes(Resource):
 
     def render(self, request: IRequest) -> bytes | int:
         command = None
+        posted = False
         if request.method in (b"GET", b"HEAD"):
             path = request.path.decode("utf-8", "replace")
             command = self.api.service.at_route(path)
+        elif request.method == b"POST":
+            path = request.path.decode("utf-8", "replace")
+            command = self.api.service.at_post_route(path)
+            posted = True
         if command is None:
             rendered: bytes | int = self.fallback.render(request)
             return rendered
         try:
-            answer = self.api._command(request, command)
+            answer = self.api._command(request, command, posted)
         except Exception:
             self.api.log.failure("route {path} failed", path=command.route)
             write_error(request, "internal", INTERNAL_MESSAGE, wants_json(request))
@@ -468,7 +508,9 @@ class RestAPI:
     # commands hold one quota slot while they run; the others (help, stats)
     # take none, so monitoring keeps working when the quota is full.
 
-    def _command(self, request: IRequest, command: AnyCommand) -> Deferred[None] | bytes:
+    def _command(
+        self, request: IRequest, command: AnyCommand, posted: bool = False
+    ) -> Deferred[None] | bytes:
         fmt = response_format(request)
         as_json = fmt != "text"
         identity = self._denied(request, as_json)
@@ -483,7 +525,10 @@ class RestAPI:
             request.notifyFinish().addBoth(lambda _: auth.release(identity))
         names = [p.name for p in command.params]
         try:
-            args = query(request, names)
+            if posted and command.post is not None:
+                args = posted_args(request, command.post, names)
+            else:
+                args = query(request, names)
         except CommandError as e:
             write_error(request, e.code, e.message, as_json)
             return b""
@@ -493,20 +538,25 @@ class RestAPI:
         run = Request(command.name, args=args)
         if not command.metered:
             client = Client(TRANSPORT, peer_of(request), identity=identity)
-            writer = self._writer(request, fmt, command.stream_key)
+            writer = self._writer(request, fmt, command)
             return self.service.execute(run, client, writer).addCallback(lambda _: None)
-        return self._metered(request, run, command.stream_key, fmt, identity)
+        return self._metered(request, run, command, fmt, identity)
 
-    def _writer(self, request: IRequest, fmt: str, stream_key: str | None) -> ResponseWriter:
+    def _writer(self, request: IRequest, fmt: str, command: AnyCommand) -> ResponseWriter:
         return ResponseWriter(
-            request, fmt, stream_key, self.admission.clock, self.settings.sse_keepalive
+            request,
+            fmt,
+            command.stream_key,
+            self.admission.clock,
+            self.settings.sse_keepalive,
+            command.always_streams,
         )
 
     def _metered(
         self,
         request: IRequest,
         run: Request,
-        stream_key: str | None,
+        command: AnyCommand,
         fmt: str,
         identity: Identity,
     ) -> Deferred[None]:
@@ -538,7 +588,7 @@ class RestAPI:
                 got.release()
                 return
             slot = got
-            writer = self._writer(request, fmt, stream_key)
+            writer = self._writer(request, fmt, command)
             request.registerProducer(flow, True)  # paused while the client does not read
             client = Client(TRANSPORT, peer, flow, identity)
             running = self.service.execute(run, client, writer)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -298,6 +298,10 @@ class GuardedRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         self._body_bytes = 0
+        channel: Any = self.channel
+        path = getattr(channel, "_path", b"").split(b"?", 1)[0]
+        own = channel.site.body_limit(path.decode("utf-8", "replace"))
+        self._body_limit = int(channel.settings.max_body_bytes if own is None else own)
         if length is not None and length > self._limit():
             self._too_large()
             return
@@ -313,8 +317,8 @@ class GuardedRequest(Request):
         super().handleContentChunk(data)
 
     def _limit(self) -> int:
-        channel: Any = self.channel
-        return int(channel.settings.max_body_bytes)
+        """``http.max_body_bytes``, or the route's own limit (a manifest to check)."""
+        return self._body_limit
 
     def _too_large(self) -> None:
         self._body_refused = True
@@ -335,6 +339,8 @@ class GuardedSite(Site):
         self.clock = reactor
         self.stopping = False
         self._channels: weakref.WeakSet[GuardedChannel] = weakref.WeakSet()
+        #: The body limit of a path that has its own (``None``: ``http.max_body_bytes``).
+        self.body_limit: Callable[[str], int | None] = lambda path: None
 
     protocol = GuardedChannel  # type: ignore[assignment]
 
