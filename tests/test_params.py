@@ -33,6 +33,7 @@ COMPHASH_PARAMS = [
     "path",
 ]
 
+
 def test_usage_is_written_from_the_declaration(tmp_path: Path) -> None:
     assert usage("demo", PARAMS) == "demo [-m MODE] [N] <path>"
     service = make_service(tmp_path, Clock(), ClientQuota(1))

@@ -123,18 +123,27 @@ class Gateway:
 
 def nc(port: int, data: bytes, timeout: float = 15.0, half_close: bool = True) -> str:
     """Send ``data`` with the real netcat and return all it printed."""
+    return nc_bytes(port, data, timeout, half_close).decode("utf-8", "replace")
+
+
+def nc_bytes(port: int, data: bytes, timeout: float = 15.0, half_close: bool = True) -> bytes:
+    """:func:`nc`, the bytes as they came (file names that are not UTF-8)."""
     args = [require_tool("nc"), *(["-N"] if half_close else []), "127.0.0.1", str(port)]
     done = subprocess.run(args, input=data, capture_output=True, timeout=timeout, check=False)
-    return done.stdout.decode("utf-8", "replace")
+    return done.stdout
 
 
-def curl(url: str, *options: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-    """GET ``url`` with the real curl: ``(status, headers, body)``."""
+def curl(
+    url: str, *options: str, timeout: float = 30.0, input: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """GET ``url`` with the real curl (``input``: its stdin, for ``--data-binary @-``):
+    ``(status, headers, body)``."""
     done = subprocess.run(
         [require_tool("curl"), "-sS", "-D", "/dev/stderr", "-o", "-", *options, url],
         capture_output=True,
         timeout=timeout,
         check=False,
+        input=input,
     )
     head = done.stderr.decode("latin-1").replace("\r", "")
     blocks = [b for b in head.split("\n\n") if b.startswith("HTTP/")]

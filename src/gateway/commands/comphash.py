@@ -41,7 +41,7 @@ from gateway.commands.tree import (
 )
 from gateway.core.command import BodyRoute, Command, Field
 from gateway.core.errors import CommandError
-from gateway.core.events import Lines, Progress, Result, Sink
+from gateway.core.events import Lines, Notice, Progress, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, validate
 from gateway.core.scope import Identity
@@ -604,14 +604,18 @@ class ComphashCommand(Command[ComphashArgs]):
                     file = tree.files[i]
                     tally["done"] += 1
                     if hexdigest is None:
-                        lines.append(_comment("unreadable", file.shown, why))
+                        if lines:
+                            sink(Lines(tuple(lines)))
+                            lines = []
+                        sink(Notice(_comment("unreadable", file.shown, why)))
                         if len(skipped) < MAX_LISTED:
                             skipped.append({"path": file.shown, "why": why})
                         continue
                     lines.append(checksum_line(hexdigest, file.shown))
                     tally["files"] += 1
                     tally["bytes"] += file.size
-                sink(Lines(tuple(lines)))
+                if lines:
+                    sink(Lines(tuple(lines)))
                 done = tally["done"]
                 if done >= step["next"] or done == total_files:
                     step["next"] = done + max(1, total_files // 100)
@@ -634,10 +638,8 @@ class ComphashCommand(Command[ComphashArgs]):
             return d.addCallback(then)
 
         def finished(tree: Tree) -> Result:
-            notes = [_comment("skipped", s.shown, s.why) for s in tree.skipped]
-            if notes:
-                sink(Lines(tuple(notes)))
             for s in tree.skipped:
+                sink(Notice(_comment("skipped", s.shown, s.why)))
                 if len(skipped) < MAX_LISTED:
                     skipped.append({"path": s.shown, "why": s.why})
             files, size = tally["files"], tally["bytes"]
@@ -725,7 +727,7 @@ class ComphashCommand(Command[ComphashArgs]):
                 return entry.path
             if not base:
                 raise CommandError(
-                    "not_found", f"{entry.path} is relative: send dir= to say where it starts"
+                    "bad_argument", f"{entry.path} is relative: send dir= to say where it starts"
                 )
             return os.path.join(base, entry.path)
 
@@ -838,7 +840,8 @@ class ComphashCommand(Command[ComphashArgs]):
                     "malformed": tally.malformed,
                     "skipped": skipped,
                 },
-                text=tuple(warnings),
+                text=(*warnings, f"# {summary}"),  # the last line says it is done
+                body=tuple(warnings),  # text/plain: what sha256sum -c says, nothing more
                 summary=summary,
             )
 

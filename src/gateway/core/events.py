@@ -4,7 +4,7 @@ A command produces, in order: zero or more :class:`Lines` and
 :class:`Progress` events, then exactly one :class:`Result` or :class:`Error`.
 A followed log may also say :class:`Following` (live from here),
 :class:`Dropped` (lines this client lost) and :class:`Gap` (a resume from a
-cursor too old).
+cursor too old).  Any command may add a :class:`Notice` for people.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ class Gap:
     lost (``None``: unknown, the cursor is from an earlier run of the reader)."""
 
     missing: int | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a person should know that is not output (a file skipped):
+    shown to people (a line client, the console), kept out of a manifest
+    that ``text/plain`` or the JSON ``lines`` carry."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -96,5 +105,5 @@ class Error:
     retry_after: int | None = None
 
 
-Event = Lines | Progress | Result | Error | Following | Dropped | Gap
+Event = Lines | Progress | Result | Error | Following | Dropped | Gap | Notice
 Sink = Callable[[Event], None]

@@ -33,7 +33,7 @@ from gateway.frontends.admission import LINGER, Admission, is_quota_refusal
 from gateway.logfmt import printable
 from gateway.sessions.json_conversation import JSONConversation, reply
 from gateway.sessions.line import LineConversation
-from gateway.sessions.text import error_line
+from gateway.sessions.text import error_line, utf8
 
 TRANSPORT = register_transport("websocket", order=2)
 TEXT = "gateway.text"
@@ -272,7 +272,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         # Once a close has begun (either side) Autobahn refuses to send; what
         # still runs is cancelled when the close completes (onClose).
         if self.session_state is SocketState.OPEN and self.state == self.STATE_OPEN:
-            self.sendMessage(text.encode("utf-8", "replace"), isBinary=False)
+            self.sendMessage(utf8(text), isBinary=False)
 
     def _deliver_lines(self, lines: Sequence[str]) -> None:
         for line in lines:

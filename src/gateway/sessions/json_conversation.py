@@ -11,6 +11,7 @@ Replies carry the request's ``id``::
 
     {"id": 7, "type": "line", "text": "..."}
     {"id": 7, "type": "progress", "done": N, "total": M}
+    {"id": 7, "type": "notice", "text": "# skipped: /srv/x (symbolic link)"}
     {"id": 7, "type": "result", "result": {..., "text": [...], "summary": "..."}}
     {"id": 7, "type": "error", "code": "...", "message": "..."}
     {"id": 7, "type": "cancelled"}
@@ -37,7 +38,17 @@ from twisted.logger import Logger
 from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
 from gateway.core.errors import CommandError
-from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Progress, Result
+from gateway.core.events import (
+    Dropped,
+    Error,
+    Event,
+    Following,
+    Gap,
+    Lines,
+    Notice,
+    Progress,
+    Result,
+)
 from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
@@ -165,6 +176,8 @@ def event_replies(id: Id, event: Event) -> list[str]:
         return [reply(id, "dropped", count=event.count)]
     if isinstance(event, Gap):
         return [reply(id, "stale", missing=event.missing)]
+    if isinstance(event, Notice):
+        return [reply(id, "notice", text=event.text)]
     if isinstance(event, Progress):
         if event.files_total is None:
             return [reply(id, "progress", done=event.done, total=event.total)]

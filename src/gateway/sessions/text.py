@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.core.events import Dropped, Error, Event, Following, Gap, Lines, Progress, Result
+from gateway.core.events import (
+    Dropped,
+    Error,
+    Event,
+    Following,
+    Gap,
+    Lines,
+    Notice,
+    Progress,
+    Result,
+)
 
 #: Errors whose message is printed as is, without ``An error occurred:``.
 BARE_CODES = frozenset({"unknown_command", "missing_argument", "quota_exceeded", "unauthorized"})
@@ -68,6 +78,8 @@ class TextRenderer:
             return [*self._begin(), dropped_line(event.count)]
         if isinstance(event, Gap):
             return [*self._begin(), gap_line(event.missing)]
+        if isinstance(event, Notice):
+            return [*self._begin(), event.text]
         raise TypeError(f"not an event: {event!r}")
 
 
@@ -79,6 +91,15 @@ def raw_bytes(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace")
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as valid UTF-8 (JSON, a WebSocket text frame): a file name's
+    undecodable bytes become U+FFFD, as ``b3sum`` shows them."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return raw_bytes(text).decode("utf-8", "replace").encode("utf-8")
 
 
 _last_encoded: tuple[Sequence[str] | None, bytes] = (None, b"")

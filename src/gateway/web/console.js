@@ -398,6 +398,9 @@
           document.createTextNode("... lines may be missing (older than what this follow may replay) ...\n"),
         );
         break;
+      case "notice":
+        parts.pre.appendChild(document.createTextNode(`${reply.text}\n`));
+        break;
       case "progress":
         showProgress(block, reply.done, reply.total, reply.files_done, reply.files_total);
         break;

@@ -32,7 +32,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from gateway.config import HTTPConfig
 from gateway.core.command import AnyCommand, BodyRoute, Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
-from gateway.core.events import Dropped, Error, Event, Gap, Lines, Result
+from gateway.core.events import Dropped, Error, Event, Gap, Lines, Notice, Result
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
 from gateway.core.peers import peer_host
@@ -40,7 +40,7 @@ from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import FULL, Identity, Scope
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_quota_refusal
-from gateway.sessions.text import dropped_line, gap_line, raw_bytes
+from gateway.sessions.text import dropped_line, gap_line, raw_bytes, utf8
 
 TRANSPORT = register_transport("http", order=1)
 TEXT = "text/plain; charset=utf-8"
@@ -215,6 +215,13 @@ class ResponseWriter:
         elif isinstance(event, Dropped | Gap):
             self._start()
             self._notice(event)
+        elif isinstance(event, Notice) and self.fmt in ("ndjson", "sse"):
+            # text/plain and one JSON document stay a manifest (the result lists it)
+            self._start()
+            if self.fmt == "ndjson":
+                self.request.write((json.dumps({"notice": event.text}) + "\n").encode())
+            else:
+                self.request.write(utf8(f"event: notice\ndata: {event.text}\n\n"))
 
     def _lines(self, event: Lines) -> None:
         lines = event.lines
@@ -227,9 +234,7 @@ class ResponseWriter:
             if not self._array:
                 self._open_array()
             items = ",".join(json.dumps(line, ensure_ascii=False) for line in lines)
-            self.request.write(
-                (items if self._first_item else "," + items).encode("utf-8", "replace")
-            )
+            self.request.write(utf8(items if self._first_item else "," + items))
             self._first_item = False
         elif fmt == "ndjson":
             if event.cursors:
@@ -241,18 +246,18 @@ class ResponseWriter:
                 out = "".join(
                     json.dumps({"line": line}, ensure_ascii=False) + "\n" for line in lines
                 )
-            self.request.write(out.encode("utf-8", "replace"))
+            self.request.write(utf8(out))
         elif event.cursors:
             self.request.write(
-                "".join(
-                    f"id: {cursor}\ndata: {line}\n\n"
-                    for line, cursor in zip(lines, event.cursors, strict=True)
-                ).encode("utf-8", "replace")
+                utf8(
+                    "".join(
+                        f"id: {cursor}\ndata: {line}\n\n"
+                        for line, cursor in zip(lines, event.cursors, strict=True)
+                    )
+                )
             )
         else:
-            self.request.write(
-                "".join(f"data: {line}\n\n" for line in lines).encode("utf-8", "replace")
-            )
+            self.request.write(utf8("".join(f"data: {line}\n\n" for line in lines)))
 
     def _notice(self, event: Dropped | Gap) -> None:
         data: dict[str, object]
@@ -262,11 +267,11 @@ class ResponseWriter:
             text, name = gap_line(event.missing), "stale"
             data = {"stale": True, "missing": event.missing}
         if self.fmt == "ndjson":
-            self.request.write((json.dumps(data) + "\n").encode("utf-8", "replace"))
+            self.request.write(utf8(json.dumps(data) + "\n"))
         elif self.fmt == "sse":
             count = event.count if isinstance(event, Dropped) else event.missing
             shown = "" if count is None else str(count)
-            self.request.write(f"event: {name}\ndata: {shown}\n\n".encode("utf-8", "replace"))
+            self.request.write(utf8(f"event: {name}\ndata: {shown}\n\n"))
         else:  # a line of its own (inside the lines array for json)
             self._lines(Lines((text,)))
 
@@ -278,16 +283,14 @@ class ResponseWriter:
             return
         document = json.dumps(result.document(), ensure_ascii=False)
         if fmt == "ndjson":
-            self.request.write(f'{{"result":{document}}}\n'.encode("utf-8", "replace"))
+            self.request.write(utf8(f'{{"result":{document}}}\n'))
         elif fmt == "sse":
-            self.request.write(f"event: result\ndata: {document}\n\n".encode("utf-8", "replace"))
+            self.request.write(utf8(f"event: result\ndata: {document}\n\n"))
         elif self._array:
             rest = document[1:]  # the fields after the lines array
-            self.request.write(
-                ("]" + ("," + rest if rest != "}" else "}")).encode("utf-8", "replace")
-            )
+            self.request.write(utf8("]" + ("," + rest if rest != "}" else "}")))
         else:
-            self.request.write(document.encode("utf-8", "replace"))
+            self.request.write(utf8(document))
 
     def _error(self, error: Error) -> None:
         if not self.started:
@@ -301,11 +304,11 @@ class ResponseWriter:
         problem = json.dumps({"code": error.code, "message": error.message})
         if self.fmt == "json":
             tail = f'],"error":{problem}}}' if self._array else ""
-            self.request.write(tail.encode("utf-8", "replace"))
+            self.request.write(utf8(tail))
         elif self.fmt == "ndjson":
-            self.request.write(f'{{"error":{problem}}}\n'.encode("utf-8", "replace"))
+            self.request.write(utf8(f'{{"error":{problem}}}\n'))
         elif self.fmt == "sse":
-            self.request.write(f"event: error\ndata: {problem}\n\n".encode("utf-8", "replace"))
+            self.request.write(utf8(f"event: error\ndata: {problem}\n\n"))
         else:
             self.request.write(raw_bytes(f"error: {error.message}\n"))
 
@@ -332,10 +335,10 @@ def write_error(
             "detail": message,
             "code": code,
         }
-        body = json.dumps(problem, ensure_ascii=False).encode()
+        body = utf8(json.dumps(problem, ensure_ascii=False))
     else:
         request.setHeader("content-type", TEXT)
-        body = f"error: {message}\n".encode()
+        body = raw_bytes(f"error: {message}\n")
     request.setHeader("content-length", str(len(body)))
     request.write(body)
 
