@@ -61,6 +61,7 @@ def test_good_lines(line: str, path: str, algorithm: str) -> None:
         f"SHA256 (a) = {H1}",  # a tag whose digest has the wrong length
         f"MD4 (a) = {H256[:32]}",  # an unknown tag
         f"\\{H256}  bad\\escape",  # an escape coreutils does not know
+        f"{H256}  nul\x00byte",  # no file name holds a NUL
     ],
 )
 def test_malformed_lines(line: str) -> None:

@@ -318,6 +318,14 @@ def test_tree_and_check_errors(start_gateway: Any, tmp_path: Path) -> None:
 
     status, _, body = curl(gw.url("/comphash/check"), "--data-binary", "@-", input=b"x" * 1001)
     assert (status, body) == (413, b"error: request body too large (limit 1000 bytes)\n")
+    status, _, body = curl(gw.url("/comphash/check"), "-X", "POST")
+    assert (status, body) == (
+        400,
+        b"error: The manifest goes in the request body; none was sent.\n",
+    )
+    status, headers, body = curl(gw.url("/comphash/check"))
+    assert (status, headers["allow"]) == (405, "POST")
+    assert body == b"error: Method GET is not allowed here (allowed: POST)\n"
     status, _, body = curl(gw.url("/comphash/check"), "--data-binary", "@-", input=b"\xff\n")
     assert (status, body) == (400, b"error: The body is not valid UTF-8.\n")
     entry = subprocess.run(

@@ -287,7 +287,7 @@ class ComphashCommand(Command[ComphashArgs]):
             {"check": "1"},
             max_manifest_bytes,
             "check the files a manifest (the body) lists, as sha256sum -c does",
-            replaces=("path",),
+            omits=("path", "recursive"),
         )
         self.roots = tuple(os.path.realpath(r) for r in allowed_roots)
         self.algorithms = tuple(algorithms)

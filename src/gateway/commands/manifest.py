@@ -109,6 +109,8 @@ def parse_line(line: str, algorithm: str | None) -> Entry | None:
     ``algorithm``: what every line uses (``-a``); ``None``: each line says,
     by its tag or its digest's length.
     """
+    if "\x00" in line:
+        return None  # no file name holds a NUL
     if line.endswith("\r"):
         line = line[:-1]  # a manifest written on Windows
     text = line.lstrip(" \t")

@@ -60,8 +60,9 @@ class BodyRoute:
     fixed: Mapping[str, str]
     max_bytes: int
     summary: str = ""
-    #: Parameters the body stands in for (not asked for on this route).
-    replaces: tuple[str, ...] = ()
+    #: Parameters this route does not take (the body stands in for them, or
+    #: they make no sense with it).
+    omits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

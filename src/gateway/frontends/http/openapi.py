@@ -146,7 +146,7 @@ def post_operation(command: AnyCommand) -> dict[str, Any]:
     post = command.post
     assert post is not None
     operation = command_operation(command)
-    taken = {post.param, *post.fixed, *post.replaces}
+    taken = {post.param, *post.fixed, *post.omits}
     fixed = " ".join(f"{name}={value}" for name, value in post.fixed.items())
     operation.update(
         {
@@ -162,7 +162,9 @@ def post_operation(command: AnyCommand) -> dict[str, Any]:
             ],
             "requestBody": {
                 "required": True,
-                "content": {TEXT: {"schema": {"type": "string"}}},
+                "content": {  # UTF-8 text, not empty, without NUL (no file name holds one)
+                    TEXT: {"schema": {"type": "string", "minLength": 1, "pattern": "^[^\\u0000]*$"}}
+                },
             },
         }
     )

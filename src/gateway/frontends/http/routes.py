@@ -115,11 +115,15 @@ def posted_args(request: IRequest, post: BodyRoute, names: Iterable[str]) -> dic
     """A ``POST`` route's arguments: the query's, the fixed ones, and the body
     (UTF-8 text) as ``post.param``.  The site has held the body to
     ``post.max_bytes`` already."""
-    allowed = set(names) - {post.param, *post.fixed, *post.replaces}
+    allowed = set(names) - {post.param, *post.fixed, *post.omits}
     args = query(request, allowed)
     content: Any = request.content
     content.seek(0)
     body = content.read()
+    if not body:
+        raise CommandError(
+            "missing_argument", f"The {post.param} goes in the request body; none was sent."
+        )
     try:
         args[post.param] = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -416,6 +420,18 @@ class CommandRoutes(Resource):
             path = request.path.decode("utf-8", "replace")
             command = self.api.service.at_post_route(path)
             posted = True
+        if command is None and not posted:
+            path = request.path.decode("utf-8", "replace")
+            if self.api.service.at_post_route(path) is not None:
+                method = request.method.decode("ascii", "replace")
+                write_error(
+                    request,
+                    "method_not_allowed",
+                    f"Method {method} is not allowed here (allowed: POST)",
+                    wants_json(request),
+                    {"allow": "POST"},
+                )
+                return b""
         if command is None:
             rendered: bytes | int = self.fallback.render(request)
             return rendered
