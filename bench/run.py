@@ -9,7 +9,7 @@ it never fails on a figure.
     .venv/bin/python bench/run.py               # every item
     .venv/bin/python bench/run.py http_lastlog  # one item
 
-Needs: wrk, webhook, taskset (Debian: wrk, webhook, util-linux).
+Needs: wrk, webhook, socat, websocketd, hashdeep, b3sum, taskset (scripts/install-tools bench).
 """
 
 from __future__ import annotations
@@ -83,9 +83,11 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
 
 
 @contextmanager
-def server(argv: list[str], port: int, **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    argv: list[str], port: int, cpus: str = SERVER_CPU, **kw: object
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        pinned(SERVER_CPU, argv),
+        pinned(cpus, argv),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         **kw,  # type: ignore[call-overload]
@@ -103,7 +105,7 @@ def server(argv: list[str], port: int, **kw: object) -> Iterator[subprocess.Pope
 
 
 @contextmanager
-def gateway(config: str, tmp: Path) -> Iterator[tuple[int, int]]:
+def gateway(config: str, tmp: Path, cpus: str = SERVER_CPU) -> Iterator[tuple[int, int]]:
     tcp, http = free_port(), free_port()
     path = tmp / "gateway.toml"
     path.write_text(config)
@@ -116,7 +118,7 @@ def gateway(config: str, tmp: Path) -> Iterator[tuple[int, int]]:
         "--http",
         f"tcp:{http}:interface=127.0.0.1",
     ]
-    with server(argv, http):
+    with server(argv, http, cpus):
         wait_port(tcp)
         yield tcp, http
 
@@ -604,7 +606,8 @@ def best_of(runs: int, f: Callable[[], None]) -> float:
 
 def comphash(tmp: Path) -> list[Row]:
     """comphash of a 1 GiB file in page cache: sha1 vs sha1sum and plain hashlib;
-    BLAKE3 vs b3sum; sha256 vs sha256sum and plain hashlib.  Everything on CPU 0."""
+    BLAKE3 vs b3sum; sha256 vs sha256sum and plain hashlib.  Everything on CPU 0,
+    and BLAKE3 once more with every core to both sides."""
     big = make_gib(tmp)
     gib = big.stat().st_size / 2**30
 
@@ -642,7 +645,23 @@ def comphash(tmp: Path) -> list[Row]:
             return best_of(3, one)
 
         gw = {algorithm: timed(algorithm) for algorithm in ("sha1", "blake3", "sha256")}
+    cores = os.cpu_count() or 1
+    everything = f"0-{cores - 1}"
+    b3sum_all = best_of(
+        3, lambda: subprocess.run([need("b3sum"), str(big)], capture_output=True, check=True)
+    )
+    with gateway(f'{FAST}[comphash]\nallowed_roots = ["{tmp}"]\n', tmp, everything) as (tcp, _):
+        blake3_all = best_of(
+            3, lambda: gateway_says(tcp, f"comphash -a blake3 {big}\n", b"File hash is")
+        )
     return [
+        Row(
+            f"comphash -a blake3, {cores} cores",
+            "GB/s",
+            "b3sum",
+            gib / b3sum_all,
+            gib / blake3_all,
+        ),
         Row("comphash 1 GiB (cached)", "GB/s", "sha1sum", gib / peers["sha1sum"], gib / gw["sha1"]),
         Row(
             "comphash vs plain hashlib",
@@ -742,7 +761,7 @@ def responsiveness(tmp: Path) -> list[Row]:
             "--request",
             "help\\n",
             "--until",
-            "exit                       close this connection",
+            "close this connection",
         )
         import socket as sock
 
@@ -761,7 +780,7 @@ def responsiveness(tmp: Path) -> list[Row]:
             "--request",
             "help\\n",
             "--until",
-            "exit                       close this connection",
+            "close this connection",
         )
         for s in hashers:
             s.close()
@@ -777,6 +796,110 @@ def responsiveness(tmp: Path) -> list[Row]:
     ]
 
 
+def make_trees(tmp: Path) -> tuple[Path, Path]:
+    """20,000 files of 4 KiB (200 directories of 100) and 50 files of 40 MiB,
+    in page cache."""
+    small, large = tmp / "small-tree", tmp / "large-tree"
+    if not small.exists():
+        for d in range(200):
+            folder = small / f"dir{d:03d}"
+            folder.mkdir(parents=True)
+            for i in range(100):
+                (folder / f"file{i:03d}.dat").write_bytes(os.urandom(4096))
+    if not large.exists():
+        large.mkdir()
+        block = os.urandom(1024 * 1024)
+        for i in range(50):
+            with open(large / f"part{i:02d}.bin", "wb") as f:
+                for _ in range(40):
+                    f.write(block)
+    for tree in (small, large):  # in page cache, as the peers will find them
+        subprocess.run(
+            ["sh", "-c", f"find {tree} -type f -print0 | xargs -0 cat > /dev/null"], check=True
+        )
+    return small, large
+
+
+def gateway_says(port: int, line: str, last: bytes) -> bytes:
+    """All the gateway answers ``line`` with, up to the line starting with ``last``."""
+    import socket as sock
+
+    with sock.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(line.encode())
+        data = b""
+        while not re.search(b"(^|\n)" + re.escape(last) + b"[^\n]*\n", data):
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def trees(tmp: Path) -> list[Row]:
+    """comphash -r -a sha256 of a tree of 20,000 4 KiB files and of one of
+    50 x 40 MiB files, vs find | xargs -P<cores> sha256sum and hashdeep -r;
+    comphash -c vs sha256sum -c on the same trees; help p99 while a tree
+    hashes.  Every side may use every core (the gateway: [comphash] threads
+    = 0, one per core); nothing is pinned."""
+    small, large = make_trees(tmp)
+    cores = os.cpu_count() or 1
+    everything = f"0-{cores - 1}"
+    rows: list[Row] = []
+
+    def seconds(argv: list[str]) -> float:
+        return best_of(3, lambda: subprocess.run(argv, capture_output=True, check=True))
+
+    config = f'{FAST}[comphash]\nallowed_roots = ["{tmp}"]\n'
+    with gateway(config, tmp, everything) as (tcp, _):
+        for tree, label in ((small, "20,000 x 4 KiB"), (large, "50 x 40 MiB")):
+            xargs = seconds(
+                [
+                    "sh",
+                    "-c",
+                    f"find {tree} -type f -print0 | xargs -0 -P{cores} -n 500 {need('sha256sum')}",
+                ]
+            )
+            hashdeep = seconds([need("hashdeep"), "-r", "-c", "sha256", str(tree)])
+            ours = best_of(
+                3, lambda t=tree: gateway_says(tcp, f"comphash -r -a sha256 {t}\n", b"# sha256 of")
+            )
+            rows.append(Row(f"tree {label}", "s", f"find|xargs -P{cores}", xargs, ours, "lower"))
+            rows.append(Row(f"tree {label}", "s", "hashdeep -r", hashdeep, ours, "lower"))
+            manifest = tmp / f"{tree.name}.sha256"
+            manifest.write_bytes(
+                gateway_says(tcp, f"comphash -r -a sha256 {tree}\n", b"# sha256 of")
+            )
+            check = seconds([need("sha256sum"), "-c", "--quiet", str(manifest)])
+            ours = best_of(
+                3, lambda m=manifest: gateway_says(tcp, f"comphash -c --quiet {m}\n", b"# check of")
+            )
+            rows.append(Row(f"check {label}", "s", "sha256sum -c", check, ours, "lower"))
+
+        def help_p99() -> float:
+            return load(
+                "tcp",
+                str(tcp),
+                "--conns",
+                "1",
+                "--seconds",
+                "4",
+                "--request",
+                "help\\n",
+                "--until",
+                "close this connection",
+            )["p99_ms"]
+
+        quiet = help_p99()
+        import socket as sock
+
+        hasher = sock.create_connection(("127.0.0.1", tcp))
+        hasher.sendall("".join(f"comphash -r -a sha256 {small}\n" for _ in range(20)).encode())
+        busy = help_p99()
+        hasher.close()
+        rows.append(Row("help p99 during a tree hash", "ms", "idle gateway", quiet, busy, "lower"))
+    return rows
+
+
 ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "http_lastlog": http_lastlog,
     "http_lastlog_growing": http_lastlog_growing,
@@ -784,6 +907,7 @@ ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "tcp_lastlog": tcp_lastlog,
     "ws_lastlog": ws_lastlog,
     "comphash": comphash,
+    "trees": trees,
     "responsiveness": responsiveness,
     "idle": idle,
     "declared": declared,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -263,6 +264,11 @@ class Gateway(MultiService):
             # Before listening: a SIGHUP that arrives as soon as the listeners
             # are announced must reload, not end the daemon (SIGHUP's default).
             signal.signal(signal.SIGHUP, self._sighup)
+        if threading.current_thread() is threading.main_thread():
+            # The kernel sends SIGIO when someone wants to write a file the
+            # gateway holds a read lease on (a mapped BLAKE3 hash): the hash
+            # asks about its lease between chunks instead (commands/mapped.py).
+            signal.signal(signal.SIGIO, signal.SIG_IGN)
         super().startService()
         self.ready().addErrback(self._cannot_listen)
 

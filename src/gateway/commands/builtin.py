@@ -68,7 +68,7 @@ class HelpCommand(Command[None]):
         """The commands ``identity`` may run (all, without a scope)."""
         scope = identity.scope
         commands = [c for c in self._commands() if scope.may_run(c.name)]
-        width = max(len(c.usage) for c in commands)
+        width = min(max(len(c.usage) for c in commands), HELP_COLUMN)
         return succeed(
             Result(
                 command=self.name,
@@ -84,10 +84,20 @@ class HelpCommand(Command[None]):
                         for c in commands
                     ]
                 },
-                text=tuple(f"{c.usage.ljust(width)}  {c.summary}" for c in commands),
+                text=tuple(line for c in commands for line in help_lines(c, width)),
                 summary=f"{len(commands)} commands",
             )
         )
+
+
+#: Where help's summaries start; a longer usage gets its summary on the next line.
+HELP_COLUMN = 46
+
+
+def help_lines(command: AnyCommand, width: int) -> tuple[str, ...]:
+    if len(command.usage) <= width:
+        return (f"{command.usage.ljust(width)}  {command.summary}",)
+    return (command.usage, f"{'':{width}}  {command.summary}")
 
 
 def format_duration(seconds: float) -> str:

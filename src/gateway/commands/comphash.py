@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.commands import manifest as manifests
+from gateway.commands.mapped import Stopped, hash_mapped
 from gateway.commands.paths import check_allowed, inside, resolve_allowed
 from gateway.commands.tree import (
     DIR_FLAGS,
@@ -68,7 +69,12 @@ def open_regular(path: str, roots: Sequence[str]) -> tuple[int, int]:
     ``roots`` must be resolved absolute directories.  A path swapped while it
     is being resolved or opened is an ordinary error, never an internal one.
     """
-    real = resolve_allowed(path, roots, "hashed")
+    return open_resolved(resolve_allowed(path, roots, "hashed"), path, roots)
+
+
+def open_resolved(real: str, path: str, roots: Sequence[str]) -> tuple[int, int]:
+    """:func:`open_regular` of ``path`` whose resolved form ``real`` was
+    checked to lie in ``roots`` already."""
     try:
         before = os.lstat(real)
     except OSError as e:
@@ -154,21 +160,39 @@ def hash_fd(
     progress: Callable[[int], None] | None = None,
     progress_every: int = 0,
     threads: int = 1,
+    small: bool = False,
 ) -> tuple[str, int]:
     """Hash the open file ``fd`` to its end; return ``(hexdigest, bytes)``.
 
     Checks ``stop`` before each chunk and raises :class:`Cancelled` when set.
     Calls ``progress(done)`` each ``progress_every`` bytes (0: never).
     BLAKE3 uses up to ``threads`` threads per chunk (0: one per core).
+    ``small``: the file is known to be smaller than a chunk (no progress).
 
-    The file is read, not mapped: a mapped file that shrinks while it is
-    hashed kills the process with SIGBUS, and a network or FUSE filesystem
-    can stall page faults where a read can be interrupted between chunks.
+    A large file hashed by BLAKE3 on several threads is mapped while that is
+    safe (under a read lease, in the page cache: :mod:`.mapped`); every
+    other file is read, and so is the rest of a mapped one once someone
+    wants to write it.
     """
     digest = new_hasher(algorithm, threads)
-    view = _buffer(chunk_for(algorithm, chunk_size, threads))
+    if small:  # a few KiB: plain reads, no file object (a tree has thousands)
+        done = 0
+        while data := os.read(fd, chunk_size):
+            if stop.is_set():
+                raise Cancelled()
+            digest.update(data)
+            done += len(data)
+        return digest.hexdigest(), done
     done = 0
-    next_report = progress_every
+    if algorithm == "blake3" and threads != 1:
+        try:
+            done = hash_mapped(fd, digest, stop, progress, progress_every)
+        except Stopped:
+            raise Cancelled() from None
+        if done:
+            os.lseek(fd, done, os.SEEK_SET)
+    view = _buffer(chunk_for(algorithm, chunk_size, threads))
+    next_report = done + progress_every
     with open(fd, "rb", buffering=0, closefd=False) as f:
         while True:
             if stop.is_set():
@@ -222,6 +246,38 @@ def format_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+class Resolved:
+    """Resolves the paths of a manifest, each directory once.
+
+    Sorted manifests list many files per directory: the directory is
+    resolved (``realpath``) once, and only a file that is itself a symbolic
+    link is resolved again.  What is opened is checked once more by its
+    descriptor (:func:`open_resolved`), so a directory swapped meanwhile
+    leads nowhere.
+    """
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, str] = {}
+
+    def real(self, path: str) -> str:
+        parent, name = os.path.split(path)
+        real_parent = self._dirs.get(parent)
+        if real_parent is None:
+            try:
+                real_parent = self._dirs[parent] = os.path.realpath(parent)
+            except OSError:  # a link replaced while being read
+                return os.path.realpath(path)
+        if name in ("", ".", ".."):
+            return os.path.realpath(path)
+        real = os.path.join(real_parent, name)
+        try:
+            if stat.S_ISLNK(os.lstat(real).st_mode):
+                return os.path.realpath(real)
+        except OSError:
+            pass  # missing: the open says so
+        return real
 
 
 #: How a reason not to read a listed file reads, as coreutils words it.
@@ -297,8 +353,8 @@ class ComphashCommand(Command[ComphashArgs]):
         self._run_in_thread = run_in_thread
         self._call_from_thread = call_from_thread
         self.summary = (
-            f"hash of a file, of every file in a tree (-r), or a check of a manifest (-c)"
-            f" (default {default_algorithm}; {', '.join(self.algorithms)})"
+            f"hash of a file, of a tree (-r), or check a manifest (-c);"
+            f" default {default_algorithm} ({', '.join(self.algorithms)})"
         )
         self.params = (
             Param(
@@ -582,7 +638,10 @@ class ComphashCommand(Command[ComphashArgs]):
                         out.append((None, e.strerror or "cannot open"))
                         continue
                     try:
-                        hexdigest, _ = hash_fd(opened, args.algorithm, self.chunk_size, stop)
+                        small = file.size < self.chunk_size
+                        hexdigest, _ = hash_fd(
+                            opened, args.algorithm, self.chunk_size, stop, small=small
+                        )
                         out.append((hexdigest, ""))
                     except OSError as e:
                         out.append((None, e.strerror or "cannot read"))
@@ -737,22 +796,26 @@ class ComphashCommand(Command[ComphashArgs]):
             """(outcome, why, missing) for each entry of ``unit``."""
             lower_priority()
             out: list[tuple[str, str, bool]] = []
+            resolved = Resolved()
             for i in unit:
                 if stop.is_set():
                     raise Cancelled()
                 entry = found.entries[i]
                 try:
                     path = where(entry, base)
-                    if scope_roots is not None:
-                        real = os.path.realpath(path)
-                        if not any(inside(real, root) for root in scope_roots):
-                            raise CommandError("forbidden", "outside the roots of this identity")
-                    fd, _ = open_regular(path, self.roots)
+                    real = resolved.real(path)
+                    check_allowed(real, path, self.roots)
+                    if scope_roots is not None and not any(
+                        inside(real, root) for root in scope_roots
+                    ):
+                        raise CommandError("forbidden", "outside the roots of this identity")
+                    fd, size = open_resolved(real, path, self.roots)
                 except CommandError as e:
                     out.append((manifests.UNREADABLE, why_unreadable(e), e.code == "not_found"))
                     continue
                 try:
-                    hexdigest, _ = hash_fd(fd, entry.algorithm, self.chunk_size, stop)
+                    small = size < self.chunk_size
+                    hexdigest, _ = hash_fd(fd, entry.algorithm, self.chunk_size, stop, small=small)
                 except OSError as e:
                     out.append((manifests.UNREADABLE, e.strerror or "cannot read", False))
                     continue

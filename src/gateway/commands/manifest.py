@@ -55,7 +55,7 @@ TAGS: dict[str, str] = {
     "BLAKE3": "blake3",
 }
 
-_HEX = frozenset("0123456789abcdefABCDEF")
+_HEX = "0123456789abcdefABCDEF"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ def _unescape(name: str) -> str | None:
 
 
 def _is_hex(text: str) -> bool:
-    return bool(text) and all(c in _HEX for c in text)
+    return bool(text) and not text.strip(_HEX)
 
 
 def parse_line(line: str, algorithm: str | None) -> Entry | None:

@@ -18,11 +18,14 @@ PSEUDO_FILESYSTEMS: tuple[str, ...] = ("/proc", "/sys")
 
 
 def inside(path: str, root: str) -> bool:
-    """Is the resolved ``path`` ``root`` or below it (``/srv/data_x`` is not in ``/srv/data``)?"""
-    try:
-        return os.path.commonpath([root, path]) == root
-    except ValueError:
-        return False
+    """Is the resolved ``path`` ``root`` or below it (``/srv/data_x`` is not in ``/srv/data``)?
+
+    Both are absolute and normalized (``realpath``): no ``..``, no doubled or
+    trailing slash, so comparing strings is exact.
+    """
+    if path == root or root == "/":
+        return path.startswith("/")
+    return path.startswith(root) and path[len(root) : len(root) + 1] == "/"
 
 
 def check_allowed(real: str, shown: str, roots: Sequence[str], use: str = "hashed") -> None:

@@ -256,6 +256,8 @@ class _Run(Generic[T]):
     emitted: int = 0
     running: int = 0
     stopped: bool = False
+    filling: bool = False  # fill() is on the stack (work that finished at once)
+    again: bool = False  # and was asked again meanwhile
 
 
 def in_order(
@@ -286,8 +288,23 @@ def in_order(
     ahead = 4 * max(1, width)
 
     def fill() -> None:
+        if state.filling:  # a unit finished synchronously: the loop below goes on
+            state.again = True
+            return
         if watching:
             watching.pop()()
+        state.filling = True
+        try:
+            while _start_more():
+                pass
+        finally:
+            state.filling = False
+        if state.emitted == len(units) and not done.called:
+            done.callback(None)
+
+    def _start_more() -> bool:
+        """Start what may start; whether to look again."""
+        state.again = False
         while (
             not state.stopped
             and state.running < width
@@ -296,14 +313,13 @@ def in_order(
         ):
             if flow.paused:
                 watching.append(flow.watch(lambda: None, fill))
-                return
+                return False
             index = state.started
             state.started += 1
             state.running += 1
             unit = units[index]
             run_in_thread(lambda unit=unit: work(unit)).addBoth(finished, index)  # type: ignore[misc]
-        if state.emitted == len(units) and not done.called:
-            done.callback(None)
+        return state.again
 
     def finished(outcome: list[T] | Failure, index: int) -> None:
         state.running -= 1
