@@ -824,15 +824,20 @@ def gateway_says(port: int, line: str, last: bytes) -> bytes:
     """All the gateway answers ``line`` with, up to the line starting with ``last``."""
     import socket as sock
 
+    marker = re.compile(b"(^|\n)" + re.escape(last) + b"[^\n]*\n")
+    chunks: list[bytes] = []
     with sock.create_connection(("127.0.0.1", port)) as s:
         s.sendall(line.encode())
-        data = b""
-        while not re.search(b"(^|\n)" + re.escape(last) + b"[^\n]*\n", data):
+        tail = b""
+        while True:
             chunk = s.recv(1 << 20)
             if not chunk:
                 break
-            data += chunk
-    return data
+            chunks.append(chunk)
+            tail = tail[-4096:] + chunk  # the marker line is short: look near the end only
+            if marker.search(tail):
+                break
+    return b"".join(chunks)
 
 
 def trees(tmp: Path) -> list[Row]:

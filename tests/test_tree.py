@@ -19,18 +19,16 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.commands.tree import (
-    DIR_FLAGS,
     MAX_DEPTH,
+    UNIT_FILES,
     Cancelled,
-    DirectoryCursor,
-    FileChanged,
     SharedFd,
     in_order,
-    open_in_tree,
     shown_below,
     units_of,
     walk,
 )
+from gateway.commands.treeio import DIR_FLAGS, DirectoryCursor, FileChanged, open_in_tree
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Lines, Notice, Progress, Result
 from gateway.core.flow import Flow
@@ -184,7 +182,8 @@ def test_a_shared_descriptor_is_closed_after_its_last_user(tmp_path: Path) -> No
 
 def test_units_are_runs_of_small_files_and_large_ones_alone() -> None:
     assert units_of([]) == []
-    assert units_of([1] * 130) == [range(0, 64), range(64, 128), range(128, 130)]
+    n = UNIT_FILES
+    assert units_of([1] * (2 * n + 2)) == [range(0, n), range(n, 2 * n), range(2 * n, 2 * n + 2)]
     big = 8 * 1024 * 1024
     assert units_of([10, big, 10, 10]) == [range(0, 1), range(1, 2), range(2, 4)]
 

@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 from gateway import __version__
 from gateway.auditlog import AuditLog, target_for
 from gateway.commands.follow import Followers
+from gateway.commands.hashworker import Workers
 from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
 from gateway.config import Config, ConfigError, TLSConfig
@@ -82,6 +83,17 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class HashWorkersService(Service):
+    """Stops the hash worker processes with the daemon."""
+
+    def __init__(self, workers: Workers) -> None:
+        self.workers = workers
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.workers.close()
+
+
 def endpoint(
     reactor: Any, key: str, description: str, tls: TLSConfig | None = None
 ) -> IStreamServerEndpoint:
@@ -123,12 +135,17 @@ class Gateway(MultiService):
         read_file = self._thread_pool("gateway-comphash", config.comphash.workers)
 
         self.followers = Followers(reactor, read_log, config.follow.replay_lines, prime_file)
+        # A tree's small files go to worker processes when it may use several
+        # cores (threads would only hand the interpreter lock back and forth).
+        self.hash_workers = Workers()
+        HashWorkersService(self.hash_workers).setServiceParent(self)
         self.runners = Runners(
             read_log,
             read_file,
             lambda f, *args: reactor.callFromThread(f, *args),
             reactor,
             self.followers,
+            self.hash_workers,
         )
         self.service = build_service(
             config, reactor, self.quota, self.runners, admission.limiter, self.recent_log.tail

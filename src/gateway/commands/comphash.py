@@ -27,18 +27,26 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.commands import manifest as manifests
+from gateway.commands.hashworker import Workers
 from gateway.commands.mapped import Stopped, hash_mapped
 from gateway.commands.paths import check_allowed, inside, resolve_allowed
 from gateway.commands.tree import (
-    DIR_FLAGS,
+    UNIT_FILES,
     Cancelled,
-    DirectoryCursor,
+    InOrder,
     SharedFd,
     Tree,
     in_order,
-    open_in_tree,
     units_of,
     walk,
+)
+from gateway.commands.treeio import (
+    DIR_FLAGS,
+    DirectoryCursor,
+    File,
+    Outcome,
+    hash_small_files,
+    open_in_tree,
 )
 from gateway.core.command import BodyRoute, Command, Field
 from gateway.core.errors import CommandError
@@ -328,12 +336,15 @@ class ComphashCommand(Command[ComphashArgs]):
         max_files: int = 100_000,
         max_bytes: int = 1 << 40,
         max_manifest_bytes: int = 64 << 20,
+        hash_workers: Workers | None = None,
     ) -> None:
         """``threads``: the most threads one hash uses (0: one per core): a
         BLAKE3 hash of one file, or the files of a tree or a manifest, each
         bounded by ``workers``, the size of the pool behind ``run_in_thread``."""
         self.threads = threads
         self.width = max(1, min(threads or os.cpu_count() or 1, workers))
+        #: Processes for a tree's small files (:mod:`.hashworker`); ``None``: threads.
+        self.hash_workers = hash_workers if self.width > 1 else None
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.max_manifest_bytes = max_manifest_bytes
@@ -595,18 +606,83 @@ class ComphashCommand(Command[ComphashArgs]):
         return fd
 
     def _tree(self, args: ComphashArgs, sink: Sink, flow: Flow) -> Deferred[Result]:
+        """Walk the tree in a thread, hashing what it finds as it goes (held
+        back until the walk ends, when its limits are known), then stream
+        the lines in order."""
         stop = threading.Event()
-        running: list[Deferred[Any]] = []
+        files: list[File] = []  # in order; grows as the walk goes (on the reactor)
+        top: list[SharedFd] = []
+        where: list[tuple[str, int, int]] = []  # the top's real path, device, inode
+        tally = {"files": 0, "bytes": 0, "done": 0}
+        skipped: list[dict[str, str]] = []
+        progress = {"next": 0, "total": 0, "bytes": 0}
+
+        def hash_unit(unit: range) -> list[Outcome]:
+            """(hex, "") or (None, why) for each file of ``unit``."""
+            lower_priority()
+            chosen = [files[i] for i in unit]
+            small = all(f.size < self.chunk_size for f in chosen)
+            if small and self.hash_workers is not None:
+                real, dev, ino = where[0]
+                answer = self.hash_workers.hash(real, dev, ino, args.algorithm, chosen)
+                if stop.is_set():
+                    raise Cancelled()
+                if answer is not None:
+                    return answer
+            fd = top[0].acquire()
+            try:
+                if small:
+                    out = hash_small_files(fd, chosen, args.algorithm, stop.is_set)
+                else:
+                    out = [self._hash_one(fd, f, args.algorithm, stop) for f in chosen]
+            finally:
+                top[0].release()
+            if stop.is_set():
+                raise Cancelled()
+            return out
+
+        def emit(unit: range, outcomes: list[Outcome]) -> None:
+            lines: list[str] = []
+            for i, (hexdigest, why) in zip(unit, outcomes, strict=True):
+                file = files[i]
+                tally["done"] += 1
+                if hexdigest is None:
+                    if lines:
+                        sink(Lines(tuple(lines)))
+                        lines = []
+                    sink(Notice(_comment("unreadable", file.shown, why)))
+                    if len(skipped) < MAX_LISTED:
+                        skipped.append({"path": file.shown, "why": why})
+                    continue
+                lines.append(checksum_line(hexdigest, file.shown))
+                tally["files"] += 1
+                tally["bytes"] += file.size
+            if lines:
+                sink(Lines(tuple(lines)))
+            done, total = tally["done"], progress["total"]
+            if done >= progress["next"] or done == total:
+                progress["next"] = done + max(1, total // 100)
+                sink(Progress(tally["bytes"], progress["bytes"], done, total))
+
+        runner: InOrder[Outcome] = InOrder(
+            hash_unit, self._run_in_thread, emit, self.width, flow, stop, held=True
+        )
 
         def cancel(_: Deferred[Result]) -> None:
             stop.set()
-            for d in running:
-                d.cancel()
+            listing.cancel()
+            runner.done.cancel()
 
         outer: Deferred[Result] = Deferred(cancel)
-        top: list[SharedFd] = []
-        tally = {"files": 0, "bytes": 0, "done": 0}
-        skipped: list[dict[str, str]] = []
+
+        def found(batch: list[File]) -> None:  # on the reactor, in the walk's order
+            if stop.is_set():
+                return
+            start = len(files)
+            files.extend(batch)
+            runner.add(
+                [range(start + u.start, start + u.stop) for u in units_of([f.size for f in batch])]
+            )
 
         def listed() -> Tree:
             lower_priority()
@@ -617,93 +693,45 @@ class ComphashCommand(Command[ComphashArgs]):
                 if stop.is_set():
                     shared.close()
                     raise Cancelled()
-                return walk(fd, args.path, self.max_files, self.max_bytes, stop)
+                st = os.fstat(fd)
+                where.append((os.readlink(f"/proc/self/fd/{fd}"), st.st_dev, st.st_ino))
+                return walk(
+                    fd,
+                    args.path,
+                    self.max_files,
+                    self.max_bytes,
+                    stop,
+                    lambda batch: self._call_from_thread(found, batch),
+                    UNIT_FILES,
+                )
             finally:
                 shared.release()
 
-        def hash_unit(tree: Tree, unit: range) -> list[tuple[str | None, str]]:
-            """(hex, "") or (None, why) for each file of ``unit``."""
-            lower_priority()
-            fd = top[0].acquire()
-            cursor = DirectoryCursor(fd)
-            out: list[tuple[str | None, str]] = []
-            try:
-                for i in unit:
-                    if stop.is_set():
-                        raise Cancelled()
-                    file = tree.files[i]
-                    try:
-                        opened = open_in_tree(cursor, file)
-                    except OSError as e:
-                        out.append((None, e.strerror or "cannot open"))
-                        continue
-                    try:
-                        small = file.size < self.chunk_size
-                        hexdigest, _ = hash_fd(
-                            opened, args.algorithm, self.chunk_size, stop, small=small
-                        )
-                        out.append((hexdigest, ""))
-                    except OSError as e:
-                        out.append((None, e.strerror or "cannot read"))
-                    finally:
-                        os.close(opened)
-            finally:
-                cursor.close()
-                top[0].release()
-            return out
-
         def walked(tree: Tree) -> Deferred[Result]:
-            total_files = len(tree.files)
-            sink(Progress(0, tree.bytes, 0, total_files))
-            step = {"next": 0}
-
-            def emit(unit: range, outcomes: list[tuple[str | None, str]]) -> None:
-                lines: list[str] = []
-                for i, (hexdigest, why) in zip(unit, outcomes, strict=True):
-                    file = tree.files[i]
-                    tally["done"] += 1
-                    if hexdigest is None:
-                        if lines:
-                            sink(Lines(tuple(lines)))
-                            lines = []
-                        sink(Notice(_comment("unreadable", file.shown, why)))
-                        if len(skipped) < MAX_LISTED:
-                            skipped.append({"path": file.shown, "why": why})
-                        continue
-                    lines.append(checksum_line(hexdigest, file.shown))
-                    tally["files"] += 1
-                    tally["bytes"] += file.size
-                if lines:
-                    sink(Lines(tuple(lines)))
-                done = tally["done"]
-                if done >= step["next"] or done == total_files:
-                    step["next"] = done + max(1, total_files // 100)
-                    sink(Progress(tally["bytes"], tree.bytes, done, total_files))
-
-            d = in_order(
-                units_of([f.size for f in tree.files]),
-                lambda unit: hash_unit(tree, unit),
-                self._run_in_thread,
-                emit,
-                self.width,
-                flow,
-                stop,
-            )
-            running.append(d)
+            # Every batch the walk found came through call_from_thread before
+            # this result did: ``files`` is whole.
+            progress["total"], progress["bytes"] = len(files), tree.bytes
+            sink(Progress(0, tree.bytes, 0, len(files)))
+            runner.close()
+            runner.release()
 
             def then(_: None) -> Result:
                 return finished(tree)
 
-            return d.addCallback(then)
+            return runner.done.addCallback(then)
+
+        def walk_failed(failure: Failure) -> Failure:
+            runner.fail(failure)  # stop what started; the failure goes on
+            return failure
 
         def finished(tree: Tree) -> Result:
             for s in tree.skipped:
                 sink(Notice(_comment("skipped", s.shown, s.why)))
                 if len(skipped) < MAX_LISTED:
                     skipped.append({"path": s.shown, "why": s.why})
-            files, size = tally["files"], tally["bytes"]
-            not_hashed = tally["done"] - files + len(tree.skipped)
-            summary = f"{args.algorithm} of {_files(files)} under {args.path} ({format_size(size)})"
+            count, size = tally["files"], tally["bytes"]
+            not_hashed = tally["done"] - count + len(tree.skipped)
+            summary = f"{args.algorithm} of {_files(count)} under {args.path} ({format_size(size)})"
             if not_hashed:
                 summary += f", {not_hashed} skipped"
             return Result(
@@ -711,7 +739,7 @@ class ComphashCommand(Command[ComphashArgs]):
                 data={
                     "path": args.path,
                     "algorithm": args.algorithm,
-                    "files": files,
+                    "files": count,
                     "bytes": size,
                     "skipped": skipped,
                 },
@@ -725,10 +753,25 @@ class ComphashCommand(Command[ComphashArgs]):
                 top[0].close()
             return result
 
-        listing = self._run_in_thread(listed)
-        running.append(listing)
-        work = listing.addCallback(lambda tree: None if stop.is_set() else walked(tree))
+        listing: Deferred[Tree] = self._run_in_thread(listed)
+        work: Deferred[Result] = listing.addCallback(walked)
+        work.addErrback(walk_failed)
         return self._relay(work.addBoth(closed), outer)
+
+    def _hash_one(self, top_fd: int, file: File, algorithm: str, stop: threading.Event) -> Outcome:
+        cursor = DirectoryCursor(top_fd)
+        try:
+            opened = open_in_tree(cursor, file)
+        except OSError as e:
+            return (None, e.strerror or "cannot open")
+        finally:
+            cursor.close()
+        try:
+            return (hash_fd(opened, algorithm, self.chunk_size, stop)[0], "")
+        except OSError as e:
+            return (None, e.strerror or "cannot read")
+        finally:
+            os.close(opened)
 
     # -- a manifest
 

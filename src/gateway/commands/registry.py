@@ -19,6 +19,7 @@ from gateway.commands.builtin import ExitCommand, HelpCommand, StatsCommand
 from gateway.commands.comphash import ComphashCommand
 from gateway.commands.declared import ProgramCommand, declared_commands
 from gateway.commands.follow import Followers
+from gateway.commands.hashworker import Workers
 from gateway.commands.lastlog import LastlogCommand, source_from_config
 from gateway.config import Config
 from gateway.core.command import AnyCommand
@@ -44,6 +45,8 @@ class Runners:
     spawner: IReactorProcess
     #: The readers of followed logs (kept across reloads); none: no follow.
     followers: Followers | None = None
+    #: Processes hashing a tree's small files (kept across reloads); none: threads.
+    hash_workers: Workers | None = None
 
 
 def configured_commands(
@@ -75,6 +78,7 @@ def configured_commands(
             comphash.max_files,
             comphash.max_bytes,
             comphash.max_manifest_bytes,
+            runners.hash_workers,
         ),
     ]
     return built_in + list(declared_commands(config.commands, runners.spawner))

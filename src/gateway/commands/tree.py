@@ -17,7 +17,6 @@ locale sorts ``find``'s output.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,11 +25,9 @@ from typing import Any, Generic, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gateway.commands.treeio import DIR_FLAGS, File
 from gateway.core.errors import CommandError
 from gateway.core.flow import Flow
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 #: Directories deeper than this are skipped with a notice: the walk holds one
 #: descriptor per level.
@@ -39,17 +36,6 @@ MAX_DEPTH = 256
 
 class Cancelled(Exception):
     """The work was asked to stop."""
-
-
-@dataclass(frozen=True, slots=True)
-class File:
-    """A regular file found by the walk."""
-
-    shown: str  # the path as printed: the directory as asked, then the names below it
-    parts: tuple[str, ...]  # the names from the top down to the file's own
-    size: int
-    dev: int
-    ino: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +72,28 @@ def walk(
     max_files: int,
     max_bytes: int,
     stop: threading.Event,
+    found: Callable[[list[File]], None] | None = None,
+    every: int = 256,
 ) -> Tree:
     """Every regular file below the directory ``top_fd``, sorted; refuses
-    (``bad_argument``) a tree over ``max_files`` files or ``max_bytes`` bytes."""
+    (``bad_argument``) a tree over ``max_files`` files or ``max_bytes`` bytes.
+
+    The walk goes depth first through each directory's names in byte order (a
+    directory's name counting as if it ended in ``/``), which yields the files
+    already in the order of their whole paths: ``found`` is handed them in
+    runs of ``every`` as the walk goes, so hashing need not wait for its end.
+    """
     files: list[File] = []
     skipped: list[Skipped] = []
     total = 0
-    # One frame per open directory: its names, its descriptor, the subdirectories left.
-    frames: list[tuple[tuple[str, ...], int, list[str]]] = []
+    handed = 0
+    # One frame per open directory: its names, its descriptor, what is left in
+    # it (sorted, last first): (key, name, a File or None for a directory).
+    frames: list[tuple[tuple[str, ...], int, list[tuple[bytes, str, File | None]]]] = []
 
     def enter(parts: tuple[str, ...], fd: int) -> None:
         nonlocal total
-        subdirs: list[str] = []
+        pending: list[tuple[bytes, str, File | None]] = []
         try:
             with os.scandir(fd) as entries:
                 listed = list(entries)
@@ -115,41 +111,49 @@ def walk(
                 if entry.is_symlink():
                     skipped.append(Skipped(shown_below(shown_top, here), "symbolic link"))
                 elif entry.is_dir(follow_symlinks=False):
-                    subdirs.append(name)
+                    pending.append((os.fsencode(name) + b"/", name, None))
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    files.append(
-                        File(shown_below(shown_top, here), here, st.st_size, st.st_dev, st.st_ino)
+                    file = File(
+                        shown_below(shown_top, here), here, st.st_size, st.st_dev, st.st_ino
                     )
+                    pending.append((os.fsencode(name), name, file))
                     total += st.st_size
                 else:
                     skipped.append(Skipped(shown_below(shown_top, here), "not a regular file"))
             except OSError as e:  # gone since it was listed
                 skipped.append(Skipped(shown_below(shown_top, here), e.strerror or "vanished"))
-        if len(files) > max_files:
-            raise CommandError(
-                "bad_argument",
-                f"{shown_top} holds more than {max_files} files (comphash.max_files)",
-            )
         if total > max_bytes:
             raise CommandError(
                 "bad_argument",
                 f"{shown_top} holds more than {max_bytes} bytes (comphash.max_bytes)",
             )
-        frames.append((parts, fd, subdirs))
+        pending.sort(reverse=True)
+        frames.append((parts, fd, pending))
 
     try:
         enter((), top_fd)
         while frames:
             if stop.is_set():
                 raise Cancelled()
-            parts, fd, subdirs = frames[-1]
-            if not subdirs:
+            parts, fd, pending = frames[-1]
+            if not pending:
                 frames.pop()
                 if fd != top_fd:
                     os.close(fd)
                 continue
-            name = subdirs.pop()
+            _, name, file = pending.pop()
+            if file is not None:
+                files.append(file)
+                if len(files) > max_files:
+                    raise CommandError(
+                        "bad_argument",
+                        f"{shown_top} holds more than {max_files} files (comphash.max_files)",
+                    )
+                if found is not None and len(files) - handed >= every:
+                    found(files[handed:])
+                    handed = len(files)
+                continue
             here = (*parts, name)
             if len(here) > MAX_DEPTH:
                 skipped.append(
@@ -168,63 +172,14 @@ def walk(
         for _, fd, _ in frames:
             if fd != top_fd:
                 os.close(fd)
-    files.sort(key=_sort_key)
+    if found is not None and len(files) > handed:
+        found(files[handed:])
     skipped.sort(key=_sort_key)
     return Tree(files, skipped, total)
 
 
-class DirectoryCursor:
-    """Opens the directories of a run of files, reusing what the last one opened.
-
-    Sorted files share their directories, so a batch opens each directory
-    once.  Each is opened relative to its parent's descriptor (``O_NOFOLLOW``).
-    """
-
-    def __init__(self, top_fd: int) -> None:
-        self._top = top_fd
-        self._open: list[tuple[str, int]] = []
-
-    def directory(self, parts: Sequence[str]) -> int:
-        """The descriptor of the directory ``parts`` (from the top)."""
-        keep = 0
-        for (name, _), want in zip(self._open, parts, strict=False):
-            if name != want:
-                break
-            keep += 1
-        while len(self._open) > keep:
-            os.close(self._open.pop()[1])
-        fd = self._open[-1][1] if self._open else self._top
-        for name in parts[keep:]:
-            fd = os.open(name, DIR_FLAGS, dir_fd=fd)
-            self._open.append((name, fd))
-        return fd
-
-    def close(self) -> None:
-        while self._open:
-            os.close(self._open.pop()[1])
-
-
-def open_in_tree(cursor: DirectoryCursor, file: File) -> int:
-    """``file`` opened without leaving the tree; ``OSError`` if it cannot be,
-    or if it is no longer the regular file the walk found."""
-    dir_fd = cursor.directory(file.parts[:-1])
-    fd = os.open(file.parts[-1], FILE_FLAGS, dir_fd=dir_fd)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (file.dev, file.ino):
-        os.close(fd)
-        raise FileChanged()
-    return fd
-
-
-class FileChanged(OSError):
-    """Replaced by another file (or a link, a FIFO) since the walk found it."""
-
-    def __init__(self) -> None:
-        super().__init__(0, "replaced while being hashed")
-
-
 #: A unit of work: files hashed one after the other by one thread.
-UNIT_FILES = 64
+UNIT_FILES = 256
 UNIT_BYTES = 8 * 1024 * 1024
 
 
@@ -256,8 +211,138 @@ class _Run(Generic[T]):
     emitted: int = 0
     running: int = 0
     stopped: bool = False
-    filling: bool = False  # fill() is on the stack (work that finished at once)
+    filling: bool = False  # _fill() is on the stack (work that finished at once)
     again: bool = False  # and was asked again meanwhile
+
+
+class InOrder(Generic[T]):
+    """Runs ``work`` on units in threads, at most ``width`` at once, and
+    ``emit`` s the results in the units' order as soon as each is next.
+
+    Units may be added while it runs (:meth:`add`, as a walk finds files);
+    :meth:`close` says there are no more.  While ``held``, results are kept,
+    not emitted, and units start without a bound on how far ahead they run
+    (a tree's walk still going: its limits are only known at its end);
+    :meth:`release` lets them out.  Otherwise, while ``flow`` is paused (the
+    client does not read) no unit starts, and none runs more than
+    ``4 * width`` units ahead of the last emitted, so what waits in memory
+    stays bounded.  Cancelling :attr:`done` sets ``stop`` (work checks it)
+    and starts nothing more.
+    """
+
+    def __init__(
+        self,
+        work: Callable[[range], list[T]],
+        run_in_thread: Callable[[Callable[[], Any]], Deferred[Any]],
+        emit: Callable[[range, list[T]], None],
+        width: int,
+        flow: Flow,
+        stop: threading.Event,
+        held: bool = False,
+    ) -> None:
+        self._work = work
+        self._run_in_thread = run_in_thread
+        self._emit = emit
+        self._width = max(1, width)
+        self._flow = flow
+        self._stop = stop
+        self._held = held
+        self._closed = False
+        self._units: list[range] = []
+        self._state: _Run[T] = _Run({})
+        self._watching: list[Callable[[], None]] = []
+        self.done: Deferred[None] = Deferred(self._cancel)
+
+    def add(self, units: Sequence[range]) -> None:
+        self._units.extend(units)
+        self._fill()
+
+    def close(self) -> None:
+        self._closed = True
+        self._fill()
+
+    def release(self) -> None:
+        self._held = False
+        self._drain()
+        self._fill()
+
+    def fail(self, failure: Failure) -> None:
+        """Stop, and fail :attr:`done` with ``failure`` (the walk failed)."""
+        state = self._state
+        if state.stopped:
+            return
+        state.stopped = True
+        self._stop.set()
+        if not self.done.called:
+            self.done.errback(failure)
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        self._state.stopped = True
+        self._stop.set()
+
+    def _fill(self) -> None:
+        state = self._state
+        if state.filling:  # a unit finished synchronously: the loop below goes on
+            state.again = True
+            return
+        if self._watching:
+            self._watching.pop()()
+        state.filling = True
+        try:
+            while self._start_more():
+                pass
+        finally:
+            state.filling = False
+        if (
+            self._closed
+            and not self._held
+            and state.emitted == len(self._units)
+            and not state.stopped
+            and not self.done.called
+        ):
+            self.done.callback(None)
+
+    def _start_more(self) -> bool:
+        """Start what may start; whether to look again."""
+        state = self._state
+        state.again = False
+        while (
+            not state.stopped
+            and state.running < self._width
+            and state.started < len(self._units)
+            and (self._held or state.started - state.emitted < 4 * self._width)
+        ):
+            if self._flow.paused and not self._held:
+                self._watching.append(self._flow.watch(lambda: None, self._fill))
+                return False
+            index = state.started
+            state.started += 1
+            state.running += 1
+            unit = self._units[index]
+            d = self._run_in_thread(lambda unit=unit: self._work(unit))  # type: ignore[misc]
+            d.addBoth(self._finished, index)
+        return bool(state.again)
+
+    def _finished(self, outcome: list[T] | Failure, index: int) -> None:
+        state = self._state
+        state.running -= 1
+        if state.stopped:
+            return
+        if isinstance(outcome, Failure):
+            self.fail(outcome)
+            return
+        state.results[index] = outcome
+        self._drain()
+        self._fill()
+
+    def _drain(self) -> None:
+        state = self._state
+        while not self._held and state.emitted in state.results:
+            i = state.emitted
+            self._emit(self._units[i], state.results.pop(i))
+            state.emitted += 1
+            if state.stopped:  # emit may cancel (the client went away)
+                return
 
 
 def in_order(
@@ -269,79 +354,11 @@ def in_order(
     flow: Flow,
     stop: threading.Event,
 ) -> Deferred[None]:
-    """Run ``work`` on each unit in threads, at most ``width`` at once, and
-    ``emit`` the results in the units' order as soon as each is next.
-
-    While ``flow`` is paused (the client does not read) no unit starts, so
-    what waits in memory stays bounded; a unit finished early waits for
-    those before it (at most ``4 * width`` units ahead).  Cancelling the
-    Deferred sets ``stop`` (work checks it) and starts nothing more.
-    """
-    state: _Run[T] = _Run({})
-    watching: list[Callable[[], None]] = []
-
-    def cancel(_: Deferred[None]) -> None:
-        state.stopped = True
-        stop.set()
-
-    done: Deferred[None] = Deferred(cancel)
-    ahead = 4 * max(1, width)
-
-    def fill() -> None:
-        if state.filling:  # a unit finished synchronously: the loop below goes on
-            state.again = True
-            return
-        if watching:
-            watching.pop()()
-        state.filling = True
-        try:
-            while _start_more():
-                pass
-        finally:
-            state.filling = False
-        if state.emitted == len(units) and not done.called:
-            done.callback(None)
-
-    def _start_more() -> bool:
-        """Start what may start; whether to look again."""
-        state.again = False
-        while (
-            not state.stopped
-            and state.running < width
-            and state.started < len(units)
-            and state.started - state.emitted < ahead
-        ):
-            if flow.paused:
-                watching.append(flow.watch(lambda: None, fill))
-                return False
-            index = state.started
-            state.started += 1
-            state.running += 1
-            unit = units[index]
-            run_in_thread(lambda unit=unit: work(unit)).addBoth(finished, index)  # type: ignore[misc]
-        return state.again
-
-    def finished(outcome: list[T] | Failure, index: int) -> None:
-        state.running -= 1
-        if state.stopped:
-            return
-        if isinstance(outcome, Failure):
-            state.stopped = True
-            stop.set()
-            if not done.called:
-                done.errback(outcome)
-            return
-        state.results[index] = outcome
-        while state.emitted in state.results:
-            i = state.emitted
-            emit(units[i], state.results.pop(i))
-            state.emitted += 1
-            if state.stopped:  # emit may cancel (the client went away)
-                return
-        fill()
-
-    fill()
-    return done
+    """:class:`InOrder` over units all known at the start."""
+    runner: InOrder[T] = InOrder(work, run_in_thread, emit, width, flow, stop)
+    runner.add(units)
+    runner.close()
+    return runner.done
 
 
 class SharedFd:

@@ -1,0 +1,174 @@
+"""Worker processes for the small files of a tree (``comphash -r``).
+
+Hashing a 4 KiB file is a few system calls and little hashing: Python
+threads gain nothing there (each call hands the interpreter lock over, and
+two threads run slower than one).  So the small files of a tree go, a unit
+at a time, to worker processes, one per thread the tree may use; a pool
+thread writes the unit to its worker and waits, without the lock, for the
+answer.  Large files stay in the threads, where hashing runs without the
+lock anyway.
+
+A worker is ``python -m gateway.commands.hashworker``: it reads requests on
+stdin and answers on stdout (a 4-byte length, then ``marshal`` data; both
+ends are this module).  It opens the tree's top directory itself, checks it
+is the one the gateway walked (device and inode), and opens every file
+through :mod:`.treeio`, exactly as the threads do.  It runs at a lower
+priority, and ends when its stdin closes (the gateway stopped or died).  A
+worker that fails is stopped and its unit hashed in the thread instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+from gateway.commands.treeio import DIR_FLAGS, File, Outcome, hash_small_files
+
+HEADER = struct.Struct("!I")
+#: The most a message may be (a unit of files, or its answer).
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def _read_message(stream: IO[bytes]) -> Any:
+    head = stream.read(HEADER.size)
+    if len(head) < HEADER.size:
+        raise EOFError()
+    (size,) = HEADER.unpack(head)
+    if size > MAX_MESSAGE:
+        raise EOFError()
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError()
+    return marshal.loads(body)
+
+
+def _write_message(stream: IO[bytes], value: Any) -> None:
+    body = marshal.dumps(value)
+    stream.write(HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+Request = tuple[str, int, int, str, list[tuple[tuple[str, ...], int, int, int]]]
+
+
+def answer(request: Request) -> list[Outcome]:
+    """What a worker answers: each file hashed, or why not."""
+    top, dev, ino, algorithm, files = request
+    try:
+        fd = os.open(top, DIR_FLAGS)
+    except OSError as e:
+        return [(None, e.strerror or "cannot open")] * len(files)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            return [(None, "replaced while being hashed")] * len(files)
+        found = [File("", parts, size, fdev, fino) for parts, size, fdev, fino in files]
+        return hash_small_files(fd, found, algorithm, lambda: False)
+    finally:
+        os.close(fd)
+
+
+def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 10)  # the daemon's answers come first
+    while True:
+        try:
+            request = _read_message(stdin)
+        except EOFError:
+            return
+        _write_message(stdout, answer(request))
+
+
+class Worker:
+    """One worker process, used by one thread at a time."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.commands.hashworker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+
+    def ask(self, request: Request) -> list[Outcome]:
+        """``OSError`` or ``EOFError`` if the worker is gone."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        _write_message(self.proc.stdin, request)
+        answer: list[Outcome] = _read_message(self.proc.stdout)
+        if len(answer) != len(request[4]):
+            raise EOFError()
+        return answer
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class Workers:
+    """The worker processes, started when first needed, kept while idle."""
+
+    def __init__(self) -> None:
+        self._idle: list[Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        #: How many units went to a worker, and how many fell back to a thread.
+        self.sent = 0
+        self.fell_back = 0
+
+    def hash(
+        self, top: str, dev: int, ino: int, algorithm: str, files: Sequence[File]
+    ) -> list[Outcome] | None:
+        """``files`` hashed by a worker; ``None`` if none could (hash them here)."""
+        with self._lock:
+            if self._closed:
+                return None
+            worker = self._idle.pop() if self._idle else None
+        try:
+            if worker is None:
+                worker = Worker()
+            request: Request = (
+                top,
+                dev,
+                ino,
+                algorithm,
+                [(f.parts, f.size, f.dev, f.ino) for f in files],
+            )
+            answer = worker.ask(request)
+        except (OSError, EOFError, ValueError):
+            if worker is not None:
+                worker.stop()
+            with self._lock:
+                self.fell_back += 1
+            return None
+        with self._lock:
+            self.sent += 1
+            if self._closed:
+                worker.stop()
+            else:
+                self._idle.append(worker)
+        return answer
+
+    def close(self) -> None:
+        """Stop the idle workers; busy ones stop when they come back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop()
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)
