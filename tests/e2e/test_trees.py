@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,6 +64,13 @@ SKIPPED = (
     "many/link-to-file (symbolic link)",
     "outside (symbolic link)",
 )
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def reference(tool: str, tree: Path) -> bytes:
@@ -184,6 +192,14 @@ def test_a_tree_in_json_ndjson_and_over_a_websocket(start_gateway: Any, tmp_path
     assert progress[0]["files_done"] == 0 and progress[0]["files_total"] == 310
     assert progress[-1]["files_done"] == 310 and progress[-1]["done"] == progress[-1]["total"]
     assert replies[-1]["result"]["files"] == 310
+
+    # the worker processes that hashed the small files end with the gateway
+    workers = children(gw.proc.pid)
+    if (os.cpu_count() or 1) > 1:
+        assert workers, "a tree on several cores hashes its small files in worker processes"
+    assert gw.stop() == 0
+    time.sleep(0.5)
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
 
 
 def check_case(tmp_path: Path) -> tuple[Path, Path]:

@@ -76,8 +76,6 @@ def answer(request: Request) -> list[Outcome]:
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, 10)  # the daemon's answers come first
     while True:
         try:
             request = _read_message(stdin)
@@ -171,4 +169,6 @@ class Workers:
 
 
 if __name__ == "__main__":
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 10)  # the daemon's answers come first
     serve(sys.stdin.buffer, sys.stdout.buffer)

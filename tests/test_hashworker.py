@@ -1,0 +1,113 @@
+"""The worker processes that hash a tree's small files: the same answers as a
+thread, the same refusals, and a worker that dies costs nothing but time."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+
+import blake3
+import pytest
+
+from gateway.commands.hashworker import Workers, _read_message, _write_message, answer, serve
+from gateway.commands.tree import walk
+from gateway.commands.treeio import DIR_FLAGS, File, hash_small_files
+
+
+def small_tree(top: Path) -> Path:
+    (top / "sub").mkdir(parents=True)
+    for i in range(20):
+        (top / ("sub" if i % 2 else ".") / f"f{i}").write_bytes(b"%d\n" % i)
+    return top
+
+
+def walked(top: Path) -> tuple[int, list[File]]:
+    fd = os.open(top, DIR_FLAGS)
+    return fd, walk(fd, str(top), 1000, 1 << 30, threading.Event()).files
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "md5", "blake3"])
+def test_a_worker_answers_what_a_thread_answers(tmp_path: Path, algorithm: str) -> None:
+    top = small_tree(tmp_path / "t")
+    fd, files = walked(top)
+    try:
+        st = os.fstat(fd)
+        here = hash_small_files(fd, files, algorithm, lambda: False)
+        workers = Workers()
+        try:
+            there = workers.hash(str(top), st.st_dev, st.st_ino, algorithm, files)
+            again = workers.hash(str(top), st.st_dev, st.st_ino, algorithm, files[:3])
+        finally:
+            workers.close()
+        assert there == here and again == here[:3]
+        assert workers.sent == 2 and workers.fell_back == 0  # one worker, reused
+        expected = [
+            blake3.blake3(Path(f.shown).read_bytes()).hexdigest()
+            if algorithm == "blake3"
+            else hashlib.new(algorithm, Path(f.shown).read_bytes()).hexdigest()
+            for f in files
+        ]
+        assert [h for h, _ in there] == expected
+    finally:
+        os.close(fd)
+
+
+def test_a_top_swapped_since_the_walk_is_refused(tmp_path: Path) -> None:
+    top = small_tree(tmp_path / "t")
+    fd, files = walked(top)
+    st = os.fstat(fd)
+    os.close(fd)
+    os.rename(top, tmp_path / "elsewhere")
+    small_tree(top)  # another directory, same path
+    outcomes = answer(
+        (str(top), st.st_dev, st.st_ino, "sha256", [(f.parts, f.size, f.dev, f.ino) for f in files])
+    )
+    assert outcomes == [(None, "replaced while being hashed")] * len(files)
+
+
+def test_a_dead_worker_is_replaced_and_its_unit_done_here(tmp_path: Path) -> None:
+    top = small_tree(tmp_path / "t")
+    fd, files = walked(top)
+    try:
+        st = os.fstat(fd)
+        workers = Workers()
+        try:
+            assert workers.hash(str(top), st.st_dev, st.st_ino, "sha256", files) is not None
+            (worker,) = workers._idle
+            worker.proc.kill()
+            worker.proc.wait()
+            assert workers.hash(str(top), st.st_dev, st.st_ino, "sha256", files) is None
+            assert workers.fell_back == 1 and workers._idle == []
+            assert workers.hash(str(top), st.st_dev, st.st_ino, "sha256", files) is not None
+        finally:
+            workers.close()
+        assert workers.hash(str(top), st.st_dev, st.st_ino, "sha256", files) is None  # closed
+    finally:
+        os.close(fd)
+
+
+def test_the_worker_loop_ends_when_its_input_does(tmp_path: Path) -> None:
+    top = small_tree(tmp_path / "t")
+    fd, files = walked(top)
+    st = os.fstat(fd)
+    os.close(fd)
+    request = (
+        str(top),
+        st.st_dev,
+        st.st_ino,
+        "sha1",
+        [(f.parts, f.size, f.dev, f.ino) for f in files],
+    )
+    stdin, stdout = io.BytesIO(), io.BytesIO()
+    _write_message(stdin, request)
+    _write_message(stdin, request)
+    stdin.seek(0)
+    serve(stdin, stdout)  # two answers, then the end of its input: it returns
+    stdout.seek(0)
+    first, second = _read_message(stdout), _read_message(stdout)
+    assert first == second and len(first) == len(files)
+    with pytest.raises(EOFError):
+        _read_message(stdout)
