@@ -111,3 +111,22 @@ def test_the_worker_loop_ends_when_its_input_does(tmp_path: Path) -> None:
     assert first == second and len(first) == len(files)
     with pytest.raises(EOFError):
         _read_message(stdout)
+
+
+def test_a_file_that_changes_size_after_the_walk_is_hashed_as_it_is_read(tmp_path: Path) -> None:
+    top = tmp_path / "t"
+    top.mkdir()
+    (top / "grows").write_bytes(b"a" * 100)
+    (top / "shrinks").write_bytes(b"b" * 100)
+    fd, files = walked(top)
+    try:
+        (top / "grows").write_bytes(b"a" * 200_000)  # same inode, larger than the walk saw
+        (top / "shrinks").write_bytes(b"b" * 10)
+        outcomes = hash_small_files(fd, files, "sha256", lambda: False)
+    finally:
+        os.close(fd)
+    # what sha256sum would print now: the bytes there when read, not a size remembered
+    assert outcomes == [
+        (hashlib.sha256(b"a" * 200_000).hexdigest(), ""),
+        (hashlib.sha256(b"b" * 10).hexdigest(), ""),
+    ]
