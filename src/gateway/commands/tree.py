@@ -104,25 +104,24 @@ def walk(
             if fd != top_fd:
                 os.close(fd)
             return
+        # The shown path of what is in this directory: its own, then the name.
+        prefix = shown_below(shown_top, (*parts, ""))
         for entry in listed:
             name = entry.name
-            here = (*parts, name)
             try:
                 if entry.is_symlink():
-                    skipped.append(Skipped(shown_below(shown_top, here), "symbolic link"))
+                    skipped.append(Skipped(prefix + name, "symbolic link"))
                 elif entry.is_dir(follow_symlinks=False):
-                    pending.append((os.fsencode(name) + b"/", name, None))
+                    pending.append((name.encode("utf-8", "surrogateescape") + b"/", name, None))
                 elif entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    file = File(
-                        shown_below(shown_top, here), here, st.st_size, st.st_dev, st.st_ino
-                    )
-                    pending.append((os.fsencode(name), name, file))
+                    file = File(prefix + name, (*parts, name), st.st_size, st.st_dev, st.st_ino)
+                    pending.append((name.encode("utf-8", "surrogateescape"), name, file))
                     total += st.st_size
                 else:
-                    skipped.append(Skipped(shown_below(shown_top, here), "not a regular file"))
+                    skipped.append(Skipped(prefix + name, "not a regular file"))
             except OSError as e:  # gone since it was listed
-                skipped.append(Skipped(shown_below(shown_top, here), e.strerror or "vanished"))
+                skipped.append(Skipped(prefix + name, e.strerror or "vanished"))
         if total > max_bytes:
             raise CommandError(
                 "bad_argument",
