@@ -42,9 +42,12 @@ class DirectoryCursor:
     def __init__(self, top_fd: int) -> None:
         self._top = top_fd
         self._open: list[tuple[str, int]] = []
+        self._last: tuple[Sequence[str], int] = ((), top_fd)
 
     def directory(self, parts: Sequence[str]) -> int:
         """The descriptor of the directory ``parts`` (from the top)."""
+        if parts == self._last[0]:
+            return self._last[1]  # the same as the file before: most files
         keep = 0
         for (name, _), want in zip(self._open, parts, strict=False):
             if name != want:
@@ -56,9 +59,11 @@ class DirectoryCursor:
         for name in parts[keep:]:
             fd = os.open(name, DIR_FLAGS, dir_fd=fd)
             self._open.append((name, fd))
+        self._last = (tuple(parts), fd)
         return fd
 
     def close(self) -> None:
+        self._last = ((), self._top)
         while self._open:
             os.close(self._open.pop()[1])
 
@@ -82,10 +87,21 @@ class FileChanged(OSError):
         super().__init__(0, "replaced while being hashed")
 
 
-def digest_small(fd: int, algorithm: str, size: int) -> str:
+def hasher(algorithm: str) -> Callable[[], Any]:
+    """What makes a new hash object for ``algorithm`` (the named constructor
+    where hashlib has one: quicker than ``hashlib.new`` a thousand times)."""
+    if algorithm == "blake3":
+        return blake3.blake3
+    if algorithm in hashlib.algorithms_guaranteed and hasattr(hashlib, algorithm):
+        made: Callable[[], Any] = getattr(hashlib, algorithm)
+        return made
+    return lambda: hashlib.new(algorithm)
+
+
+def digest_small(fd: int, new: Callable[[], Any], size: int) -> str:
     """The hash of a small file (``size`` as the walk saw it), read to its end
     in one or two reads, with no file object: a tree has thousands."""
-    digest: Any = blake3.blake3() if algorithm == "blake3" else hashlib.new(algorithm)
+    digest = new()
     want = size + 1
     data = os.read(fd, want)
     digest.update(data)
@@ -104,6 +120,7 @@ def hash_small_files(
 ) -> list[Outcome]:
     """Each of ``files`` (small ones, below the directory ``top_fd``) hashed."""
     cursor = DirectoryCursor(top_fd)
+    new = hasher(algorithm)
     out: list[Outcome] = []
     try:
         for file in files:
@@ -115,7 +132,7 @@ def hash_small_files(
                 out.append((None, e.strerror or "cannot open"))
                 continue
             try:
-                out.append((digest_small(fd, algorithm, file.size), ""))
+                out.append((digest_small(fd, new, file.size), ""))
             except OSError as e:
                 out.append((None, e.strerror or "cannot read"))
             finally:
