@@ -8,6 +8,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from gateway.commands.checkio import open_regular
 from gateway.commands.comphash import (
     BLAKE3_CHUNK,
     ComphashArgs,
@@ -15,7 +16,6 @@ from gateway.commands.comphash import (
     checksum_line,
     chunk_for,
     hash_fd,
-    open_regular,
 )
 from gateway.commands.tree import Cancelled
 from gateway.core.errors import CommandError

@@ -130,3 +130,37 @@ def test_a_file_that_changes_size_after_the_walk_is_hashed_as_it_is_read(tmp_pat
         (hashlib.sha256(b"a" * 200_000).hexdigest(), ""),
         (hashlib.sha256(b"b" * 10).hexdigest(), ""),
     ]
+
+
+def test_a_worker_checks_a_manifest_as_a_thread_does(tmp_path: Path) -> None:
+    from gateway.commands.checkio import LARGE, check_small
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a").write_bytes(b"a")
+    (mine / "big").write_bytes(b"x" * 5000)
+    (tmp_path / "theirs").write_bytes(b"t")
+    sha = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    entries = [
+        ("a", "sha256", sha(b"a")),  # OK, relative to the base
+        (str(mine / "a"), "sha256", sha(b"b")),  # FAILED
+        ("gone", "sha256", sha(b"")),  # missing
+        (str(tmp_path / "theirs"), "sha256", sha(b"t")),  # outside the caller's roots
+        ("big", "sha256", sha(b"x" * 5000)),  # too large for a worker's run
+        ("/proc/self/environ", "sha1", "0" * 40),  # never read
+    ]
+    roots, scope = (str(tmp_path),), (str(mine),)
+    here = check_small(entries, str(mine), roots, scope, 4096)
+    assert here == [
+        ("OK", "", False),
+        ("FAILED", "", False),
+        ("FAILED open or read", "No such file or directory", True),
+        ("FAILED open or read", "outside the allowed roots", False),
+        (LARGE, "", False),
+        ("FAILED open or read", "outside the allowed roots", False),  # /proc, whatever the roots
+    ]
+    workers = Workers()
+    try:
+        assert workers.check(entries, str(mine), roots, scope, 4096) == here
+    finally:
+        workers.close()

@@ -27,7 +27,8 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from gateway.cli import main
-from gateway.commands.comphash import ComphashCommand, open_regular
+from gateway.commands.checkio import open_regular
+from gateway.commands.comphash import ComphashCommand
 from gateway.commands.lastlog import (
     OWN_LOG,
     AutoSource,

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,17 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gateway.commands import manifest as manifests
+from gateway.commands.checkio import (
+    LARGE,
+    Checked,
+    Resolved,
+    check_small,
+    open_regular,
+    open_resolved,
+    os_error,
+    where,
+    why_unreadable,
+)
 from gateway.commands.hashworker import Workers
 from gateway.commands.mapped import Stopped, hash_mapped
 from gateway.commands.paths import check_allowed, inside, resolve_allowed
@@ -59,57 +69,6 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_N
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 CallFromThread = Callable[..., None]
-
-
-def _os_error(e: OSError, path: str) -> CommandError:
-    if e.errno in (errno.ENOENT, errno.ENOTDIR):
-        return CommandError("not_found", f"No such file: {path}")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return CommandError("permission_denied", f"Permission denied: {path}")
-    if e.errno == errno.ELOOP:
-        return CommandError("not_a_file", f"Not a regular file: {path} (symbolic link)")
-    return CommandError("not_a_file", f"Cannot open {path}: {e.strerror}")
-
-
-def open_regular(path: str, roots: Sequence[str]) -> tuple[int, int]:
-    """Open ``path`` for hashing; return ``(fd, size)`` or raise CommandError.
-
-    ``roots`` must be resolved absolute directories.  A path swapped while it
-    is being resolved or opened is an ordinary error, never an internal one.
-    """
-    return open_resolved(resolve_allowed(path, roots, "hashed"), path, roots)
-
-
-def open_resolved(real: str, path: str, roots: Sequence[str]) -> tuple[int, int]:
-    """:func:`open_regular` of ``path`` whose resolved form ``real`` was
-    checked to lie in ``roots`` already."""
-    try:
-        before = os.lstat(real)
-    except OSError as e:
-        raise _os_error(e, path) from None
-    if not stat.S_ISREG(before.st_mode):
-        raise CommandError("not_a_file", f"Not a regular file: {path}")
-    try:
-        fd = os.open(real, OPEN_FLAGS)
-    except OSError as e:
-        raise _os_error(e, path) from None
-    try:
-        after = os.fstat(fd)
-        if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (
-            before.st_dev,
-            before.st_ino,
-        ):
-            raise CommandError("not_a_file", f"File changed while being opened: {path}")
-        try:
-            opened = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            opened = real
-        # A parent directory swapped for a symlink between realpath and open.
-        check_allowed(opened, path, roots)
-        return fd, after.st_size
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 _local = threading.local()
@@ -254,52 +213,6 @@ def format_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
-
-
-class Resolved:
-    """Resolves the paths of a manifest, each directory once.
-
-    Sorted manifests list many files per directory: the directory is
-    resolved (``realpath``) once, and only a file that is itself a symbolic
-    link is resolved again.  What is opened is checked once more by its
-    descriptor (:func:`open_resolved`), so a directory swapped meanwhile
-    leads nowhere.
-    """
-
-    def __init__(self) -> None:
-        self._dirs: dict[str, str] = {}
-
-    def real(self, path: str) -> str:
-        parent, name = os.path.split(path)
-        real_parent = self._dirs.get(parent)
-        if real_parent is None:
-            try:
-                real_parent = self._dirs[parent] = os.path.realpath(parent)
-            except OSError:  # a link replaced while being read
-                return os.path.realpath(path)
-        if name in ("", ".", ".."):
-            return os.path.realpath(path)
-        real = os.path.join(real_parent, name)
-        try:
-            if stat.S_ISLNK(os.lstat(real).st_mode):
-                return os.path.realpath(real)
-        except OSError:
-            pass  # missing: the open says so
-        return real
-
-
-#: How a reason not to read a listed file reads, as coreutils words it.
-_WHY = {
-    "not_found": "No such file or directory",
-    "permission_denied": "Permission denied",
-    "forbidden": "outside the allowed roots",
-}
-
-
-def why_unreadable(e: CommandError) -> str:
-    if e.code == "not_a_file":
-        return "Is a directory" if "directory" in e.message else "Not a regular file"
-    return _WHY.get(e.code, e.message)
 
 
 def _comment(kind: str, path: str, why: str) -> str:
@@ -597,7 +510,7 @@ class ComphashCommand(Command[ComphashArgs]):
                 raise CommandError(
                     "not_a_file", f"Not a directory: {path} (-r hashes a tree)"
                 ) from None
-            raise _os_error(e, path) from None
+            raise os_error(e, path) from None
         try:
             check_allowed(os.readlink(f"/proc/self/fd/{fd}"), path, self.roots)
         except BaseException:
@@ -824,48 +737,26 @@ class ComphashCommand(Command[ComphashArgs]):
                 self._allowed_algorithm(entry, identity)
             return found, base or ""
 
-        def where(entry: manifests.Entry, base: str) -> str:
-            if os.path.isabs(entry.path):
-                return entry.path
-            if not base:
-                raise CommandError(
-                    "bad_argument", f"{entry.path} is relative: send dir= to say where it starts"
-                )
-            return os.path.join(base, entry.path)
-
-        def check_unit(
-            found: manifests.Manifest, base: str, unit: range
-        ) -> list[tuple[str, str, bool]]:
-            """(outcome, why, missing) for each entry of ``unit``."""
+        def check_unit(found: manifests.Manifest, base: str, unit: range) -> list[Checked]:
+            """(outcome, why, missing) for each entry of ``unit``: small files by
+            a worker process (or here), large ones here, where a stop is seen."""
             lower_priority()
-            out: list[tuple[str, str, bool]] = []
-            resolved = Resolved()
-            for i in unit:
+            entries = [found.entries[i] for i in unit]
+            listed = [(e.path, e.algorithm, e.hex) for e in entries]
+            out: list[Checked] | None = None
+            if self.hash_workers is not None:
+                out = self.hash_workers.check(
+                    listed, base, self.roots, scope_roots, self.chunk_size
+                )
+            if out is None:
+                out = check_small(listed, base, self.roots, scope_roots, self.chunk_size)
+            for k, (outcome, _, _) in enumerate(out):
                 if stop.is_set():
                     raise Cancelled()
-                entry = found.entries[i]
-                try:
-                    path = where(entry, base)
-                    real = resolved.real(path)
-                    check_allowed(real, path, self.roots)
-                    if scope_roots is not None and not any(
-                        inside(real, root) for root in scope_roots
-                    ):
-                        raise CommandError("forbidden", "outside the roots of this identity")
-                    fd, size = open_resolved(real, path, self.roots)
-                except CommandError as e:
-                    out.append((manifests.UNREADABLE, why_unreadable(e), e.code == "not_found"))
-                    continue
-                try:
-                    small = size < self.chunk_size
-                    hexdigest, _ = hash_fd(fd, entry.algorithm, self.chunk_size, stop, small=small)
-                except OSError as e:
-                    out.append((manifests.UNREADABLE, e.strerror or "cannot read", False))
-                    continue
-                finally:
-                    os.close(fd)
-                same = hexdigest == entry.hex
-                out.append((manifests.OK if same else manifests.FAILED, "", False))
+                if outcome == LARGE:
+                    out[k] = self._check_large(entries[k], base, scope_roots, stop)
+            if stop.is_set():
+                raise Cancelled()
             return out
 
         def parsed(found_and_base: tuple[manifests.Manifest, str]) -> Deferred[Result]:
@@ -955,6 +846,32 @@ class ComphashCommand(Command[ComphashArgs]):
         running.append(reading)
         work = reading.addCallback(lambda found: None if stop.is_set() else parsed(found))
         return self._relay(work, outer)
+
+    def _check_large(
+        self,
+        entry: manifests.Entry,
+        base: str,
+        scope_roots: Sequence[str] | None,
+        stop: threading.Event,
+    ) -> Checked:
+        """One large listed file, hashed in this thread (BLAKE3 on its threads,
+        mapped where safe; stopped between chunks)."""
+        try:
+            path = where(entry.path, base)
+            real = Resolved().real(path)
+            check_allowed(real, path, self.roots)
+            if scope_roots is not None and not any(inside(real, r) for r in scope_roots):
+                raise CommandError("forbidden", "outside the roots of this identity")
+            fd, _ = open_resolved(real, path, self.roots)
+        except CommandError as e:
+            return (manifests.UNREADABLE, why_unreadable(e), e.code == "not_found")
+        try:
+            hexdigest, _ = hash_fd(fd, entry.algorithm, self.chunk_size, stop, threads=self.threads)
+        except OSError as e:
+            return (manifests.UNREADABLE, e.strerror or "cannot read", False)
+        finally:
+            os.close(fd)
+        return (manifests.OK if hexdigest == entry.hex else manifests.FAILED, "", False)
 
     def _allowed_algorithm(self, entry: manifests.Entry, identity: Identity | None) -> None:
         if entry.algorithm not in self.algorithms:

@@ -1,4 +1,5 @@
-"""Worker processes for the small files of a tree (``comphash -r``).
+"""Worker processes for small files: a tree's (``comphash -r``) and a
+manifest's (``comphash -c``).
 
 Hashing a 4 KiB file is a few system calls and little hashing: Python
 threads gain nothing there (each call hands the interpreter lock over, and
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO, Any
 
+from gateway.commands.checkio import Checked, check_small
 from gateway.commands.treeio import DIR_FLAGS, File, Outcome, hash_small_files
 
 HEADER = struct.Struct("!I")
@@ -56,10 +58,22 @@ def _write_message(stream: IO[bytes], value: Any) -> None:
 
 
 Request = tuple[str, int, int, str, list[tuple[tuple[str, ...], int, int, int]]]
+CheckRequest = tuple[
+    str, list[tuple[str, str, str]], str, tuple[str, ...], tuple[str, ...] | None, int
+]
 
 
-def answer(request: Request) -> list[Outcome]:
-    """What a worker answers: each file hashed, or why not."""
+def answer(request: Request | CheckRequest) -> list[Outcome] | list[Checked]:
+    """What a worker answers: a tree's files hashed, or a manifest's entries
+    checked (``("check", entries, base, roots, scope_roots, large)``)."""
+    if request[0] == "check":
+        _, entries, base, roots, scope_roots, large = request  # type: ignore[misc]
+        return check_small(entries, base, roots, scope_roots, large)
+    return answer_tree(request)  # type: ignore[arg-type]
+
+
+def answer_tree(request: Request) -> list[Outcome]:
+    """Each file of a tree hashed, or why not."""
     top, dev, ino, algorithm, files = request
     try:
         fd = os.open(top, DIR_FLAGS)
@@ -95,12 +109,13 @@ class Worker:
             close_fds=True,
         )
 
-    def ask(self, request: Request) -> list[Outcome]:
-        """``OSError`` or ``EOFError`` if the worker is gone."""
+    def ask(self, request: Request | CheckRequest, count: int) -> Any:
+        """The answer, of ``count`` items; ``OSError`` or ``EOFError`` if the
+        worker is gone."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         _write_message(self.proc.stdin, request)
-        answer: list[Outcome] = _read_message(self.proc.stdout)
-        if len(answer) != len(request[4]):
+        answer = _read_message(self.proc.stdout)
+        if not isinstance(answer, list) or len(answer) != count:
             raise EOFError()
         return answer
 
@@ -130,6 +145,38 @@ class Workers:
         self, top: str, dev: int, ino: int, algorithm: str, files: Sequence[File]
     ) -> list[Outcome] | None:
         """``files`` hashed by a worker; ``None`` if none could (hash them here)."""
+        request: Request = (
+            top,
+            dev,
+            ino,
+            algorithm,
+            [(f.parts, f.size, f.dev, f.ino) for f in files],
+        )
+        answer: list[Outcome] | None = self._ask(request, len(files))
+        return answer
+
+    def check(
+        self,
+        entries: list[tuple[str, str, str]],
+        base: str,
+        roots: Sequence[str],
+        scope_roots: Sequence[str] | None,
+        large: int,
+    ) -> list[Checked] | None:
+        """``entries`` checked by a worker (:func:`.checkio.check_small`);
+        ``None`` if none could (check them here)."""
+        request: CheckRequest = (
+            "check",
+            entries,
+            base,
+            tuple(roots),
+            None if scope_roots is None else tuple(scope_roots),
+            large,
+        )
+        answer: list[Checked] | None = self._ask(request, len(entries))
+        return answer
+
+    def _ask(self, request: Request | CheckRequest, count: int) -> Any:
         with self._lock:
             if self._closed:
                 return None
@@ -137,14 +184,7 @@ class Workers:
         try:
             if worker is None:
                 worker = Worker()
-            request: Request = (
-                top,
-                dev,
-                ino,
-                algorithm,
-                [(f.parts, f.size, f.dev, f.ino) for f in files],
-            )
-            answer = worker.ask(request)
+            answer = worker.ask(request, count)
         except (OSError, EOFError, ValueError):
             if worker is not None:
                 worker.stop()
