@@ -17,7 +17,7 @@ from gateway.commands.comphash import (
     chunk_for,
     hash_fd,
 )
-from gateway.commands.tree import Cancelled
+from gateway.commands.treeio import Cancelled
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Progress, Result
 

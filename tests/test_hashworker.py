@@ -13,8 +13,7 @@ import blake3
 import pytest
 
 from gateway.commands.hashworker import Workers, _read_message, _write_message, answer, serve
-from gateway.commands.tree import walk
-from gateway.commands.treeio import DIR_FLAGS, File, hash_small_files
+from gateway.commands.treeio import DIR_FLAGS, File, hash_small_files, walk
 
 
 def small_tree(top: Path) -> Path:

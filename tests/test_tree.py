@@ -18,17 +18,17 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gateway.commands.tree import (
+from gateway.commands.tree import UNIT_FILES, SharedFd, in_order, units_of
+from gateway.commands.treeio import (
+    DIR_FLAGS,
     MAX_DEPTH,
-    UNIT_FILES,
     Cancelled,
-    SharedFd,
-    in_order,
+    DirectoryCursor,
+    FileChanged,
+    open_in_tree,
     shown_below,
-    units_of,
     walk,
 )
-from gateway.commands.treeio import DIR_FLAGS, DirectoryCursor, FileChanged, open_in_tree
 from gateway.core.errors import CommandError
 from gateway.core.events import Event, Lines, Notice, Progress, Result
 from gateway.core.flow import Flow

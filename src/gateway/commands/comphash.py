@@ -40,23 +40,17 @@ from gateway.commands.checkio import (
 from gateway.commands.hashworker import Workers
 from gateway.commands.mapped import Stopped, hash_mapped
 from gateway.commands.paths import check_allowed, inside, resolve_allowed
-from gateway.commands.tree import (
-    UNIT_FILES,
-    Cancelled,
-    InOrder,
-    SharedFd,
-    Tree,
-    in_order,
-    units_of,
-    walk,
-)
+from gateway.commands.tree import UNIT_FILES, InOrder, SharedFd, in_order, units_of
 from gateway.commands.treeio import (
     DIR_FLAGS,
+    Cancelled,
     DirectoryCursor,
     File,
     Outcome,
+    Tree,
     hash_small_files,
     open_in_tree,
+    walk,
 )
 from gateway.core.command import BodyRoute, Command, Field
 from gateway.core.errors import CommandError
@@ -607,7 +601,22 @@ class ComphashCommand(Command[ComphashArgs]):
                     shared.close()
                     raise Cancelled()
                 st = os.fstat(fd)
-                where.append((os.readlink(f"/proc/self/fd/{fd}"), st.st_dev, st.st_ino))
+                real = os.readlink(f"/proc/self/fd/{fd}")
+                where.append((real, st.st_dev, st.st_ino))
+                if self.hash_workers is not None:  # the walk in a process of its own
+                    tree = self.hash_workers.walk(
+                        real,
+                        st.st_dev,
+                        st.st_ino,
+                        args.path,
+                        self.max_files,
+                        self.max_bytes,
+                        UNIT_FILES,
+                        lambda batch: self._call_from_thread(found, batch),
+                        stop.is_set,
+                    )
+                    if tree is not None:
+                        return tree
                 return walk(
                     fd,
                     args.path,

@@ -27,11 +27,21 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from gateway.commands.checkio import Checked, check_small
-from gateway.commands.treeio import DIR_FLAGS, File, Outcome, hash_small_files
+from gateway.commands.treeio import (
+    DIR_FLAGS,
+    Cancelled,
+    File,
+    Outcome,
+    Skipped,
+    Tree,
+    hash_small_files,
+    walk,
+)
+from gateway.core.errors import CommandError
 
 HEADER = struct.Struct("!I")
 #: The most a message may be (a unit of files, or its answer).
@@ -61,6 +71,42 @@ Request = tuple[str, int, int, str, list[tuple[tuple[str, ...], int, int, int]]]
 CheckRequest = tuple[
     str, list[tuple[str, str, str]], str, tuple[str, ...], tuple[str, ...] | None, int
 ]
+
+
+WalkRequest = tuple[str, str, int, int, str, int, int, int]
+
+
+def walk_messages(request: WalkRequest, send: Callable[[Any], None]) -> None:
+    """A tree's walk, sent as it goes: ``("files", [(shown, parts, size,
+    dev, ino), ...])`` runs, then ``("done", [(shown, why), ...], bytes)`` or
+    ``("error", code, message)``."""
+    _, top, dev, ino, shown_top, max_files, max_bytes, every = request
+    try:
+        fd = os.open(top, DIR_FLAGS)
+    except OSError as e:
+        send(("error", "not_found", f"Cannot open {shown_top}: {e.strerror}"))
+        return
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            send(("error", "not_a_file", f"Directory changed while being opened: {shown_top}"))
+            return
+        try:
+            tree = walk(
+                fd,
+                shown_top,
+                max_files,
+                max_bytes,
+                threading.Event(),
+                lambda batch: send(("files", [tuple(f) for f in batch])),
+                every,
+            )
+        except CommandError as e:
+            send(("error", e.code, e.message))
+            return
+        send(("done", [(s.shown, s.why) for s in tree.skipped], tree.bytes))
+    finally:
+        os.close(fd)
 
 
 def answer(request: Request | CheckRequest) -> list[Outcome] | list[Checked]:
@@ -95,7 +141,10 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             request = _read_message(stdin)
         except EOFError:
             return
-        _write_message(stdout, answer(request))
+        if request[0] == "walk":
+            walk_messages(request, lambda message: _write_message(stdout, message))
+        else:
+            _write_message(stdout, answer(request))
 
 
 class Worker:
@@ -118,6 +167,32 @@ class Worker:
         if not isinstance(answer, list) or len(answer) != count:
             raise EOFError()
         return answer
+
+    def walk(
+        self, request: WalkRequest, found: Callable[[list[File]], None], stopped: Callable[[], bool]
+    ) -> Tree:
+        """The walk's :class:`Tree` (its files handed to ``found`` as they
+        come); :class:`CommandError` as the walk refused; :class:`Cancelled`
+        once ``stopped()`` (the worker is then in the middle: stop it)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        _write_message(self.proc.stdin, request)
+        files: list[File] = []
+        while True:
+            message = _read_message(self.proc.stdout)
+            if stopped():
+                raise Cancelled()
+            kind = message[0]
+            if kind == "files":
+                batch = [File(*f) for f in message[1]]
+                files += batch
+                found(batch)
+            elif kind == "done":
+                skipped = [Skipped(shown, why) for shown, why in message[1]]
+                return Tree(files, skipped, message[2])
+            elif kind == "error":
+                raise CommandError(message[1], message[2])
+            else:
+                raise EOFError()
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -176,27 +251,82 @@ class Workers:
         answer: list[Checked] | None = self._ask(request, len(entries))
         return answer
 
-    def _ask(self, request: Request | CheckRequest, count: int) -> Any:
+    def walk(
+        self,
+        top: str,
+        dev: int,
+        ino: int,
+        shown_top: str,
+        max_files: int,
+        max_bytes: int,
+        every: int,
+        found: Callable[[list[File]], None],
+        stopped: Callable[[], bool],
+    ) -> Tree | None:
+        """The tree walked by a worker (its files handed to ``found`` as they
+        come); ``None`` if no worker could (walk it here, from the start:
+        nothing was handed on).  :class:`CommandError`: the walk refused the
+        tree; :class:`Cancelled`: ``stopped()``."""
+        worker = self._take()
+        if worker is None:
+            return None
+        request: WalkRequest = ("walk", top, dev, ino, shown_top, max_files, max_bytes, every)
+        handed = [False]
+
+        def hand_on(batch: list[File]) -> None:
+            handed[0] = True
+            found(batch)
+
+        try:
+            tree = worker.walk(request, hand_on, stopped)
+        except CommandError:
+            self._give_back(worker)  # it answered: still in step
+            raise
+        except Cancelled:
+            worker.stop()  # in the middle of its walk
+            raise
+        except (OSError, EOFError, ValueError):
+            worker.stop()
+            with self._lock:
+                self.fell_back += 1
+            if handed[0]:
+                raise CommandError("unavailable", f"Walking {shown_top} failed") from None
+            return None
+        self._give_back(worker)
+        return tree
+
+    def _take(self) -> Worker | None:
         with self._lock:
             if self._closed:
                 return None
-            worker = self._idle.pop() if self._idle else None
+            if self._idle:
+                return self._idle.pop()
         try:
-            if worker is None:
-                worker = Worker()
+            return Worker()
+        except OSError:
+            return None
+
+    def _give_back(self, worker: Worker) -> None:
+        with self._lock:
+            if self._closed:
+                worker.stop()
+            else:
+                self._idle.append(worker)
+
+    def _ask(self, request: Request | CheckRequest, count: int) -> Any:
+        worker = self._take()
+        if worker is None:
+            return None
+        try:
             answer = worker.ask(request, count)
         except (OSError, EOFError, ValueError):
-            if worker is not None:
-                worker.stop()
+            worker.stop()
             with self._lock:
                 self.fell_back += 1
             return None
         with self._lock:
             self.sent += 1
-            if self._closed:
-                worker.stop()
-            else:
-                self._idle.append(worker)
+        self._give_back(worker)
         return answer
 
     def close(self) -> None:

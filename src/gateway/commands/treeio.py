@@ -13,10 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import blake3
+
+from gateway.core.errors import CommandError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -140,3 +144,151 @@ def hash_small_files(
     finally:
         cursor.close()
     return out
+
+
+#: Directories deeper than this are skipped with a notice: the walk holds one
+#: descriptor per level.
+MAX_DEPTH = 256
+
+
+class Cancelled(Exception):
+    """The work was asked to stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Something the walk did not hash, and why."""
+
+    shown: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Tree:
+    files: list[File]
+    skipped: list[Skipped]
+    bytes: int
+
+
+def shown_below(top: str, parts: Sequence[str]) -> str:
+    """``top/a/b`` as ``find top`` prints it (one slash however ``top`` ends)."""
+    base = top.rstrip("/") or ("/" if top.startswith("/") else "")
+    rel = "/".join(parts)
+    if not base:
+        return rel
+    return base + rel if base.endswith("/") else f"{base}/{rel}"
+
+
+def _sort_key(item: File | Skipped) -> bytes:
+    return os.fsencode(item.shown)
+
+
+def walk(
+    top_fd: int,
+    shown_top: str,
+    max_files: int,
+    max_bytes: int,
+    stop: threading.Event,
+    found: Callable[[list[File]], None] | None = None,
+    every: int = 256,
+) -> Tree:
+    """Every regular file below the directory ``top_fd``, sorted; refuses
+    (``bad_argument``) a tree over ``max_files`` files or ``max_bytes`` bytes.
+
+    The walk goes depth first through each directory's names in byte order (a
+    directory's name counting as if it ended in ``/``), which yields the files
+    already in the order of their whole paths: ``found`` is handed them in
+    runs of ``every`` as the walk goes, so hashing need not wait for its end.
+    """
+    files: list[File] = []
+    skipped: list[Skipped] = []
+    total = 0
+    handed = 0
+    # One frame per open directory: its names, its descriptor, what is left in
+    # it (sorted, last first): (key, name, a File or None for a directory).
+    frames: list[tuple[tuple[str, ...], int, list[tuple[bytes, str, File | None]]]] = []
+
+    def enter(parts: tuple[str, ...], fd: int) -> None:
+        nonlocal total
+        pending: list[tuple[bytes, str, File | None]] = []
+        try:
+            with os.scandir(fd) as entries:
+                listed = list(entries)
+        except OSError as e:
+            skipped.append(
+                Skipped(shown_below(shown_top, parts), f"unreadable directory: {e.strerror}")
+            )
+            if fd != top_fd:
+                os.close(fd)
+            return
+        # The shown path of what is in this directory: its own, then the name.
+        prefix = shown_below(shown_top, (*parts, ""))
+        for entry in listed:
+            name = entry.name
+            try:
+                if entry.is_symlink():
+                    skipped.append(Skipped(prefix + name, "symbolic link"))
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append((name.encode("utf-8", "surrogateescape") + b"/", name, None))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    file = File(prefix + name, (*parts, name), st.st_size, st.st_dev, st.st_ino)
+                    pending.append((name.encode("utf-8", "surrogateescape"), name, file))
+                    total += st.st_size
+                else:
+                    skipped.append(Skipped(prefix + name, "not a regular file"))
+            except OSError as e:  # gone since it was listed
+                skipped.append(Skipped(prefix + name, e.strerror or "vanished"))
+        if total > max_bytes:
+            raise CommandError(
+                "bad_argument",
+                f"{shown_top} holds more than {max_bytes} bytes (comphash.max_bytes)",
+            )
+        pending.sort(reverse=True)
+        frames.append((parts, fd, pending))
+
+    try:
+        enter((), top_fd)
+        while frames:
+            if stop.is_set():
+                raise Cancelled()
+            parts, fd, pending = frames[-1]
+            if not pending:
+                frames.pop()
+                if fd != top_fd:
+                    os.close(fd)
+                continue
+            _, name, file = pending.pop()
+            if file is not None:
+                files.append(file)
+                if len(files) > max_files:
+                    raise CommandError(
+                        "bad_argument",
+                        f"{shown_top} holds more than {max_files} files (comphash.max_files)",
+                    )
+                if found is not None and len(files) - handed >= every:
+                    found(files[handed:])
+                    handed = len(files)
+                continue
+            here = (*parts, name)
+            if len(here) > MAX_DEPTH:
+                skipped.append(
+                    Skipped(shown_below(shown_top, here), f"nested deeper than {MAX_DEPTH}")
+                )
+                continue
+            try:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                skipped.append(
+                    Skipped(shown_below(shown_top, here), f"unreadable directory: {e.strerror}")
+                )
+                continue
+            enter(here, child)
+    finally:
+        for _, fd, _ in frames:
+            if fd != top_fd:
+                os.close(fd)
+    if found is not None and len(files) > handed:
+        found(files[handed:])
+    skipped.sort(key=_sort_key)
+    return Tree(files, skipped, total)
