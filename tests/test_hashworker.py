@@ -13,7 +13,8 @@ import blake3
 import pytest
 
 from gateway.commands.hashworker import Workers, _read_message, _write_message, answer, serve
-from gateway.commands.treeio import DIR_FLAGS, File, hash_small_files, walk
+from gateway.commands.treeio import DIR_FLAGS, Cancelled, File, hash_small_files, walk
+from gateway.core.errors import CommandError
 
 
 def small_tree(top: Path) -> Path:
@@ -161,5 +162,47 @@ def test_a_worker_checks_a_manifest_as_a_thread_does(tmp_path: Path) -> None:
     workers = Workers()
     try:
         assert workers.check(entries, str(mine), roots, scope, 4096) == here
+    finally:
+        workers.close()
+
+
+def test_a_worker_walks_as_the_daemon_walks(tmp_path: Path) -> None:
+    top = small_tree(tmp_path / "t")
+    os.symlink("sub", top / "link")
+    os.mkfifo(top / "fifo")
+    fd, files = walked(top)
+    st = os.fstat(fd)
+    here = walk(fd, str(top), 1000, 1 << 30, threading.Event())
+    os.close(fd)
+    workers = Workers()
+    try:
+        batches: list[list[File]] = []
+        there = workers.walk(
+            str(top),
+            st.st_dev,
+            st.st_ino,
+            str(top),
+            1000,
+            1 << 30,
+            4,
+            batches.append,
+            lambda: False,
+        )
+        assert there == here and there.files == files
+        assert [len(b) for b in batches] == [4, 4, 4, 4, 4]  # handed on as it went
+        assert [s.why for s in there.skipped] == ["not a regular file", "symbolic link"]
+
+        with pytest.raises(CommandError) as refused:
+            workers.walk(
+                str(top), st.st_dev, st.st_ino, "/t", 5, 1 << 30, 4, batches.append, lambda: False
+            )
+        assert refused.value.message == "/t holds more than 5 files (comphash.max_files)"
+        assert len(workers._idle) == 1  # it answered: still in step, kept
+
+        with pytest.raises(Cancelled):  # the client left: the worker, mid-walk, is stopped
+            workers.walk(
+                str(top), st.st_dev, st.st_ino, "/t", 1000, 1 << 30, 4, batches.append, lambda: True
+            )
+        assert workers._idle == []
     finally:
         workers.close()
