@@ -411,3 +411,29 @@ def test_prepare_refuses_flags_that_do_not_go_together(tmp_path: Path) -> None:
     assert e.value == CommandError("missing_argument", "Please provide a path.")
     args = command.prepare({"check": "1", "manifest": "x"})
     assert args.check and args.manifest == "x" and args.path == "-"
+
+
+def test_while_held_one_thread_is_left_to_the_walk_and_nothing_is_emitted() -> None:
+    from gateway.commands.tree import InOrder
+
+    threads = Threads()
+    emitted: list[int] = []
+    runner: InOrder[int] = InOrder(
+        lambda u: [u.start],
+        threads,
+        lambda u, o: emitted.extend(o),
+        2,
+        Flow(),
+        threading.Event(),
+        held=True,
+    )
+    runner.add([range(i, i + 1) for i in range(4)])
+    assert len(threads.waiting) == 1  # width 2, less the walk's thread
+    threads.finish(0)
+    assert emitted == [] and len(threads.waiting) == 1  # kept, not emitted, next started
+    runner.close()
+    runner.release()
+    assert emitted == [0] and len(threads.waiting) == 2  # all of the width now
+    while threads.waiting:
+        threads.finish(0)
+    assert emitted == [0, 1, 2, 3] and runner.done.called

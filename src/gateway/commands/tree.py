@@ -71,8 +71,9 @@ class InOrder(Generic[T]):
 
     Units may be added while it runs (:meth:`add`, as a walk finds files);
     :meth:`close` says there are no more.  While ``held``, results are kept,
-    not emitted, and units start without a bound on how far ahead they run
-    (a tree's walk still going: its limits are only known at its end);
+    not emitted, units start without a bound on how far ahead they run (a
+    tree's walk still going: its limits are only known at its end), and at
+    most ``width - 1`` at once (the walk has the other thread);
     :meth:`release` lets them out.  Otherwise, while ``flow`` is paused (the
     client does not read) no unit starts, and none runs more than
     ``4 * width`` units ahead of the last emitted, so what waits in memory
@@ -156,9 +157,10 @@ class InOrder(Generic[T]):
         """Start what may start; whether to look again."""
         state = self._state
         state.again = False
+        width = max(1, self._width - 1) if self._held else self._width
         while (
             not state.stopped
-            and state.running < self._width
+            and state.running < width
             and state.started < len(self._units)
             and (self._held or state.started - state.emitted < 4 * self._width)
         ):
