@@ -206,3 +206,22 @@ def test_a_worker_walks_as_the_daemon_walks(tmp_path: Path) -> None:
         assert workers._idle == []
     finally:
         workers.close()
+
+
+def test_a_worker_does_not_inherit_the_gateways_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_TOKEN", "a-secret-token-of-the-daemon")
+    top = small_tree(tmp_path / "t")
+    fd, files = walked(top)
+    st = os.fstat(fd)
+    os.close(fd)
+    workers = Workers()
+    try:
+        assert workers.hash(str(top), st.st_dev, st.st_ino, "sha256", files) is not None
+        (worker,) = workers._idle
+        environ = Path(f"/proc/{worker.proc.pid}/environ").read_bytes()
+        assert b"a-secret-token" not in environ and b"GATEWAY_TOKEN" not in environ
+        assert b"PATH=" in environ  # the rest is kept
+    finally:
+        workers.close()

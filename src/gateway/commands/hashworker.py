@@ -147,6 +147,12 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             _write_message(stdout, answer(request))
 
 
+def worker_environment() -> dict[str, str]:
+    """The daemon's environment without its own settings (``GATEWAY_TOKEN``
+    is a secret): what Python needs to find the package is kept."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+
+
 class Worker:
     """One worker process, used by one thread at a time."""
 
@@ -156,6 +162,7 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            env=worker_environment(),
         )
 
     def ask(self, request: Request | CheckRequest, count: int) -> Any:
