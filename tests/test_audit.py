@@ -213,3 +213,14 @@ def test_the_service_records_every_command_with_its_outcome_and_size(tmp_path: P
         ("nope", "unknown_command", 0),
     ]
     assert {r["identity"] for r in records} == {"viewer"}
+
+
+def test_stamps_stay_right_across_seconds_with_the_second_kept() -> None:
+    from gateway.core.audit import _stamp
+
+    assert [_stamp(t) for t in (1764123911.262, 1764123911.9999, 1764123912.0, 1764123911.5)] == [
+        "2025-11-26T02:25:11.262Z",
+        "2025-11-26T02:25:11.999Z",
+        "2025-11-26T02:25:12.000Z",
+        "2025-11-26T02:25:11.500Z",  # back in time (a clock step): formatted again
+    ]

@@ -27,10 +27,19 @@ def _cut(value: object) -> object:
     return value
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last second formatted, and how
+
+
 def _stamp(when: float) -> str:
-    """``2026-11-26T02:05:11.262Z``: UTC, milliseconds."""
+    """``2026-11-26T02:05:11.262Z``: UTC, milliseconds (the second's part
+    formatted once per second: there is a record per command)."""
+    whole = int(when)
+    last, text = _second[0]
+    if whole != last:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
     millis = int(when * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{millis:03d}Z"
+    return f"{text}.{millis:03d}Z"
 
 
 def record(
