@@ -17,10 +17,8 @@ from collections.abc import Sequence
 
 from gateway.commands.manifest import FAILED, OK, UNREADABLE
 from gateway.commands.paths import check_allowed, inside, resolve_allowed
-from gateway.commands.treeio import digest_small, hasher
+from gateway.commands.treeio import FILE_FLAGS, digest_small, hasher
 from gateway.core.errors import CommandError
-
-OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 #: Not checked here: too large for a worker's run; the caller hashes it.
 LARGE = "large"
@@ -58,7 +56,7 @@ def open_resolved(real: str, path: str, roots: Sequence[str]) -> tuple[int, int]
     if not stat.S_ISREG(before.st_mode):
         raise CommandError("not_a_file", f"Not a regular file: {path}")
     try:
-        fd = os.open(real, OPEN_FLAGS)
+        fd = os.open(real, FILE_FLAGS)
     except OSError as e:
         raise os_error(e, path) from None
     try:

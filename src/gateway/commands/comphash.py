@@ -59,8 +59,6 @@ from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, validate
 from gateway.core.scope import Identity
 
-OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
-
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 CallFromThread = Callable[..., None]
 
@@ -121,14 +119,12 @@ def hash_fd(
     progress: Callable[[int], None] | None = None,
     progress_every: int = 0,
     threads: int = 1,
-    small: bool = False,
 ) -> tuple[str, int]:
     """Hash the open file ``fd`` to its end; return ``(hexdigest, bytes)``.
 
     Checks ``stop`` before each chunk and raises :class:`Cancelled` when set.
     Calls ``progress(done)`` each ``progress_every`` bytes (0: never).
     BLAKE3 uses up to ``threads`` threads per chunk (0: one per core).
-    ``small``: the file is known to be smaller than a chunk (no progress).
 
     A large file hashed by BLAKE3 on several threads is mapped while that is
     safe (under a read lease, in the page cache: :mod:`.mapped`); every
@@ -136,14 +132,6 @@ def hash_fd(
     wants to write it.
     """
     digest = new_hasher(algorithm, threads)
-    if small:  # a few KiB: plain reads, no file object (a tree has thousands)
-        done = 0
-        while data := os.read(fd, chunk_size):
-            if stop.is_set():
-                raise Cancelled()
-            digest.update(data)
-            done += len(data)
-        return digest.hexdigest(), done
     done = 0
     if algorithm == "blake3" and threads != 1:
         try:

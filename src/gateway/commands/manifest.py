@@ -16,7 +16,7 @@ writes them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 #: Digest length in hex digits.
@@ -248,7 +248,3 @@ class Tally:
         if self.ignore_missing and self.verified == 0:
             out.append(f"{program}: {manifest}: no file was verified")
         return out
-
-
-def algorithms_in(entries: Sequence[Entry]) -> set[str]:
-    return {e.algorithm for e in entries}
