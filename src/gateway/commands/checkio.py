@@ -124,6 +124,28 @@ def why_unreadable(e: CommandError) -> str:
     return _WHY.get(e.code, e.message)
 
 
+def open_listed(
+    path: str,
+    base: str,
+    resolved: Resolved,
+    roots: Sequence[str],
+    scope_roots: Sequence[str] | None,
+) -> tuple[int, int]:
+    """A listed file opened, ``(fd, size)``, if it lies in ``roots`` and in
+    ``scope_roots`` (the caller's, if it has any); else :class:`CommandError`."""
+    full = where(path, base)
+    real = resolved.real(full)
+    check_allowed(real, full, roots)
+    if scope_roots is not None and not any(inside(real, r) for r in scope_roots):
+        raise CommandError("forbidden", "outside the roots of this identity")
+    return open_resolved(real, full, roots)
+
+
+def not_read(e: CommandError) -> Checked:
+    """What a check says of a listed file it could not open."""
+    return (UNREADABLE, why_unreadable(e), e.code == "not_found")
+
+
 def check_small(
     entries: Sequence[tuple[str, str, str]],
     base: str,
@@ -138,14 +160,9 @@ def check_small(
     out: list[Checked] = []
     for path, algorithm, expected in entries:
         try:
-            full = where(path, base)
-            real = resolved.real(full)
-            check_allowed(real, full, roots)
-            if scope_roots is not None and not any(inside(real, r) for r in scope_roots):
-                raise CommandError("forbidden", "outside the roots of this identity")
-            fd, size = open_resolved(real, full, roots)
+            fd, size = open_listed(path, base, resolved, roots, scope_roots)
         except CommandError as e:
-            out.append((UNREADABLE, why_unreadable(e), e.code == "not_found"))
+            out.append(not_read(e))
             continue
         try:
             if size >= large:

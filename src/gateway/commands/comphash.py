@@ -31,15 +31,14 @@ from gateway.commands.checkio import (
     Checked,
     Resolved,
     check_small,
+    not_read,
+    open_listed,
     open_regular,
-    open_resolved,
     os_error,
-    where,
-    why_unreadable,
 )
 from gateway.commands.hashworker import Workers
 from gateway.commands.mapped import Stopped, hash_mapped
-from gateway.commands.paths import check_allowed, inside, resolve_allowed
+from gateway.commands.paths import check_allowed, resolve_allowed
 from gateway.commands.tree import UNIT_FILES, InOrder, SharedFd, in_order, units_of
 from gateway.commands.treeio import (
     DIR_FLAGS,
@@ -854,14 +853,9 @@ class ComphashCommand(Command[ComphashArgs]):
         """One large listed file, hashed in this thread (BLAKE3 on its threads,
         mapped where safe; stopped between chunks)."""
         try:
-            path = where(entry.path, base)
-            real = Resolved().real(path)
-            check_allowed(real, path, self.roots)
-            if scope_roots is not None and not any(inside(real, r) for r in scope_roots):
-                raise CommandError("forbidden", "outside the roots of this identity")
-            fd, _ = open_resolved(real, path, self.roots)
+            fd, _ = open_listed(entry.path, base, Resolved(), self.roots, scope_roots)
         except CommandError as e:
-            return (manifests.UNREADABLE, why_unreadable(e), e.code == "not_found")
+            return not_read(e)
         try:
             hexdigest, _ = hash_fd(fd, entry.algorithm, self.chunk_size, stop, threads=self.threads)
         except OSError as e:

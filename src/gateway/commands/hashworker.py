@@ -35,6 +35,7 @@ from gateway.commands.treeio import (
     DIR_FLAGS,
     Cancelled,
     File,
+    FileChanged,
     Outcome,
     Skipped,
     Tree,
@@ -76,21 +77,31 @@ CheckRequest = tuple[
 WalkRequest = tuple[str, str, int, int, str, int, int, int]
 
 
+def open_top(top: str, dev: int, ino: int) -> int:
+    """The tree's top directory, if it is still the one the daemon resolved
+    (device and inode); else :class:`OSError` (``FileChanged``)."""
+    fd = os.open(top, DIR_FLAGS)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        os.close(fd)
+        raise FileChanged()
+    return fd
+
+
 def walk_messages(request: WalkRequest, send: Callable[[Any], None]) -> None:
     """A tree's walk, sent as it goes: ``("files", [(shown, parts, size,
     dev, ino), ...])`` runs, then ``("done", [(shown, why), ...], bytes)`` or
     ``("error", code, message)``."""
     _, top, dev, ino, shown_top, max_files, max_bytes, every = request
     try:
-        fd = os.open(top, DIR_FLAGS)
+        fd = open_top(top, dev, ino)
+    except FileChanged:
+        send(("error", "not_a_file", f"Directory changed while being opened: {shown_top}"))
+        return
     except OSError as e:
         send(("error", "not_found", f"Cannot open {shown_top}: {e.strerror}"))
         return
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (dev, ino):
-            send(("error", "not_a_file", f"Directory changed while being opened: {shown_top}"))
-            return
         try:
             tree = walk(
                 fd,
@@ -122,13 +133,10 @@ def answer_tree(request: Request) -> list[Outcome]:
     """Each file of a tree hashed, or why not."""
     top, dev, ino, algorithm, files = request
     try:
-        fd = os.open(top, DIR_FLAGS)
+        fd = open_top(top, dev, ino)
     except OSError as e:
         return [(None, e.strerror or "cannot open")] * len(files)
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (dev, ino):
-            return [(None, "replaced while being hashed")] * len(files)
         found = [File("", parts, size, fdev, fino) for parts, size, fdev, fino in files]
         return hash_small_files(fd, found, algorithm, lambda: False)
     finally:
