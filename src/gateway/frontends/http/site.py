@@ -298,11 +298,8 @@ class GuardedRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         self._body_bytes = 0
-        channel: Any = self.channel
-        path = getattr(channel, "_path", b"").split(b"?", 1)[0]
-        own = channel.site.body_limit(path.decode("utf-8", "replace"))
-        self._body_limit = int(channel.settings.max_body_bytes if own is None else own)
-        if length is not None and length > self._limit():
+        self._body_limit: int | None = None  # looked up once a body comes
+        if length and length > self._limit():
             self._too_large()
             return
         super().gotLength(length)
@@ -317,7 +314,15 @@ class GuardedRequest(Request):
         super().handleContentChunk(data)
 
     def _limit(self) -> int:
-        """``http.max_body_bytes``, or the route's own limit (a manifest to check)."""
+        """``http.max_body_bytes``, or the route's own limit (a manifest to check).
+
+        Asked only for a request with a body (while its request line is still
+        at hand): a GET pays nothing for it."""
+        if self._body_limit is None:
+            channel: Any = self.channel
+            path = getattr(channel, "_path", b"").split(b"?", 1)[0]
+            own = channel.site.body_limit(path.decode("utf-8", "replace"))
+            self._body_limit = int(channel.settings.max_body_bytes if own is None else own)
         return self._body_limit
 
     def _too_large(self) -> None:
