@@ -411,18 +411,14 @@ class CommandRoutes(Resource):
         self.fallback = fallback
 
     def render(self, request: IRequest) -> bytes | int:
-        command = None
-        posted = False
-        if request.method in (b"GET", b"HEAD"):
-            path = request.path.decode("utf-8", "replace")
-            command = self.api.service.at_route(path)
-        elif request.method == b"POST":
-            path = request.path.decode("utf-8", "replace")
-            command = self.api.service.at_post_route(path)
-            posted = True
-        if command is None and not posted:
-            path = request.path.decode("utf-8", "replace")
-            if self.api.service.at_post_route(path) is not None:
+        service = self.api.service
+        path = request.path.decode("utf-8", "replace")
+        posted = request.method == b"POST"
+        if posted:
+            command = service.at_post_route(path)
+        else:
+            command = service.at_route(path) if request.method in (b"GET", b"HEAD") else None
+            if command is None and service.at_post_route(path) is not None:
                 method = request.method.decode("ascii", "replace")
                 write_error(
                     request,
