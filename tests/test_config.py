@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli
-from gateway.config import Config, ConfigError, load
+from gateway.config import Config, ConfigError, load, merge, redacted
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTED = ROOT / "config" / "gateway.toml"
@@ -203,3 +203,42 @@ def test_the_documented_config_and_unit_ship_with_the_package(
     assert capsys.readouterr().out == (ROOT / "config" / "gateway.service").read_text()
     assert main(["--print-systemd-socket"], {}) == 0
     assert capsys.readouterr().out == (ROOT / "config" / "gateway.socket").read_text()
+
+
+def test_cluster_defaults_need_nothing_and_keep_everything_in_memory() -> None:
+    config = load()
+    assert config.cluster.redis == ""
+    assert config.cluster.workers == 1
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"redis": "http://u:hunter2secret@h/0"}, "not a redis://, rediss:// or unix:// URL"),
+        ({"redis": "redis://:hunter2secret@h/x"}, "the database must be a number"),
+        ({"redis": "unix://relative"}, "unix:// needs an absolute socket path"),
+        ({"name": "a{b}"}, "letters, digits"),
+        ({"on_redis_down": "maybe"}, 'must be "refuse" or "local"'),
+        ({"lease_ttl": 1.0, "timeout": 0.5}, "three times cluster.timeout"),
+        ({"workers": 2}, "more than one worker needs [cluster] redis"),
+        ({"password_file": "redis.pass"}, "must be an absolute path"),
+    ],
+)
+def test_bad_cluster_settings_are_named_and_never_show_a_password(
+    section: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        merge(load(), {"cluster": section})
+    assert message in str(info.value)
+    assert "hunter2secret" not in str(info.value)
+
+
+def test_check_config_shows_the_redis_url_without_its_password() -> None:
+    config = merge(load(), {"cluster": {"redis": "redis://app:hunter2secret@db.example:6380/2"}})
+    shown = redacted(config)["cluster"]["redis"]
+    assert shown == "redis://db.example:6380/2"
+
+
+def test_the_redis_password_comes_from_the_environment_without_being_a_config_key() -> None:
+    config = load(environ={"GATEWAY_REDIS_PASSWORD": "hunter2secret"})
+    assert "hunter2secret" not in str(redacted(config))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
@@ -31,6 +32,9 @@ from gateway.frontends.line import LineFactory
 from gateway.frontends.tls import TLSError, client_cert_endpoint
 from gateway.frontends.websocket import GatewayWebSocketFactory, websocket_resource
 from gateway.logfmt import RecentLog
+
+if TYPE_CHECKING:
+    from gateway.cluster.shared import Cluster
 
 log = Logger(namespace="gateway.app")
 
@@ -94,6 +98,50 @@ class HashWorkersService(Service):
         self.workers.close()
 
 
+class ClusterService(Service):
+    """Joins the cluster before the listeners listen; leaves it last, giving
+    back every place this process held."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def startService(self) -> None:
+        super().startService()
+        self.cluster.quota.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.cluster.quota.stop()
+
+
+def cluster_of(config: Config, reactor: Any) -> Cluster | None:
+    """The Redis-backed sharing ``[cluster] redis`` asks for, or ``None``."""
+    settings = config.cluster
+    if not settings.redis:
+        return None
+    from gateway.cluster.link import read_password
+    from gateway.cluster.shared import Cluster
+
+    try:
+        password = read_password(os.environ, settings.password_file)
+    except OSError as e:
+        raise ConfigError(
+            "cluster.password_file", f"cannot read {settings.password_file}: {e.strerror}"
+        ) from None
+    return Cluster(
+        reactor,
+        settings.redis,
+        settings.name,
+        settings.lease_ttl,
+        settings.timeout,
+        settings.on_redis_down,
+        config.quota.max_clients,
+        config.quota.max_per_ip,
+        password,
+        settings.tls_ca,
+    )
+
+
 def endpoint(
     reactor: Any, key: str, description: str, tls: TLSConfig | None = None
 ) -> IStreamServerEndpoint:
@@ -127,8 +175,21 @@ class Gateway(MultiService):
         #: The daemon's own last log lines: what ``lastlog`` shows on a
         #: machine with no system log at all.
         self.recent_log = RecentLog(level=config.log.level)
+        #: What is shared with other gateway processes through Redis, if anything.
+        self.cluster = cluster = cluster_of(config, reactor)
         #: Who may come in, on what terms: one for every front-end.
-        self.admission = admission = Admission.from_config(config, reactor)
+        if cluster is None:
+            self.admission = admission = Admission.from_config(config, reactor)
+        else:
+            limits = config.limits
+            self.admission = admission = Admission.from_config(
+                config,
+                reactor,
+                cluster.quota,
+                cluster.rate_limiter(limits.commands_per_second, limits.command_burst),
+            )
+            cluster.share_lockouts(admission.auth)
+            ClusterService(cluster).setServiceParent(self)
         self.quota = admission.quota
         # Two pools, so that log reads never queue behind long hashes.
         read_log = self._thread_pool("gateway-lastlog", LOG_READERS)
@@ -218,9 +279,12 @@ class Gateway(MultiService):
 
     def problems(self) -> list[str]:
         """What makes ``/healthz`` say ``degraded``."""
-        audit = self.audit
-        problem = audit.problem if audit is not None else None
-        return [problem] if problem is not None else []
+        audit, cluster = self.audit, self.cluster
+        found = [
+            audit.problem if audit is not None else None,
+            cluster.problem if cluster is not None else None,
+        ]
+        return [problem for problem in found if problem is not None]
 
     def reload(self, config: Config) -> None:
         """Apply a new config without dropping anyone (SIGHUP).
@@ -234,6 +298,7 @@ class Gateway(MultiService):
             ("tcp.listen", old.tcp.listen, config.tcp.listen),
             ("http.listen", old.http.listen, config.http.listen),
             ("comphash.workers", old.comphash.workers, config.comphash.workers),
+            ("[cluster]", old.cluster, config.cluster),
         ):
             if before != after:
                 log.warn("{key} changed: restart the daemon to apply it", key=key)

@@ -33,7 +33,7 @@ from gateway.tokens import (
 
 ENV_PREFIX = "GATEWAY_"
 #: Environment variables that are not config keys.
-ENV_OTHER = frozenset({"GATEWAY_CONFIG", "GATEWAY_TOKEN"})
+ENV_OTHER = frozenset({"GATEWAY_CONFIG", "GATEWAY_TOKEN", "GATEWAY_REDIS_PASSWORD"})
 
 
 class ConfigError(Exception):
@@ -371,6 +371,50 @@ class FollowConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    #: "" (one process, everything in memory), redis://, rediss:// or unix://.
+    redis: str = ""
+    name: str = "gw"
+    lease_ttl: float = 15.0
+    timeout: float = 0.5
+    on_redis_down: str = "refuse"
+    workers: int = 1
+    password_file: str = ""
+    tls_ca: str = ""
+
+    def check(self) -> None:
+        from gateway.cluster.url import URLError, parse_url
+
+        if self.redis:
+            try:
+                parse_url(self.redis)
+            except URLError as e:  # the message never shows the URL: it may hold a password
+                raise ConfigError("cluster.redis", str(e)) from None
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.name):
+            raise ConfigError("cluster.name", "letters, digits, '_', '.' and '-' only (1 to 64)")
+        _positive("cluster.timeout", self.timeout)
+        if self.lease_ttl < 3 * self.timeout or self.lease_ttl < 1:
+            raise ConfigError(
+                "cluster.lease_ttl", "must be at least 1 s and three times cluster.timeout"
+            )
+        if self.on_redis_down not in ("refuse", "local"):
+            raise ConfigError(
+                "cluster.on_redis_down", f'must be "refuse" or "local", got {self.on_redis_down!r}'
+            )
+        _positive("cluster.workers", self.workers)
+        if self.workers > 1 and not self.redis:
+            raise ConfigError(
+                "cluster.workers",
+                "more than one worker needs [cluster] redis: the client quota "
+                "could not be shared between them otherwise",
+            )
+        for key in ("password_file", "tls_ca"):
+            value = getattr(self, key)
+            if value and not os.path.isabs(value):
+                raise ConfigError(f"cluster.{key}", "must be an absolute path")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: str = "text"
     level: str = "info"
@@ -396,6 +440,7 @@ class Config:
     follow: FollowConfig = field(default_factory=FollowConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: ``[commands.<name>]``: programs operators expose (checked when parsed).
     commands: tuple[DeclaredCommand, ...] = ()
 
@@ -603,6 +648,10 @@ def redacted(config: Config) -> dict[str, Any]:
     out["auth"]["tokens"] = ["***"] * len(config.auth.tokens)
     for token in out["auth"]["token"]:
         token["sha256"] = "***"
+    if config.cluster.redis:  # a password may be part of the URL
+        from gateway.cluster.url import parse_url
+
+        out["cluster"]["redis"] = parse_url(config.cluster.redis).shown
     for command in out["commands"]:  # a declared command's env may hold a key or password
         command["env"] = {name: "***" for name, _ in command["env"]}
     return out

@@ -141,6 +141,25 @@ class StatsCommand(Command[None]):
             "quota slots in use, served and refused, in all and per transport",
         ),
         Field("uptime_seconds", {"type": "number"}, "seconds since start"),
+        Field(
+            "cluster",
+            {
+                "type": "object",
+                "properties": {
+                    "state": {"enum": ["up", "down"]},
+                    "processes": {"type": "integer"},
+                    "in_use": {"type": "integer"},
+                    "allotted": {"type": "integer"},
+                    "allotted_here": {"type": "integer"},
+                    "problem": {"type": "string"},
+                },
+                "required": ["state", "processes", "in_use", "allotted", "allotted_here"],
+            },
+            "with [cluster] redis: the quota across every gateway process (clients in use "
+            "as of each one's last report; places allotted, with the spare ones); "
+            "clients above are this process's own",
+            required=False,
+        ),
     )
 
     def __init__(self, quota: Quota, clock: IReactorTime) -> None:
@@ -174,13 +193,24 @@ class StatsCommand(Command[None]):
             },
             "uptime_seconds": round(uptime, 3),
         }
-        text = (
+        text: tuple[str, ...] = (
             f"clients: {snap.total_in_use}/{snap.max_clients} in use ({per(snap.in_use)})",
             f"served: {sum(snap.granted.values())} ({per(snap.granted)})",
             f"refused: {sum(snap.refused.values())} ({per(snap.refused)})",
             f"uptime: {format_duration(uptime)}",
         )
         summary = f"{snap.total_in_use} of {snap.max_clients} clients in use"
+        cluster = snap.cluster
+        if cluster is not None:
+            data["cluster"] = dict(cluster)
+            shared = (
+                f"cluster: {cluster['in_use']}/{snap.max_clients} in use across "
+                f"{cluster['processes']} processes, {cluster['allotted']} allotted "
+                f"({cluster['allotted_here']} here); redis {cluster['state']}"
+            )
+            problem = cluster.get("problem")
+            text = (*text[:3], shared + (f" ({problem})" if problem else ""), text[3])
+            summary = f"{summary} here; {cluster['in_use']} across the cluster"
         return succeed(Result(command=self.name, data=data, text=text, summary=summary))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -80,6 +80,10 @@ class Authenticator:
         self.clock = clock
         self.configure(max_failures, window, lockout, max_pending, max_pending_per_ip)
         self._failures: dict[str, _Failures] = {}
+        #: Told each failed login's address (a lockout shared with other processes).
+        self.on_failure: Callable[[str], None] | None = None
+        #: Told the address of a login that ended a run of failures.
+        self.on_success: Callable[[str], None] | None = None
         self._pending: dict[str, int] = {}
         self._pending_total = 0
 
@@ -234,7 +238,8 @@ class Authenticator:
             )
         identity = self._match(presented) if presented is not None else None
         if identity is not None and not self.expired(identity):
-            self._failures.pop(limit_key(peer), None)
+            if self._failures.pop(limit_key(peer), None) is not None and self.on_success:
+                self.on_success(limit_key(peer))
             return identity
         if identity is not None:
             log.info("{peer}: token {name} has expired", peer=peer, name=identity.name)
@@ -252,6 +257,19 @@ class Authenticator:
         if state.count >= self.max_failures:
             state.locked_until = now + self.lockout
         self._forget_old(now)
+        if self.on_failure is not None:
+            self.on_failure(key)
+
+    def failed_elsewhere(self, key: str, count: int, locked: float) -> None:
+        """What the processes sharing the lockout know of address ``key``:
+        ``count`` failures in the window, locked for ``locked`` more seconds."""
+        now = self.clock.seconds()
+        state = self._failures.get(key)
+        if state is None:
+            state = self._failures[key] = _Failures(first=now)
+        state.count = max(state.count, count)
+        if locked > 0:
+            state.locked_until = max(state.locked_until, now + locked)
 
     def delay(self, peer: str) -> float:
         """How long to hold back the answer to ``peer``'s last failure."""

@@ -89,6 +89,21 @@ def render(quota: QuotaSnapshot, commands: CommandMetrics, in_flight: int, uptim
         "Clients refused for lack of a quota slot, per transport.",
         [(_labels(transport=t), n) for t, n in quota.refused.items()],
     )
+    cluster = quota.cluster
+    if cluster is not None:
+        metric(
+            "gateway_cluster_up",
+            "gauge",
+            "1 while the quota is shared through Redis, 0 while Redis is unreachable.",
+            [("", 1 if cluster["state"] == "up" else 0)],
+        )
+        for key, help_text in (
+            ("processes", "Gateway processes sharing the quota."),
+            ("in_use", "Clients in use across every process (as of each one's last report)."),
+            ("allotted", "Quota places allotted across every process, spare ones included."),
+            ("allotted_here", "Quota places allotted to this process, spare ones included."),
+        ):
+            metric(f"gateway_cluster_{key}", "gauge", help_text, [("", int(cluster[key]))])
     metric(
         "gateway_commands_total",
         "counter",

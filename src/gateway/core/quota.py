@@ -52,17 +52,24 @@ def transports() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class QuotaSnapshot:
-    """A consistent copy of the quota's counters."""
+    """A consistent copy of the quota's counters (this process's)."""
 
     max_clients: int
     max_per_ip: int
     in_use: Mapping[str, int]
     granted: Mapping[str, int]
     refused: Mapping[str, int]
+    #: The quota shared with other processes, when there is one: ``state``
+    #: ("up", "down"), ``processes``, ``in_use`` and ``allotted`` across them.
+    cluster: Mapping[str, int | str] | None = None
 
     @property
     def total_in_use(self) -> int:
         return sum(self.in_use.values())
+
+
+class Releases(Protocol):
+    def _release(self, slot: Slot) -> None: ...
 
 
 class Slot:
@@ -70,8 +77,8 @@ class Slot:
 
     __slots__ = ("_quota", "peer", "transport")
 
-    def __init__(self, quota: ClientQuota, transport: str, peer: str) -> None:
-        self._quota: ClientQuota | None = quota
+    def __init__(self, quota: Releases, transport: str, peer: str) -> None:
+        self._quota: Releases | None = quota
         self.transport = transport
         self.peer = peer
 
@@ -125,6 +132,12 @@ class ClientQuota:
 
     def try_acquire(self, transport: str, peer: str) -> Slot:
         """Take a slot now or raise :class:`QuotaExceeded`.  O(1)."""
+        self.admit(transport, peer)
+        return Slot(self, transport, peer)
+
+    def admit(self, transport: str, peer: str) -> None:
+        """Count one more client of ``transport`` from ``peer``, or raise
+        :class:`QuotaExceeded` (counted as refused).  Matched by :meth:`discharge`."""
         if transport not in _TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         if self._total >= self.max_clients:
@@ -138,7 +151,10 @@ class ClientQuota:
         self._in_use[transport] += 1
         self._per_peer[key] += 1
         self._granted[transport] += 1
-        return Slot(self, transport, peer)
+
+    def refuse(self, transport: str) -> None:
+        """Count a client refused elsewhere (by a shared quota)."""
+        self._refused[transport] += 1
 
     def acquire(self, transport: str, peer: str) -> Deferred[Slot]:
         try:
@@ -147,9 +163,13 @@ class ClientQuota:
             return fail()
 
     def _release(self, slot: Slot) -> None:
+        self.discharge(slot.transport, slot.peer)
+
+    def discharge(self, transport: str, peer: str) -> None:
+        """One client counted by :meth:`admit` has gone."""
         self._total -= 1
-        self._in_use[slot.transport] -= 1
-        key = limit_key(slot.peer)
+        self._in_use[transport] -= 1
+        key = limit_key(peer)
         left = self._per_peer[key] - 1
         if left:
             self._per_peer[key] = left

@@ -22,6 +22,16 @@ class _Bucket:
     updated: float
 
 
+def slow_down(peer: str, seconds: float) -> CommandError:
+    """The refusal of a command from ``peer``, who may try again in ``seconds``."""
+    wait = max(1, math.ceil(seconds))
+    return CommandError(
+        "rate_limited",
+        f"Too many commands from {peer}; slow down (try again in {wait} s).",
+        retry_after=wait,
+    )
+
+
 class RateLimiter:
     def __init__(self, rate: float, burst: int, clock: IReactorTime) -> None:
         """``rate`` commands per second on average, ``burst`` at once; rate 0: no limit."""
@@ -50,12 +60,7 @@ class RateLimiter:
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
         if bucket.tokens < 1:
-            wait = math.ceil((1 - bucket.tokens) / self.rate)
-            raise CommandError(
-                "rate_limited",
-                f"Too many commands from {peer}; slow down (try again in {wait} s).",
-                retry_after=wait,
-            )
+            raise slow_down(peer, (1 - bucket.tokens) / self.rate)
         bucket.tokens -= 1
 
     def _forget_full(self, now: float) -> None:

@@ -83,13 +83,20 @@ class Admission:
         self.trust_certificates = False
 
     @classmethod
-    def from_config(cls, config: Config, clock: IReactorTime) -> Admission:
-        quota = config.quota
+    def from_config(
+        cls,
+        config: Config,
+        clock: IReactorTime,
+        quota: Quota | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> Admission:
+        """Built from ``config``; ``quota`` and ``limiter`` default to in-memory ones."""
+        limits = config.limits
         admission = cls(
-            ClientQuota(quota.max_clients, quota.max_per_ip),
+            quota or ClientQuota(config.quota.max_clients, config.quota.max_per_ip),
             clock,
             Authenticator([], clock),
-            RateLimiter(config.limits.commands_per_second, config.limits.command_burst, clock),
+            limiter or RateLimiter(limits.commands_per_second, limits.command_burst, clock),
         )
         admission.reload(config)  # one place that reads the settings
         return admission
