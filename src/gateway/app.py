@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from gateway import __version__
 from gateway.auditlog import AuditLog, target_for
@@ -142,11 +145,42 @@ def cluster_of(config: Config, reactor: Any) -> Cluster | None:
     )
 
 
+@implementer(IStreamServerEndpoint)
+class InheritedEndpoint:
+    """Listens on a socket a supervisor bound (``--workers``), with TLS when
+    the listener is ``ssl:``."""
+
+    def __init__(self, reactor: Any, fd: int, tls: Any = None) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self.tls = tls
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, factory)
+        os.set_blocking(self.fd, False)  # the reactor's accept loop must never block
+        with socket.socket(fileno=os.dup(self.fd)) as s:
+            family = s.family
+        return maybeDeferred(self.reactor.adoptStreamPort, self.fd, family, factory)
+
+
 def endpoint(
-    reactor: Any, key: str, description: str, tls: TLSConfig | None = None
+    reactor: Any,
+    key: str,
+    description: str,
+    tls: TLSConfig | None = None,
+    inherited: Mapping[str, int] | None = None,
 ) -> IStreamServerEndpoint:
     """Parse an endpoint string, or a ConfigError naming ``key``; an ``ssl:``
-    one verifies client certificates when ``tls.client_ca`` is set."""
+    one verifies client certificates when ``tls.client_ca`` is set.  With a
+    socket in ``inherited`` under ``key``, listen on it instead (same TLS)."""
+    if inherited and key in inherited:
+        parsed = endpoint(reactor, key, description, tls)
+        # Twisted's SSL4ServerEndpoint keeps its context factory here; plain
+        # tcp: and unix: endpoints have none.
+        return InheritedEndpoint(
+            reactor, inherited[key], getattr(parsed, "_sslContextFactory", None)
+        )
     if tls is not None and tls.client_ca and description.strip().lower().startswith("ssl:"):
         try:
             return client_cert_endpoint(
@@ -165,9 +199,14 @@ class Gateway(MultiService):
     """The whole daemon.  ``ready`` fires when every listener listens."""
 
     def __init__(
-        self, config: Config, reactor: Any, loader: Callable[[], Config] | None = None
+        self,
+        config: Config,
+        reactor: Any,
+        loader: Callable[[], Config] | None = None,
+        inherited: Mapping[str, int] | None = None,
     ) -> None:
-        """``loader`` reads the configuration again, for SIGHUP."""
+        """``loader`` reads the configuration again, for SIGHUP; ``inherited``:
+        listening sockets a supervisor bound (``--workers``), by listener key."""
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -242,10 +281,14 @@ class Gateway(MultiService):
         self.site.body_limit = self._body_limit
         self.listeners = [
             ListeningService(
-                "TCP", endpoint(reactor, "tcp.listen", tcp.listen, config.tls), self.lines
+                "TCP",
+                endpoint(reactor, "tcp.listen", tcp.listen, config.tls, inherited),
+                self.lines,
             ),
             ListeningService(
-                "HTTP", endpoint(reactor, "http.listen", config.http.listen, config.tls), self.site
+                "HTTP",
+                endpoint(reactor, "http.listen", config.http.listen, config.tls, inherited),
+                self.site,
             ),
         ]
         for listener in self.listeners:

@@ -20,6 +20,7 @@ FLAG_KEYS: dict[str, str] = {
     "http": "http.listen",
     "max_clients": "quota.max_clients",
     "log_format": "log.format",
+    "workers": "cluster.workers",
 }
 
 
@@ -34,6 +35,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="ENDPOINT", help="HTTP/WebSocket listener, e.g. tcp:8080")
     p.add_argument("--max-clients", metavar="N", help="client quota across all transports")
     p.add_argument("--log-format", choices=("text", "json"), help="log output format")
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        help="N processes accepting on the same listeners (needs [cluster] redis)",
+    )
+    # A worker of --workers: the supervisor's listening sockets, key=fd,...
+    p.add_argument("--inherited-listeners", help=argparse.SUPPRESS)
     p.add_argument(
         "--allow-remote-without-auth",
         action="store_true",
@@ -130,7 +138,29 @@ def main(
             raise ConfigError("", refusal)
         return fresh
 
-    return run(config, reactor, loader)
+    if args.inherited_listeners is None and config.cluster.workers > 1:
+        return supervise(config, argv)
+    inherited = inherited_listeners(args.inherited_listeners)
+    return run(config, reactor, loader, inherited)
+
+
+def inherited_listeners(text: str | None) -> dict[str, int]:
+    """``tcp.listen=3,http.listen=4`` -> ``{"tcp.listen": 3, "http.listen": 4}``."""
+    if not text:
+        return {}
+    pairs = (part.partition("=") for part in text.split(","))
+    return {key: int(fd) for key, _, fd in pairs}
+
+
+def supervise(config: Config, argv: Sequence[str]) -> int:
+    from gateway.logfmt import make_observer
+    from gateway.supervisor import Supervisor
+
+    globalLogBeginner.beginLoggingTo(
+        [make_observer(config.log.format, config.log.level, sys.stdout)],
+        redirectStandardIO=False,
+    )
+    return Supervisor(config, argv).run()
 
 
 def token_command(argv: Sequence[str]) -> int:
@@ -166,12 +196,17 @@ def raise_open_files_limit() -> None:
         pass
 
 
-def run(config: Config, reactor: Any, loader: Callable[[], Config] | None = None) -> int:
+def run(
+    config: Config,
+    reactor: Any,
+    loader: Callable[[], Config] | None = None,
+    inherited: Mapping[str, int] | None = None,
+) -> int:
     from gateway.app import Gateway
     from gateway.logfmt import make_observer
 
     try:
-        gateway = Gateway(config, reactor, loader)
+        gateway = Gateway(config, reactor, loader, inherited)
     except ConfigError as e:
         print(f"gateway: {e}", file=sys.stderr)
         return 2

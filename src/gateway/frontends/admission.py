@@ -254,8 +254,10 @@ class Admission:
         self.acquire(transport, peer).addCallbacks(got, failed)
 
 
-def is_quota_refusal(error: CommandError) -> bool:
-    return error.code == "quota_exceeded"
+def is_busy(error: CommandError) -> bool:
+    """A refusal that trying again later may cure: the quota full, or a shared
+    quota unreachable for now."""
+    return error.code in ("quota_exceeded", "unavailable")
 
 
 def scope_of(limits: Limits) -> Scope:

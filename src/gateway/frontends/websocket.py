@@ -29,7 +29,7 @@ from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import ANONYMOUS, Identity
 from gateway.core.service import CommandService
-from gateway.frontends.admission import LINGER, Admission, is_quota_refusal
+from gateway.frontends.admission import LINGER, Admission, is_busy
 from gateway.logfmt import printable
 from gateway.sessions.json_conversation import JSONConversation, reply
 from gateway.sessions.line import LineConversation
@@ -265,7 +265,7 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if self._say_goodbye():
             # sendClose() only takes 1000 or 3000-4999: 1013 (try again later)
             # and 1011 (internal error) are the registered codes.
-            code = CLOSE_TRY_AGAIN_LATER if is_quota_refusal(error) else CLOSE_INTERNAL_ERROR
+            code = CLOSE_TRY_AGAIN_LATER if is_busy(error) else CLOSE_INTERNAL_ERROR
             self.sendCloseFrame(code=code, reasonUtf8=message.encode()[:123])
 
     def _deliver(self, text: str) -> None:

@@ -39,7 +39,7 @@ from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import FULL, Identity, Scope
 from gateway.core.service import CommandService
-from gateway.frontends.admission import Admission, is_quota_refusal
+from gateway.frontends.admission import Admission, is_busy
 from gateway.sessions.text import dropped_line, gap_line, raw_bytes, utf8
 
 TRANSPORT = register_transport("http", order=1)
@@ -624,7 +624,7 @@ class RestAPI:
             error = failure.value
             assert isinstance(error, CommandError)  # admission says what went wrong
             retry = {"retry-after": str(self.settings.retry_after)}
-            headers = retry if is_quota_refusal(error) else {}
+            headers = retry if is_busy(error) else {}
             write_error(request, error.code, error.message, as_json, headers)
             done.callback(None)
 
