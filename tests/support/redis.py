@@ -22,25 +22,61 @@ def free_port() -> int:
 class RedisServer:
     """``start()``, ``stop()`` and ``start()`` again on the same port (a restart)."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *extra: str,
+        password: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        unix: bool = False,
+    ) -> None:
+        """``tls``: (key, certificate) to serve TLS only; ``unix``: a socket too."""
         self.binary = require_tool("redis-server")
         self.directory = directory
         self.extra = list(extra)
+        self.password = password
+        self.tls = tls
+        self.socket = directory / "redis.sock" if unix else None
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        if password:
+            self.extra += ["--requirepass", password]
+        if unix:
+            self.extra += ["--unixsocket", str(self.socket), "--unixsocketperm", "600"]
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.socket is not None:
+            return f"unix://{self.socket}?db=0"
+        return f"{'rediss' if self.tls else 'redis'}://localhost:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+        if self.tls is not None:
+            return redis.Redis(
+                port=self.port,
+                socket_timeout=5,
+                decode_responses=True,
+                ssl=True,
+                ssl_ca_certs=str(self.tls[1]),
+                password=self.password,
+            )
+        return redis.Redis(
+            port=self.port, socket_timeout=5, decode_responses=True, password=self.password
+        )
 
     def start(self) -> RedisServer:
+        port = (
+            ["--port", "0", "--tls-port", str(self.port)]
+            if self.tls
+            else ["--port", str(self.port)]
+        )
+        if self.tls:
+            key, cert = self.tls
+            port += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+            port += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
         argv = [
             self.binary,
-            "--port",
-            str(self.port),
+            *port,
             "--bind",
             "127.0.0.1",
             "--save",
