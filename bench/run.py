@@ -105,7 +105,9 @@ def server(
 
 
 @contextmanager
-def gateway(config: str, tmp: Path, cpus: str = SERVER_CPU) -> Iterator[tuple[int, int]]:
+def gateway(
+    config: str, tmp: Path, cpus: str = SERVER_CPU, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[int, int]]:
     tcp, http = free_port(), free_port()
     path = tmp / "gateway.toml"
     path.write_text(config)
@@ -117,6 +119,7 @@ def gateway(config: str, tmp: Path, cpus: str = SERVER_CPU) -> Iterator[tuple[in
         f"tcp:{tcp}:interface=127.0.0.1",
         "--http",
         f"tcp:{http}:interface=127.0.0.1",
+        *extra,
     ]
     with server(argv, http, cpus):
         wait_port(tcp)
@@ -234,6 +237,55 @@ def http_lastlog_scoped(tmp: Path) -> list[Row]:
             sorted(p for _, p in scoped_rps)[1],
             better="lower",
         ),
+    ]
+
+
+def cluster(tmp: Path) -> list[Row]:
+    """The shared quota's cost: GET /lastlog (a place per request) and TCP
+    lastlog (a place per connection) with the quota in memory vs in Redis
+    (redis-server pinned to the load CPU, as if on another host); then
+    --workers 2 vs 1 worker, both on Redis, the gateway allowed both CPUs and
+    wrk on CPU 1 (so the load generator shares a core with the second worker).
+    Memory and Redis alternate three times; the median of each."""
+    log = make_log(tmp, 10 * 1024 * 1024)
+    port = free_port()
+    redis = [need("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+    redis += ["--save", "", "--appendonly", "no"]
+    plain = f'{FAST}[lastlog]\nsource = "{log}"\n'
+    shared = f'{plain}[cluster]\nredis = "redis://127.0.0.1:{port}/0"\n'
+    url = "http://127.0.0.1:{}/lastlog"
+    runs: dict[str, list[float]] = {"memory": [], "redis": [], "tcp memory": [], "tcp redis": []}
+    with server(redis, port, LOAD_CPU):
+        for _ in range(3):
+            for name, config in (("memory", plain), ("redis", shared)):
+                with gateway(config, tmp) as (tcp, http):
+                    runs[name].append(wrk(url.format(http))[0])
+                    runs[f"tcp {name}"].append(load("tcp", str(tcp), "--seconds", "5")["ops_per_s"])
+        with gateway(shared, tmp, cpus="0,1") as (_, http):
+            one = wrk(url.format(http))[0]
+        with gateway(shared, tmp, cpus="0,1", extra=("--workers", "2")) as (_, http):
+            time.sleep(2)  # both workers listening
+            two = wrk(url.format(http))[0]
+
+    def median(name: str) -> float:
+        return sorted(runs[name])[1]
+
+    return [
+        Row(
+            "GET /lastlog, quota in Redis",
+            "req/s",
+            "quota in memory",
+            median("memory"),
+            median("redis"),
+        ),
+        Row(
+            "TCP lastlog, quota in Redis",
+            "cmd/s",
+            "quota in memory",
+            median("tcp memory"),
+            median("tcp redis"),
+        ),
+        Row("GET /lastlog, --workers 2", "req/s", "1 worker", one, two),
     ]
 
 
@@ -925,6 +977,7 @@ ITEMS: dict[str, Callable[[Path], list[Row]]] = {
     "declared": declared,
     "follow": follow,
     "follow_memory": follow_memory,
+    "cluster": cluster,
 }
 
 
