@@ -347,3 +347,23 @@ def test_an_error_from_redis_is_answered_not_hung(redis_server: RedisServer) -> 
 
     link.run = broken  # type: ignore[method-assign]
     assert refusal(quota).code == "unavailable"
+
+
+def test_stats_and_metrics_show_the_cluster_and_this_process(redis_server: RedisServer) -> None:
+    from gateway.commands.builtin import StatsCommand
+    from gateway.core.metrics import CommandMetrics, render
+
+    quota, _, clock = quota_for(redis_server, max_clients=10)
+    slot = take(quota, transport="http")
+    clock.advance(5.0)  # a heartbeat: the cluster's figures
+    stats: list[Any] = []
+    StatsCommand(quota, clock).run(None, lambda *a: None).addCallback(stats.append)
+    text = "\n".join(stats[0].text)
+    assert "clients: 1/10 in use (tcp 0, http 1, websocket 0)" in text
+    assert "cluster: 1/10 in use across 1 processes, 1 allotted (1 here); redis up" in text
+    assert stats[0].data["cluster"]["state"] == "up"
+    metrics = render(quota.snapshot(), CommandMetrics(), 0, 1.0)
+    assert "gateway_cluster_up 1" in metrics
+    assert "gateway_cluster_in_use 1" in metrics
+    assert 'gateway_clients_in_use{transport="http"} 1' in metrics
+    slot.release()

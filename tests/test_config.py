@@ -242,3 +242,27 @@ def test_check_config_shows_the_redis_url_without_its_password() -> None:
 def test_the_redis_password_comes_from_the_environment_without_being_a_config_key() -> None:
     config = load(environ={"GATEWAY_REDIS_PASSWORD": "hunter2secret"})
     assert "hunter2secret" not in str(redacted(config))
+
+
+def test_more_than_one_worker_without_redis_is_refused_with_the_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["--workers", "2"], environ={}) == 2
+    err = capsys.readouterr().err
+    assert "cluster.workers: more than one worker needs [cluster] redis" in err
+
+
+def test_workers_flag_and_argv_a_worker_gets() -> None:
+    from gateway.supervisor import without_workers
+
+    assert without_workers(["-c", "f.toml", "--workers", "3", "--tcp", "tcp:0"]) == [
+        "-c",
+        "f.toml",
+        "--tcp",
+        "tcp:0",
+    ]
+    assert without_workers(["--workers=3", "--http", "tcp:0"]) == ["--http", "tcp:0"]
+    assert cli.inherited_listeners("tcp.listen=3,http.listen=4") == {
+        "tcp.listen": 3,
+        "http.listen": 4,
+    }

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.request import urlopen
 
 import redis
 from websockets.exceptions import InvalidStatus, WebSocketException
@@ -228,16 +229,54 @@ def test_a_killed_gateway_frees_its_places_within_the_lease(
         s.close()
 
 
-def test_redis_away_with_refuse_refuses_then_recovers_without_a_restart(
+def storm_across_an_outage(gateways: list[Gateway], server: RedisServer) -> dict[str, int]:
+    """A storm of 4 s; Redis stopped after 1 s and started again (empty) after 2.5 s."""
+    outcomes: dict[str, int] = {}
+    sampler = Sampler(server.client())
+    sampler.start()
+
+    def run() -> None:
+        outcomes.update(storm(gateways, seconds=4, threads=12))
+
+    clients = threading.Thread(target=run)
+    clients.start()
+    time.sleep(1)
+    server.stop()
+    time.sleep(1.5)
+    server.start()  # same port; every gateway states its places again
+    sampler.client = server.client()
+    clients.join()
+    sampler.done.set()
+    sampler.join()
+    assert sampler.highest <= MAX, sampler.highest
+    for gw in gateways:
+        gw.wait_for(r"redis at .* is back: the client quota is shared again", timeout=10)
+    return outcomes
+
+
+def test_redis_away_mid_storm_with_refuse_refuses_then_recovers_without_a_restart(
     start_gateway: Any, redis_server: RedisServer
 ) -> None:
     gateways = start_three(start_gateway, cluster_config(redis_server, "refuse"))
-    outcomes_before = storm(gateways, seconds=1, threads=6)
-    assert outcomes_before.get("ok", 0) > 0
+    outcomes = storm_across_an_outage(gateways, redis_server)
+    gateways[0].wait_for(r"redis at .* unreachable .*new clients are refused")
+    assert outcomes.get("ok", 0) > 10, outcomes
+    assert outcomes.get("unavailable", 0) > 0, outcomes  # the line server said why
+    assert set(outcomes) <= {"ok", "busy", "unavailable"}, outcomes
+    after = storm(gateways, seconds=1, threads=6)
+    assert after.get("ok", 0) > 5 and set(after) <= {"ok", "busy"}, after
+    wait_until(lambda: held_in_redis(redis_server.client()) == 0, timeout=TTL + 2)
+
+
+def test_redis_away_says_so_on_every_transport_and_in_healthz(
+    start_gateway: Any, redis_server: RedisServer
+) -> None:
+    gw = start_gateway(cluster_config(redis_server, "refuse"))
+    gw.wait_for("client quota shared through redis")
     redis_server.stop()
-    gw = gateways[0]
     gw.wait_for(r"redis at .* unreachable .*new clients are refused", timeout=5)
     assert tcp_client(gw.tcp_port) == "unavailable"
+    assert ws_client(gw.http_port) == "busy"  # close 1013, try again later
     conn = http.client.HTTPConnection("127.0.0.1", gw.http_port, timeout=10)
     conn.request("GET", "/lastlog")
     response = conn.getresponse()
@@ -248,15 +287,13 @@ def test_redis_away_with_refuse_refuses_then_recovers_without_a_restart(
     health = conn.getresponse().read().decode()
     assert health.startswith("degraded: redis down"), health
     conn.close()
-    redis_server.start()  # same port, empty: every gateway states its places again
-    for each in gateways:
-        each.wait_for(r"redis at .* is back: the client quota is shared again", timeout=10)
-    outcomes = storm(gateways, seconds=1.5)
-    assert outcomes.get("ok", 0) > 10 and set(outcomes) <= {"ok", "busy"}, outcomes
-    wait_until(lambda: held_in_redis(redis_server.client()) == 0, timeout=TTL + 2)
+    redis_server.start()
+    gw.wait_for(r"is back: the client quota is shared again", timeout=10)
+    assert tcp_client(gw.tcp_port) == "ok"
+    assert urlopen(gw.url("/healthz"), timeout=10).read() == b"ok\n"
 
 
-def test_redis_away_with_local_admits_each_process_share(
+def test_redis_away_mid_storm_with_local_admits_each_process_share(
     start_gateway: Any, redis_server: RedisServer
 ) -> None:
     gateways = start_three(start_gateway, cluster_config(redis_server, "local"))
@@ -266,9 +303,13 @@ def test_redis_away_with_local_admits_each_process_share(
             return bool(json.loads(gateway_stats(gw))["cluster"]["processes"] == 3)
 
         wait_until(heard_all, 5)
+    outcomes = storm_across_an_outage(gateways, redis_server)
+    gateways[0].wait_for(r"each gateway process now admits its own share, 2 of 6 clients")
+    assert outcomes.get("ok", 0) > 10 and set(outcomes) <= {"ok", "busy"}, outcomes
+    # while away, one process admits its share and no more
     redis_server.stop()
     gw = gateways[0]
-    gw.wait_for(r"each gateway process now admits its own share, 2 of 6 clients", timeout=5)
+    wait_until(lambda: json.loads(gateway_stats(gw))["cluster"]["state"] == "down", 5)
     held = hold_tcp(gw.tcp_port, MAX // 3)
     assert tcp_client(gw.tcp_port) == "busy"
     redis_server.start()
