@@ -367,3 +367,26 @@ def test_stats_and_metrics_show_the_cluster_and_this_process(redis_server: Redis
     assert "gateway_cluster_in_use 1" in metrics
     assert 'gateway_clients_in_use{transport="http"} 1' in metrics
     slot.release()
+
+
+def test_clients_admitted_while_the_statement_travels_are_stated_too(
+    redis_server: RedisServer,
+) -> None:
+    quota, link, _ = quota_for(redis_server, max_clients=10, on_down="local")
+    link.down()
+    held = [take(quota)]
+    real_run = link.run
+    pending: list[tuple[str, Sequence[object]]] = []
+
+    def slow(script: str, args: Sequence[object]) -> Deferred[Any]:
+        if not pending:  # the first SYNC: a client comes in before its answer
+            pending.append((script, args))
+            held.append(take(quota))
+        return real_run(script, args)
+
+    link.run = slow  # type: ignore[method-assign]
+    link.back()
+    assert quota.state == "up"
+    assert allotted(redis_server) == 2  # stated again, with the newcomer
+    for slot in held:
+        slot.release()

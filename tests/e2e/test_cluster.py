@@ -229,8 +229,16 @@ def test_a_killed_gateway_frees_its_places_within_the_lease(
         s.close()
 
 
-def storm_across_an_outage(gateways: list[Gateway], server: RedisServer) -> dict[str, int]:
-    """A storm of 4 s; Redis stopped after 1 s and started again (empty) after 2.5 s."""
+def storm_across_an_outage(
+    gateways: list[Gateway], server: RedisServer, exact: bool = True
+) -> dict[str, int]:
+    """A storm of 4 s; Redis stopped after 1 s and started again (empty) after 2.5 s.
+
+    ``exact``: the places in Redis never passed the quota.  Not so with
+    ``on_redis_down = "local"``: while Redis is away each process admits its
+    share on its own, beside clients it already held, and states what it holds
+    when Redis is back, even if that is over the quota for a moment.
+    """
     outcomes: dict[str, int] = {}
     sampler = Sampler(server.client())
     sampler.start()
@@ -248,7 +256,8 @@ def storm_across_an_outage(gateways: list[Gateway], server: RedisServer) -> dict
     clients.join()
     sampler.done.set()
     sampler.join()
-    assert sampler.highest <= MAX, sampler.highest
+    if exact:
+        assert sampler.highest <= MAX, sampler.highest
     for gw in gateways:
         gw.wait_for(r"redis at .* is back: the client quota is shared again", timeout=10)
     return outcomes
@@ -303,7 +312,7 @@ def test_redis_away_mid_storm_with_local_admits_each_process_share(
             return bool(json.loads(gateway_stats(gw))["cluster"]["processes"] == 3)
 
         wait_until(heard_all, 5)
-    outcomes = storm_across_an_outage(gateways, redis_server)
+    outcomes = storm_across_an_outage(gateways, redis_server, exact=False)
     gateways[0].wait_for(r"each gateway process now admits its own share, 2 of 6 clients")
     assert outcomes.get("ok", 0) > 10 and set(outcomes) <= {"ok", "busy"}, outcomes
     # while away, one process admits its share and no more

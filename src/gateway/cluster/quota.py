@@ -338,11 +338,13 @@ class ClusterQuota:
         self._epoch += 1
         self._give.clear()
         args = [*self._head(), 1]
+        stated: dict[str, int] = {}
         for key, counter in list(self._counters.items()):
             counter.alloc = counter.in_use
             counter.spare = 0
             if counter.in_use > 0:
                 args += [key, counter.in_use]
+                stated[key] = counter.in_use
             else:
                 del self._counters[key]
         epoch, sent = self._epoch, self.clock.seconds()
@@ -350,6 +352,11 @@ class ClusterQuota:
         def answered(reply: list[Any]) -> None:
             self._syncing = False
             if epoch != self._epoch:
+                return
+            if {k: c.alloc for k, c in self._counters.items() if c.alloc} != stated:
+                # Clients came or went (on this process's share) while the
+                # statement was on its way: state it again before going up.
+                self._sync()
                 return
             self._renewed = sent
             self.processes, self.cluster_allotted, self.cluster_in_use = map(int, reply[:3])
