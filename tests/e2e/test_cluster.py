@@ -210,18 +210,31 @@ def hold_tcp(port: int, n: int) -> list[socket.socket]:
     return held
 
 
-def test_a_killed_gateway_frees_its_places_within_the_lease(
+def test_a_gateway_killed_mid_storm_frees_its_places_within_the_lease(
     start_gateway: Any, redis_server: RedisServer
 ) -> None:
     gateways = start_three(start_gateway, cluster_config(redis_server))
     client = redis_server.client()
     doomed, alive = gateways[0], gateways[1:]
-    held = hold_tcp(doomed.tcp_port, MAX)  # the quota, all on the doomed one
-    assert tcp_client(alive[0].tcp_port) == "busy"
+    members = [str(p) for p in client.zrange("{gw}:procs", 0, -1)]
+    (proc,) = [p for p in members if f":{doomed.proc.pid}:" in p]
+    held = hold_tcp(doomed.tcp_port, 3)  # places that only the lease can give back
+    outcomes: dict[str, int] = {}
+    clients = threading.Thread(target=lambda: outcomes.update(storm(gateways, seconds=3)))
+    clients.start()
+    time.sleep(1)
     doomed.proc.send_signal(signal.SIGKILL)
     doomed.proc.wait()
-    took = wait_until(lambda: held_in_redis(client) == 0, timeout=TTL + 2)
-    assert took <= TTL + 1.5
+    killed = time.monotonic()
+    assert int(client.hget("{gw}:alloc:" + proc, "all") or 0) >= 3
+    wait_until(lambda: not client.exists("{gw}:alloc:" + proc), timeout=TTL + 2)
+    freed = time.monotonic() - killed
+    clients.join()
+    assert freed <= TTL + 0.5, freed
+    assert client.zscore("{gw}:procs", proc) is None
+    assert outcomes.get("ok", 0) > 10, outcomes
+    # the two left can fill the whole quota between them, and no more
+    wait_until(lambda: held_in_redis(client) == 0, timeout=TTL + 2)
     more = hold_tcp(alive[0].tcp_port, MAX // 2) + hold_tcp(alive[1].tcp_port, MAX - MAX // 2)
     assert tcp_client(alive[1].tcp_port) == "busy"
     assert held_in_redis(client) == MAX
