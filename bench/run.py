@@ -190,9 +190,15 @@ def http_lastlog(tmp: Path, log: Path | None = None) -> list[Row]:
     config = f'{FAST}[lastlog]\nsource = "{log}"\n'
     with gateway(config, tmp) as (_, http):
         gw_rps, gw_p99 = wrk(f"http://127.0.0.1:{http}/lastlog")
+    ceiling_port = free_port()
+    with server(
+        [sys.executable, str(HERE / "ceiling.py"), "web", str(ceiling_port), str(log)], ceiling_port
+    ):
+        bare_rps, _ = wrk(f"http://127.0.0.1:{ceiling_port}/lastlog")
     return [
         Row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer_rps, gw_rps),
         Row("GET /lastlog p99", "ms", "webhook + tail", peer_p99, gw_p99, better="lower"),
+        Row("GET /lastlog vs the stack", "req/s", "bare twisted.web", bare_rps, gw_rps),
     ]
 
 
@@ -382,7 +388,19 @@ def ws_lastlog(tmp: Path) -> list[Row]:
         peer = load("ws", f"ws://127.0.0.1:{port}/")
     with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (_, http):
         gw = load("ws", f"ws://127.0.0.1:{http}/ws")
+    bare_port = free_port()
+    with server(
+        [sys.executable, str(HERE / "ceiling.py"), "ws", str(bare_port), str(log)], bare_port
+    ):
+        bare = load("ws", f"ws://127.0.0.1:{bare_port}/")
     return [
+        Row(
+            "WebSocket lastlog vs the stack",
+            "rt/s",
+            "bare Autobahn",
+            bare["ops_per_s"],
+            gw["ops_per_s"],
+        ),
         Row(
             "WebSocket lastlog, 50 clients",
             "rt/s",

@@ -4,16 +4,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.python.failure import Failure
 
 from gateway.commands.journal import JournalSource
 from gateway.commands.lastlog import (
+    INLINE_MAX_BYTES,
     AutoSource,
     CommandSource,
     FileSource,
     LastlogCommand,
+    tail_cached,
     tail_lines,
 )
 from gateway.core.errors import CommandError
@@ -131,6 +133,7 @@ def test_file_source_permission_denied(tmp_path: Path, monkeypatch: pytest.Monke
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr("builtins.open", denied)
+    monkeypatch.setattr("os.open", denied)  # the reactor's own read, too
     failures: list[object] = []
     FileSource(str(log), run_now).tail(3, lambda e: None).addErrback(failures.append)
     err = failures[0].value  # type: ignore[attr-defined]
@@ -300,6 +303,13 @@ def test_unchanged_file_is_answered_without_reading_it_again(tmp_path: Path) -> 
         return run_now(f)
 
     source = FileSource(str(log), counting)
+    read_now = source._read_now
+
+    def counting_now(n: int) -> Any:  # a page-cached read in the reactor counts too
+        reads.append(1)
+        return read_now(n)
+
+    source._read_now = counting_now  # type: ignore[method-assign]
     events: list[Event] = []
     source.tail(3, events.append)
     source.tail(2, events.append)  # fewer lines of the same file: from the last answer
@@ -315,3 +325,65 @@ def test_unchanged_file_is_answered_without_reading_it_again(tmp_path: Path) -> 
     log.write_text("rotated\n")  # a new file under the same name
     source.tail(1, events.append)
     assert events[-1] == Lines(("rotated",))
+
+
+@given(
+    lines=st.lists(st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")), max_size=300),
+    partial=st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"")),
+    n=st.integers(min_value=1, max_value=60),
+)
+@settings(max_examples=150, deadline=None)
+def test_a_cached_tail_read_in_the_reactor_says_what_the_thread_would(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], partial: bytes, n: int
+) -> None:
+    path = tmp_path_factory.mktemp("tail") / "log"
+    data = b"".join(line + b"\n" for line in lines) + partial
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        now = tail_cached(fd, len(data), n)
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        expected = tail_lines(f, n)
+    if len(data) <= INLINE_MAX_BYTES - 16 * 1024:
+        assert now == expected  # just written: in the page cache
+    else:
+        assert now is None or now == expected
+
+
+def test_a_tail_beyond_the_inline_bound_is_left_to_the_thread(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"x" * (INLINE_MAX_BYTES + 10) + b"\n")  # one line longer than the bound
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert tail_cached(fd, INLINE_MAX_BYTES + 11, 1) is None
+    finally:
+        os.close(fd)
+
+
+def test_a_file_source_answers_a_changed_cached_file_without_a_thread(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"one\ntwo\n")
+    threads: list[object] = []
+
+    def in_thread(f: Any) -> Any:
+        threads.append(f)
+        return run_now(f)
+
+    source = FileSource(str(path), in_thread)
+    got: list[object] = []
+    source.tail(5, got.append)
+    with open(path, "ab") as f:
+        f.write(b"three\n")  # the log grows: read again, here
+    source.tail(5, got.append)
+    assert [e.lines for e in got if isinstance(e, Lines)] == [
+        ("one", "two"),
+        ("one", "two", "three"),
+    ]
+    assert threads == []
+    source.path = str(tmp_path / "missing")  # an error is the thread's to tell
+    source._cached = None
+    failures: list[Any] = []
+    source.tail(5, got.append).addErrback(failures.append)
+    assert len(threads) == 1 and failures[0].value.code == "unavailable"

@@ -38,6 +38,23 @@ def escape(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+def message(event: dict[str, Any]) -> str:
+    """The event's message, formatted (not yet escaped).
+
+    The common event (a ``log_format`` of plain ``{name}`` and ``{name:spec}``
+    fields) is formatted by ``str.format_map`` in C; anything else, or any
+    failure, by Twisted's ``formatEvent`` (calls in fields, missing fields,
+    ``log_text``), which says what went wrong rather than raising.
+    """
+    fmt = event.get("log_format")
+    if fmt is not None and "(" not in fmt:
+        try:
+            return str(fmt.format_map(event))
+        except Exception:
+            pass
+    return formatEvent(event)
+
+
 def is_auth_line(line: str) -> bool:
     """Is this command line an ``auth`` line, however it is spaced?
 
@@ -75,7 +92,7 @@ class JSONLinesObserver:
             "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),
             "level": level.name if isinstance(level, type(LogLevel.info)) else "info",
             "namespace": event.get("log_namespace", ""),
-            "message": escape(formatEvent(event)),
+            "message": escape(message(event)),
         }
         for key, value in event.items():
             if key.startswith("log_") or key in self._SKIP:
@@ -131,7 +148,7 @@ class TextObserver:
         is escaped here, so no code path can write a raw control character,
         line break or unencodable character into the log.
         """
-        text = escape(formatEvent(event))
+        text = escape(message(event))
         failure = event.get("log_failure")
         if failure is not None:
             # Each traceback line indented: nothing in it can pass for an entry.

@@ -199,7 +199,7 @@ class CommandService:
             return fail("internal", INTERNAL_MESSAGE)
 
         running: Deferred[Result] = maybeDeferred(command.run_as, identity, args, sink, client.flow)
-        if timeout is not None:
+        if timeout is not None and not running.called:  # done at once: nothing to time
             running.addTimeout(timeout, self._clock)
         outcome = running.addCallbacks(succeeded, failed)
         if not outcome.called:

@@ -216,7 +216,7 @@ class ResponseWriter:
             self._result(event)
         elif isinstance(event, Error):
             self._error(event)
-        elif isinstance(event, Dropped | Gap):
+        elif isinstance(event, (Dropped, Gap)):
             self._start()
             self._notice(event)
         elif isinstance(event, Notice) and self.fmt in ("ndjson", "sse"):
