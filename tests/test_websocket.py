@@ -343,3 +343,24 @@ def test_websocket_states_and_nothing_after_goodbye(h: Harness) -> None:
     assert state() is SocketState.CLOSED
     with pytest.raises(RuntimeError, match="cannot go from closed to open"):
         server._move(SocketState.OPEN)
+
+
+def test_frames_written_straight_are_counted_as_autobahn_counts_them(h: Harness) -> None:
+    conn = h.connect(["gateway.text"])
+    server = conn.server
+    before = server.trafficStats.outgoingOctetsWireLevel
+    written: list[bytes] = []
+    write = server.transport.write
+
+    def recording(data: bytes) -> None:
+        written.append(data)
+        write(data)
+
+    server.transport.write = recording
+    h.send(conn, "lastlog 2")
+    assert conn.messages == ["Begin lastlog", "entry 18", "entry 19", "End lastlog"]
+    assert len(written) == 4  # one frame per message, no queue
+    assert server.trafficStats.outgoingOctetsWireLevel - before == sum(map(len, written))
+    server.send_queue.append((b"", False))  # something queued: Autobahn's own path keeps order
+    server.sendData(b"\x81\x01x")
+    assert server.send_queue[-1] == (b"\x81\x01x", False)
