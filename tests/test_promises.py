@@ -827,3 +827,34 @@ def test_an_http_close_that_never_finishes_is_aborted() -> None:
     assert t.disconnecting and not t.aborted
     clock.advance(channel.abortTimeout)
     assert t.aborted
+
+
+def test_log_lines_are_flushed_once_a_turn_in_the_reactor_and_at_once_elsewhere() -> None:
+    import threading
+
+    from twisted.internet.task import Clock
+
+    from gateway.logfmt import TurnFlush
+
+    class Counting(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            self.flushes += 1
+            super().flush()
+
+    out, clock = Counting(), Clock()
+    observer = TextObserver(out, "info", TurnFlush(out, clock.callLater))
+    for n in range(3):
+        observer({"log_format": "line {n}", "n": n, "log_level": LogLevel.info, "log_time": 0})
+    assert out.getvalue().count("\n") == 3
+    assert out.flushes == 0
+    clock.advance(0)  # the end of the turn
+    assert out.flushes == 1
+    worker = threading.Thread(
+        target=observer,
+        args=({"log_format": "from a thread", "log_level": LogLevel.info, "log_time": 0},),
+    )
+    worker.start()
+    worker.join()
+    assert out.flushes == 2  # not left waiting for the reactor

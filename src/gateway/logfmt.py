@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar
 
@@ -77,14 +79,42 @@ def printable(text: str, limit: int = 200) -> str:
     return escape(text)
 
 
+class TurnFlush:
+    """Flushes a log stream once per reactor turn instead of once per line.
+
+    Logging is on the hot path (a line per command); a flush is a system
+    call.  Lines logged in the reactor's thread are flushed by a call at the
+    end of the turn, so they reach the journal or the file a moment later and
+    together; a line logged from any other thread is flushed at once.
+    """
+
+    def __init__(self, out: IO[str], call_later: Callable[..., object]) -> None:
+        self._out = out
+        self._call_later = call_later
+        self._thread = threading.get_ident()
+        self._pending = False
+
+    def __call__(self) -> None:
+        if threading.get_ident() != self._thread:
+            self._out.flush()
+        elif not self._pending:
+            self._pending = True
+            self._call_later(0, self.flush)
+
+    def flush(self) -> None:
+        self._pending = False
+        self._out.flush()
+
+
 @implementer(ILogObserver)
 class JSONLinesObserver:
     """Writes each event as one JSON object on one line."""
 
     _SKIP = frozenset({"format", "message", "time", "system", "isError", "why", "failure"})
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], flush: Callable[[], None] | None = None) -> None:
         self._out = out
+        self._flush = flush or out.flush
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
@@ -105,7 +135,7 @@ class JSONLinesObserver:
         if failure is not None:
             record["traceback"] = "\n".join(map(escape, failure.getTraceback().split("\n")))
         self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._out.flush()
+        self._flush()
 
 
 @implementer(ILogObserver)
@@ -119,8 +149,14 @@ class TextObserver:
 
     _ORDER: ClassVar[dict[str, int]] = {"debug": 0, "info": 1, "warn": 2, "error": 3, "critical": 4}
 
-    def __init__(self, out: IO[str] | io.TextIOBase, level: str = "info") -> None:
+    def __init__(
+        self,
+        out: IO[str] | io.TextIOBase,
+        level: str = "info",
+        flush: Callable[[], None] | None = None,
+    ) -> None:
         self._out = out
+        self._flush = flush or out.flush
         self._minimum = self._ORDER[level]
         self._second = -1
         self._stamp = ""
@@ -139,7 +175,7 @@ class TextObserver:
         if self._ORDER.get(name, 1) < self._minimum:
             return
         self._out.write(self.line(event, name))
-        self._out.flush()
+        self._flush()
 
     def line(self, event: dict[str, Any], level: str) -> str:
         """The event as text: one line, and an indented traceback if any.
@@ -201,8 +237,11 @@ class RecentLog:
         return list(sink.lines)[-n:] if n > 0 else []
 
 
-def make_observer(fmt: str, level: str, out: IO[str]) -> ILogObserver:
+def make_observer(
+    fmt: str, level: str, out: IO[str], flush: Callable[[], None] | None = None
+) -> ILogObserver:
+    """``flush``: how a line is flushed (default: at once)."""
     if fmt == "json":
         predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-        return FilteringLogObserver(JSONLinesObserver(out), [predicate])
-    return TextObserver(out, level)
+        return FilteringLogObserver(JSONLinesObserver(out, flush), [predicate])
+    return TextObserver(out, level, flush)
