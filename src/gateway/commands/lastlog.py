@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorProcess
 from twisted.python.failure import Failure
 
@@ -251,6 +251,10 @@ BATCH = 100
 
 def send_in_batches(lines: list[str], sink: Sink, flow: Flow) -> Deferred[None]:
     """Send ``lines`` a batch at a time, waiting while ``flow`` is paused."""
+    if len(lines) <= BATCH and not flow.paused:  # the common answer: one batch, now
+        if lines:
+            sink(Lines(tuple(lines)))
+        return succeed(None)
     done: Deferred[None] = Deferred(lambda d: stop.append(True))
     stop: list[bool] = []
     position = [0]
