@@ -277,18 +277,7 @@ class ClusterQuota:
         for key, count in self._give.items():
             args += [key, count]
         self._give = {}
-        epoch, sent = self._epoch, self.clock.seconds()
-
-        def answered(reply: list[Any]) -> None:
-            if epoch != self._epoch:
-                return
-            if reply[0] == -1:
-                self._lease_lapsed()
-                return
-            self._renewed = sent
-            self.processes, self.cluster_allotted = int(reply[1]), int(reply[2])
-
-        self.link.run(scripts.GIVE, args).addCallbacks(answered, lambda _: None)
+        self._renewing(scripts.GIVE, args)
 
     def squeezed(self, key: str) -> None:
         """Another process was refused ``key``: give back its spare places now."""
@@ -313,6 +302,12 @@ class ClusterQuota:
             if counter.used_at < idle:  # quiet since the last beat: no spare needed
                 counter.spare = 0
                 self._settle(key, counter, 0)
+        self._renewing(scripts.BEAT, self._head())
+
+    def _renewing(self, script: str, args: list[object]) -> None:
+        """Run GIVE or BEAT, which renew the lease; take the cluster's figures
+        from the answer (``{1, processes, allotted[, in use]}``), or state this
+        process's places again if the lease had lapsed."""
         epoch, sent = self._epoch, self.clock.seconds()
 
         def answered(reply: list[Any]) -> None:
@@ -322,9 +317,11 @@ class ClusterQuota:
                 self._lease_lapsed()
                 return
             self._renewed = sent
-            self.processes, self.cluster_allotted, self.cluster_in_use = map(int, reply[1:4])
+            self.processes, self.cluster_allotted = int(reply[1]), int(reply[2])
+            if len(reply) > 3:
+                self.cluster_in_use = int(reply[3])
 
-        self.link.run(scripts.BEAT, self._head()).addCallbacks(answered, lambda _: None)
+        self.link.run(script, args).addCallbacks(answered, lambda _: None)
 
     def _lease_lapsed(self) -> None:
         log.warn("this process's lease in redis had lapsed; stating its places again")
