@@ -10,15 +10,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from zope.interface import implementer
 
 from gateway import __version__
 from gateway.auditlog import AuditLog, target_for
@@ -145,23 +144,21 @@ def cluster_of(config: Config, reactor: Any) -> Cluster | None:
     )
 
 
-@implementer(IStreamServerEndpoint)
-class InheritedEndpoint:
+class InheritedEndpoint(AdoptedStreamServerEndpoint):
     """Listens on a socket a supervisor bound (``--workers``), with TLS when
     the listener is ``ssl:``."""
 
     def __init__(self, reactor: Any, fd: int, tls: Any = None) -> None:
-        self.reactor = reactor
-        self.fd = fd
+        with socket.socket(fileno=os.dup(fd)) as s:
+            family = s.family
+        super().__init__(reactor, fd, family)
         self.tls = tls
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
         if self.tls is not None:
             factory = TLSMemoryBIOFactory(self.tls, False, factory)
-        os.set_blocking(self.fd, False)  # the reactor's accept loop must never block
-        with socket.socket(fileno=os.dup(self.fd)) as s:
-            family = s.family
-        return maybeDeferred(self.reactor.adoptStreamPort, self.fd, family, factory)
+        listening: Deferred[IListeningPort] = super().listen(factory)
+        return listening
 
 
 def endpoint(
