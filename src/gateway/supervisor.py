@@ -34,8 +34,6 @@ from gateway.config import Config, split_endpoint
 
 log = Logger(namespace="gateway.supervisor")
 
-#: Listener keys, and the flags that hand a worker their sockets.
-LISTENERS = ("tcp.listen", "http.listen")
 #: A worker that ends sooner than this after its start is restarted ever later.
 QUICK_EXIT = 5.0
 MOST_BACKOFF = 30.0

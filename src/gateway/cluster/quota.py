@@ -114,7 +114,7 @@ class ClusterQuota:
             self._beat.stop()
         done: Deferred[Any] = succeed(None)
         if self.link.up:
-            done = self.link.run(scripts.SYNC, [self.prefix, self.proc, 1, 0, 0])
+            done = self.link.run(scripts.SYNC, [self.prefix, self.proc, 1, 0])
         return done.addBoth(lambda _: self.link.stop())
 
     def configure(self, max_clients: int, max_per_ip: int) -> None:
@@ -334,7 +334,7 @@ class ClusterQuota:
         self._syncing = True
         self._epoch += 1
         self._give.clear()
-        args = [*self._head(), 1]
+        args = self._head()
         stated: dict[str, int] = {}
         for key, counter in list(self._counters.items()):
             counter.alloc = counter.in_use

@@ -125,9 +125,9 @@ return {1, redis.call('ZCARD', procs), tonumber(redis.call('HGET', sum, 'all') o
 )
 
 #: State this process's allotments outright (joining, or after Redis was
-#: unreachable or the lease lapsed).  ARGV[5]: lockouts wanted ("1"/"0"),
-#: ARGV[6..]: (counter, count) pairs.  Returns ``{processes, sum of all, in use
-#: in all, address1, ms left1, ...}`` (the lockouts in force).
+#: unreachable or the lease lapsed).  ARGV[5..]: (counter, count) pairs.
+#: Returns ``{processes, sum of all, in use in all, address1, ms left1, ...}``
+#: (the lockouts in force).
 SYNC = (
     _PROLOGUE
     + """
@@ -138,7 +138,7 @@ for i = 1, #old, 2 do
   end
 end
 redis.call('DEL', mine)
-for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local key, n = ARGV[i], tonumber(ARGV[i + 1])
   if n > 0 then
     redis.call('HSET', mine, key, n)
