@@ -89,7 +89,7 @@ def tail_cached(fd: int, end: int, n: int) -> list[str] | None:
     if nowait is None:
         return None
     pos = end
-    chunks: list[bytes] = []
+    chunks: list[bytearray] = []
     newlines = 0
     while pos > 0 and newlines <= n:
         if end - pos >= INLINE_MAX_BYTES:
@@ -103,7 +103,7 @@ def tail_cached(fd: int, end: int, n: int) -> list[str] | None:
             return None  # not cached: a thread waits for the disk instead
         if got != size:
             return None  # partly cached, or the file shrank under us
-        chunks.append(bytes(buf))
+        chunks.append(buf)
         newlines += buf.count(b"\n")
     parts = b"".join(reversed(chunks)).split(b"\n")
     if parts and parts[-1] == b"":
