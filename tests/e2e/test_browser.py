@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ..support.e2e import BIN, open_nc, read_line, require_tool
+from ..support.e2e import BIN, free_port, open_nc, read_line, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -147,12 +147,6 @@ def test_console_shows_the_quota_refusal_then_gets_in(
         holder.kill()
         holder.wait()
     page.wait_for_selector('#status[data-state="connected"]', timeout=15_000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_console_goes_red_and_reconnects(page: Any, start_gateway: Any) -> None:

@@ -38,6 +38,13 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Gateway:
     """A running gateway process and what it has logged."""
 
