@@ -14,9 +14,11 @@ import random
 import re
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
@@ -25,7 +27,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from ..support.e2e import BIN, Gateway, pid_alive
+from ..support.e2e import BIN, Gateway, make_certificate, pid_alive
 from ..support.redis import RedisServer
 
 MAX = 6
@@ -394,3 +396,20 @@ def found(gw: Gateway, pattern: str) -> list[Any]:
         for line in list(gw.lines)
         if (m := re.search(pattern, line))
     ]
+
+
+def test_workers_serve_tls_on_the_socket_they_share(
+    start_gateway: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    key, cert = make_certificate(tmp_path)
+    listener = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    argv = [str(BIN / "gateway"), "--workers", "2", "--http", listener]
+    gw = start_gateway(cluster_config(redis_server), argv=argv)
+    wait_until(lambda: count(gw, "client quota shared through redis") == 2, timeout=15)
+    context = ssl.create_default_context(cafile=str(cert))
+    for _ in range(6):  # either worker may accept: each wraps its connections in TLS
+        conn = http.client.HTTPSConnection("127.0.0.1", gw.http_port, timeout=10, context=context)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() == b"ok\n"
+        conn.close()
+    assert gw.stop() == 0
