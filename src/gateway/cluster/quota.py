@@ -224,11 +224,11 @@ class ClusterQuota:
             return self._admit(transport, peer, keys)
 
         def failed(failure: Failure) -> Deferred[Slot]:
-            self._unreserve(keys)
             if self.state == "up":  # Redis answered with an error: the link stays
+                self._unreserve(keys)
                 log.failure("the shared quota's script failed", failure)
                 return fail(CommandError("unavailable", DOWN_MESSAGE, retry_after=1))
-            return self._fallback(transport, peer, keys, self._reserve(keys))
+            return self._fallback(transport, peer, keys, counters)  # still reserved
 
         return self.link.run(scripts.TAKE, args).addCallbacks(answered, failed)
 
