@@ -476,3 +476,18 @@ def test_console_page_mentions_only_its_own_files(h: Harness) -> None:
     for ref in re.findall(r'(?:src|href)="([^"]+)"', body):
         assert "//" not in ref, ref  # no CDN, works offline
         assert h.get("/" + ref)[0] == 200, ref
+
+
+def test_a_path_a_manifest_stands_in_for_is_not_documented_as_always_required(
+    h: Harness,
+) -> None:
+    """GET /comphash?check=1&manifest=... runs without a path: the document says so."""
+    _, _, body = h.get("/openapi.json")
+    params = json.loads(body)["paths"]["/comphash"]["get"]["parameters"]
+    path = next(p for p in params if p["name"] == "path")
+    assert path["required"] is False
+    assert path["description"].endswith("(required unless manifest is given)")
+    _, _, listed = h.get("/commands?format=json")
+    (comphash,) = [c for c in json.loads(listed)["commands"] if c["name"] == "comphash"]
+    (described,) = [p for p in comphash["params"] if p["name"] == "path"]
+    assert described["required"] is True and described["required_unless"] == "manifest"

@@ -21,6 +21,7 @@ PARAM_SCHEMA = {
         "name": {"type": "string"},
         "type": {"enum": ["int", "choice", "path", "string", "flag"]},
         "required": {"type": "boolean"},
+        "required_unless": {"type": "string"},
         "help": {"type": "string"},
     },
     "required": ["name", "type", "required"],

@@ -314,6 +314,7 @@ class ComphashCommand(Command[ComphashArgs]):
                 "absolute path of a regular file (-r: a directory; -c: a manifest)",
                 required=True,
                 missing="Please provide a path.",
+                unless="manifest",
             ),
         )
         #: With a manifest's text, no path is asked for.

@@ -56,6 +56,9 @@ class Param:
     #: The scope field that bounds it for a scoped identity (``max_lines``,
     #: ``follow``, ``algorithms``); a ``path`` is bounded by ``roots``.
     scope: str | None = None
+    #: A required parameter another one may stand in for (comphash's
+    #: ``manifest`` for ``path``): documented as required unless that is given.
+    unless: str | None = None
 
     def __post_init__(self) -> None:
         if self.pattern is not None:
@@ -268,6 +271,8 @@ def _check(p: Param, value: object) -> object:
 def describe(p: Param) -> dict[str, object]:
     """The parameter as ``GET /commands`` lists it."""
     out: dict[str, object] = {"name": p.name, "type": p.kind, "required": p.required}
+    if p.unless is not None:
+        out["required_unless"] = p.unless
     if p.help:
         out["help"] = p.help
     if p.default is not None:
@@ -306,9 +311,11 @@ def query_parameter(p: Param) -> dict[str, Any]:
             schema["pattern"] = f"^(?:{p.pattern})$"
     if p.default is not None:
         schema["default"] = p.default
-    out: dict[str, Any] = {"name": p.name, "in": "query", "required": p.required}
-    if p.help:
-        out["description"] = p.help
+    required = p.required and p.unless is None
+    out: dict[str, Any] = {"name": p.name, "in": "query", "required": required}
+    if p.help or p.unless:
+        unless = f" (required unless {p.unless} is given)" if p.unless and p.required else ""
+        out["description"] = p.help + unless
     out["schema"] = schema
     return out
 
