@@ -5,7 +5,7 @@
     load.py ws   URL  --request lastlog --until 'End lastlog'       # WebSocket text
     load.py echo PORT                                              # a trivial server
     load.py idle-tcp PORT N / idle-ws URL N                        # hold N connections
-    load.py watch-tcp HOST:PORT N / watch-ws URL N / watch-sse URL N   # N followers
+    load.py watch-tcp HOST:PORT N --log PATH / watch-ws URL N / watch-sse URL N   # N followers
     load.py write-log PATH --rate 1000 --seconds 10                # a stamped writer
 
 Prints one JSON object: operations, seconds, ops per second, p50/p99 latency.
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import re
 import resource
 import sys
 import time
@@ -92,87 +94,176 @@ def delays_summary(
     }
 
 
-def _stamp(line: bytes) -> float | None:
-    """Lines the writer appends start with the wall-clock time they were written."""
-    head = line.split(b" ", 1)[0]
-    try:
-        return float(head)
-    except ValueError:
-        return None
+#: A line the writer appends: its stamp (the wall-clock time it was written), then " line ".
+STAMPED = re.compile(rb"(\d{9,11}\.\d{6}) line ")
+MARK = b" line "
+#: What one read takes at most.
+READ_BYTES = 64 * 1024
+#: The lines of each this many-th read give delay samples (the client stays cheap).
+SAMPLE_EVERY = 8
+WS_KEY = base64.b64encode(b"load-generator16").decode()
 
 
-async def watch(mode: str, target: str, watchers: int, seconds: float, stalled: int) -> None:
+def ws_frame(text: str) -> bytes:
+    """One masked text frame (a client's), with a zero mask: the payload as it is."""
+    payload = text.encode()
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+class Watcher(asyncio.BufferedProtocol):
+    """One follower that counts stamped lines as they arrive, read by read.
+
+    Lines are counted by their mark in the read buffer itself (no copy, no
+    per-line Python work, no WebSocket frame parsing: a stamped line is found
+    the same way in a text stream, an SSE stream or WebSocket frames), so one
+    client process can take a million lines a second.  The lines of every
+    :data:`SAMPLE_EVERY`-th read give their delays.
+    """
+
+    def __init__(
+        self,
+        request: bytes,
+        read: bool,
+        tally: list[int],
+        delays: list[float],
+        after_upgrade: bytes = b"",
+    ) -> None:
+        """``after_upgrade``: sent once the server has answered the request's
+        headers (a WebSocket client waits for the handshake's answer)."""
+        self.request = request
+        self.after_upgrade = after_upgrade
+        self.read = read
+        self.tally = tally
+        self.delays = delays
+        self.buffer = bytearray(READ_BYTES)
+        self.rest = b""
+        self.reads = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+        if not self.read:
+            transport.pause_reading()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, n: int) -> None:
+        self.tally[1] += n
+        buffer, start = self.buffer, 0
+        if self.after_upgrade:
+            head = self.rest + bytes(buffer[:n])
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self.rest = head
+                return
+            assert self.transport is not None
+            self.transport.write(self.after_upgrade)
+            self.after_upgrade = self.rest = b""
+            start = end + 4 - (len(head) - n)
+        # a mark cut in two by the last read is counted with this one
+        cut = len(MARK) - 1
+        if self.rest:
+            self.tally[0] += (self.rest + bytes(buffer[start : start + cut])).count(MARK)
+        self.tally[0] += buffer.count(MARK, start, n)
+        self.rest = bytes(buffer[max(start, n - cut) : n])
+        self.reads += 1
+        if self.reads % SAMPLE_EVERY == 0:
+            now = time.time()
+            stamps = STAMPED.findall(buffer, start, n)
+            self.delays.extend(now - float(stamp) for stamp in stamps)
+
+    def eof_received(self) -> bool:
+        return False
+
+
+async def watch(
+    mode: str,
+    target: str,
+    watchers: int,
+    seconds: float,
+    stalled: int,
+    log: str | None = None,
+    rate: float = 1000.0,
+) -> None:
     """``watchers`` clients follow the log for ``seconds``; ``stalled`` of them never read.
 
-    Counts lines received and the delay from write (the stamp in the line) to receipt.
+    Counts lines received and the delay from write (the stamp in the line) to
+    receipt.  With ``log``, once every watcher is connected, a writer appends
+    ``rate`` stamped lines a second to it (so a gateway slow to accept a
+    thousand connections is not measured while nobody writes), and the count
+    starts half a second later.
     """
     delays: list[float] = []
-    counted = [0]
-    ready = [0]
-    stop = time.monotonic() + seconds
-
-    def got(line: bytes) -> None:
-        stamp = _stamp(line)
-        if stamp is not None:
-            counted[0] += 1
-            if counted[0] % 7 == 0:  # a sample keeps the client cheap
-                delays.append(time.time() - stamp)
-
-    async def lines_until_stop(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read: bool, prefix: bytes
-    ) -> None:
-        """Hand each line starting with ``prefix`` (without it) to ``got``
-        until the run ends; a watcher that does not ``read`` only waits."""
-        ready[0] += 1
-        if not read:
-            await asyncio.sleep(max(0.0, stop - time.monotonic()))
-            writer.close()
-            return
-        while time.monotonic() < stop:
-            try:
-                line = await asyncio.wait_for(reader.readline(), stop - time.monotonic())
-            except TimeoutError:
-                break
-            if line.startswith(prefix):
-                got(line[len(prefix) :])
-        writer.close()
-
-    async def tcp_one(read: bool) -> None:
+    tally = [0, 0]  # lines, bytes
+    loop = asyncio.get_running_loop()
+    then = b""
+    if mode == "tcp":
         host, port = target.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"lastlog -f 1\n")
-        await lines_until_stop(reader, writer, read, b"")
-
-    async def ws_one(read: bool) -> None:
-        from websockets.asyncio.client import connect
-
-        async with connect(target, ping_interval=None, compression=None, max_queue=None) as ws:
-            await ws.send("lastlog -f 1")
-            ready[0] += 1
-            if not read:
-                await asyncio.sleep(max(0.0, stop - time.monotonic()))
-                return
-            while time.monotonic() < stop:
-                try:
-                    message = await asyncio.wait_for(ws.recv(), stop - time.monotonic())
-                except TimeoutError:
-                    break
-                got(message.encode() if isinstance(message, str) else message)
-
-    async def sse_one(read: bool) -> None:
-        host_port, _, path = target.removeprefix("http://").partition("/")
+        path = ""
+        request = b"lastlog -f 1\n"
+    else:
+        host_port, _, path = target.split("://", 1)[1].partition("/")
         host, port = host_port.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        if mode == "sse":
+            request = (
+                f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+            ).encode()
+        else:
+            request = (
+                f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+            then = ws_frame("lastlog -f 1")
+    opened = []
+    for i in range(watchers):
+        for attempt in range(100):  # a full accept queue refuses: try again shortly
+            try:
+                _, proto = await loop.create_connection(
+                    lambda read=(i >= stalled): Watcher(request, read, tally, delays, then),
+                    host,
+                    int(port),
+                )
+                break
+            except ConnectionRefusedError:
+                if attempt == 99:
+                    raise
+                await asyncio.sleep(0.05)
+        opened.append(proto)
+    writer = None
+    if log is not None:
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "write-log",
+            log,
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds + 1.0),
         )
-        await lines_until_stop(reader, writer, read, b"data: ")
-
-    one = {"tcp": tcp_one, "ws": ws_one, "sse": sse_one}[mode]
+        await asyncio.sleep(0.5)
     begin = time.monotonic()
-    await asyncio.gather(*(one(i >= stalled) for i in range(watchers)))
-    readers = watchers - stalled
-    print(json.dumps(delays_summary(delays, counted[0], time.monotonic() - begin, readers)))
+    cpu_from = time.process_time()
+    counted_from, bytes_from = tally
+    del delays[:]
+    await asyncio.sleep(seconds)
+    took = time.monotonic() - begin
+    busy = (time.process_time() - cpu_from) / took
+    lines = tally[0] - counted_from
+    for proto in opened:
+        if proto.transport is not None:
+            proto.transport.abort()
+    if writer is not None:
+        await writer.wait()
+    report = delays_summary(delays, lines, took, watchers - stalled)
+    report["bytes_per_s"] = (tally[1] - bytes_from) / took
+    report["client_cpu"] = busy  # near 1: the client, not the server, is the limit
+    print(json.dumps(report))
 
 
 def write_log(path: str, rate: float, seconds: float) -> None:
@@ -258,13 +349,14 @@ def main() -> None:
     p.add_argument("--hold", type=float, default=15.0)
     p.add_argument("--stalled", type=int, default=0)
     p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument("--log", help="watch-*: the file a writer appends to once all are connected")
     a = p.parse_args()
     raise_nofile()
     if a.mode == "write-log":
         write_log(a.target, a.rate, a.seconds)
         return
     if a.mode.startswith("watch-"):
-        asyncio.run(watch(a.mode[6:], a.target, a.count, a.seconds, a.stalled))
+        asyncio.run(watch(a.mode[6:], a.target, a.count, a.seconds, a.stalled, a.log, a.rate))
         return
     if a.mode == "tcp":
         run = tcp_load(

@@ -442,24 +442,19 @@ def follow(tmp: Path) -> list[Row]:
     ]
 
     def run_watchers(mode: str, target: str, n: int, stalled: int = 0) -> dict[str, float]:
-        writer = subprocess.Popen(
-            pinned(
-                LOAD_CPU,
-                [*LOAD, "write-log", str(log), "--rate", "1000", "--seconds", str(seconds + 1)],
-            )
+        return load(
+            f"watch-{mode}",
+            target,
+            str(n),
+            "--seconds",
+            str(seconds),
+            "--stalled",
+            str(stalled),
+            "--log",
+            str(log),
+            "--rate",
+            "1000",
         )
-        try:
-            return load(
-                f"watch-{mode}",
-                target,
-                str(n),
-                "--seconds",
-                str(seconds),
-                "--stalled",
-                str(stalled),
-            )
-        finally:
-            writer.wait()
 
     for n in (1, 100, 1000):
         with server(tail, ws_port):
