@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from gateway.commands.follow import (
+    COALESCE_MOST,
+    COALESCE_SECONDS,
     POLL_SECONDS,
     SETTLE_MOST,
     SETTLE_SECONDS,
     FileReader,
     Followers,
+    coalesce,
 )
 from gateway.commands.lastlog import CommandSource, FileSource, LastlogCommand, prime_file
 from gateway.commands.registry import Runners, build_service, reconfigure
@@ -23,7 +26,7 @@ from gateway.config import Config, merge
 from gateway.core.command import Client
 from gateway.core.events import Dropped, Event, Following, Gap, Lines, Result
 from gateway.core.flow import Flow
-from gateway.core.follow import Entry, Feed, Stale, Watcher
+from gateway.core.follow import Entry, Feed, Stale, Watcher, lines_of
 from gateway.core.metrics import render
 from gateway.core.params import compile_pattern
 from gateway.core.quota import ClientQuota
@@ -536,3 +539,27 @@ def test_a_command_that_ends_before_it_is_followed_is_an_error() -> None:
     assert followers.running == {}
     clock.advance(SETTLE_MOST)  # nothing left to go off
     assert followers.running == {}
+
+
+def test_a_batch_is_one_lines_event_for_every_watcher() -> None:
+    feed = Feed(replay=10)
+    got: list[list[Lines]] = [[], []]
+    for events in got:
+
+        def deliver(entries: Sequence[Entry], events: list[Lines] = events) -> None:
+            events.append(lines_of(feed, entries))
+
+        feed.attach(Watcher(deliver, print, print, 10), 0, None)
+    feed.append(["a", "b"])
+    first, second = got[0][0], got[1][0]
+    assert first is second  # rendered once by each front-end, for all
+    assert first.lines == ("a", "b") and first.cursors == (feed.cursor(1), feed.cursor(2))
+    queued = lines_of(feed, list(feed.replay_for(2, None)[0]))  # not a batch: its own event
+    assert queued == first and queued is not first
+
+
+def test_reads_wait_longer_with_more_watchers_but_never_long() -> None:
+    assert coalesce(0) == coalesce(1) == COALESCE_SECONDS
+    assert coalesce(100) == COALESCE_SECONDS
+    assert coalesce(1000) == 0.025
+    assert coalesce(1_000_000) == COALESCE_MOST <= 0.05

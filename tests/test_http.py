@@ -491,3 +491,25 @@ def test_a_path_a_manifest_stands_in_for_is_not_documented_as_always_required(
     (comphash,) = [c for c in json.loads(listed)["commands"] if c["name"] == "comphash"]
     (described,) = [p for p in comphash["params"] if p["name"] == "path"]
     assert described["required"] is True and described["required_unless"] == "manifest"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("text", b"a\nb\n"),
+        ("ndjson", b'{"line": "a", "cursor": "e-1"}\n{"line": "b", "cursor": "e-2"}\n'),
+        ("sse", b"id: e-1\ndata: a\n\nid: e-2\ndata: b\n\n"),
+    ],
+)
+def test_a_followed_batch_is_rendered_once_per_format(fmt: str, expected: bytes) -> None:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from gateway.frontends.http.routes import ResponseWriter
+
+    event = Lines(("a", "b"), ("e-1", "e-2"))
+    requests = [DummyRequest([b"lastlog"]) for _ in range(3)]
+    for request in requests:
+        ResponseWriter(request, fmt)(event)  # type: ignore[arg-type]
+    bodies = [request.written[0] for request in requests]
+    assert bodies[0] == expected
+    assert bodies[0] is bodies[1] is bodies[2]

@@ -359,8 +359,66 @@ def test_frames_written_straight_are_counted_as_autobahn_counts_them(h: Harness)
     server.transport.write = recording
     h.send(conn, "lastlog 2")
     assert conn.messages == ["Begin lastlog", "entry 18", "entry 19", "End lastlog"]
-    assert len(written) == 4  # one frame per message, no queue
+    assert len(written) == 2  # the lines in one write, End lastlog in another; no queue
+    assert server.trafficStats.outgoingWebSocketMessages >= 4
     assert server.trafficStats.outgoingOctetsWireLevel - before == sum(map(len, written))
     server.send_queue.append((b"", False))  # something queued: Autobahn's own path keeps order
     server.sendData(b"\x81\x01x")
     assert server.send_queue[-1] == (b"\x81\x01x", False)
+
+
+# -- a batch framed once for every connection
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_text_frames_are_autobahns_frames(h: Harness, size: int) -> None:
+    from gateway.frontends.websocket import text_frames
+
+    conn = h.connect(["gateway.text"])
+    server = conn.server
+    sent: list[bytes] = []
+    server.transport.write = sent.append
+    text = "é" * (size // 2) + "x" * (size % 2)
+    server.sendFrame(opcode=1, payload=text.encode())
+    frames, octets, longest = text_frames([text, "two"])
+    assert frames == b"".join(sent) + b"\x81\x03two"
+    assert (octets, longest) == (len(text.encode()) + 3, max(len(text.encode()), 3))
+
+
+def test_a_batch_is_framed_once_for_every_connection(h: Harness) -> None:
+    conns = [h.connect(["gateway.text"]) for _ in range(3)]
+    writes: list[list[bytes]] = []
+    for conn in conns:
+        got: list[bytes] = []
+        write = conn.server.transport.write
+
+        def recording(data: bytes, got: list[bytes] = got, write: Any = write) -> None:
+            got.append(data)
+            write(data)
+
+        conn.server.transport.write = recording
+        writes.append(got)
+    batch = ("one", "two", "three")
+    for conn in conns:
+        conn.server._deliver_all(batch)
+    h.flush()
+    for conn, got in zip(conns, writes, strict=True):
+        assert conn.messages[-3:] == ["one", "two", "three"]
+        assert len(got) == 1
+    assert writes[0][0] is writes[1][0] is writes[2][0]  # the same bytes, made once
+
+
+def test_messages_too_big_or_compressed_go_through_autobahn(h: Harness) -> None:
+    conn = h.connect(["gateway.text"])
+    server = conn.server
+    sent: list[bytes] = []
+    server.transport.write = sent.append
+    server.maxMessagePayloadSize = 4
+    with pytest.raises(Exception, match="exceeding payload limit"):
+        server._deliver_all(("fine", "too long"))
+    assert sent == [b"\x81\x04fine"]  # what fits went, each message on its own
+    server.maxMessagePayloadSize = 0
+    sent.clear()
+    server.autoFragmentSize = 2
+    server._deliver_all(("abc", "d"))
+    assert sent[0].startswith(b"\x01\x02ab")  # fragmented, as Autobahn does it

@@ -53,8 +53,13 @@ Primed = tuple[list[tuple[int, str]], int, tuple[int, int]]
 POLL_SECONDS = 0.05
 #: How often it is looked at anyway with inotify (what inotify cannot see).
 SAFETY_SECONDS = 1.0
-#: How long after a change the file is read (changes meanwhile are read together).
+#: How long after a change the file is read (changes meanwhile are read together),
 COALESCE_SECONDS = 0.005
+#: and longer with many watchers, so each gets fewer, larger writes (each write
+#: costs the same whatever its size): 25 ms with 1,000 watchers,
+COALESCE_PER_WATCHER = 0.000025
+#: never more than this.
+COALESCE_MOST = 0.05
 WATCH_MASK = (
     inotify.IN_MODIFY
     | inotify.IN_CREATE
@@ -71,6 +76,11 @@ SETTLE_MOST = 2.0
 READ_BYTES = 1024 * 1024
 #: The most read to count the lines a resume missed (more: "unknown").
 COUNT_BYTES = 16 * 1024 * 1024
+
+
+def coalesce(watchers: int) -> float:
+    """How long to wait after a change before reading, with ``watchers`` watching."""
+    return min(COALESCE_MOST, max(COALESCE_SECONDS, watchers * COALESCE_PER_WATCHER))
 
 
 def epoch_of(identity: tuple[int, int]) -> str:
@@ -128,7 +138,7 @@ class FileReader:
         # A busy writer makes an event per write: look once per COALESCE_SECONDS,
         # so each watcher gets one batch, not one per write.
         if self._soon is None:
-            self._soon = self._clock.callLater(COALESCE_SECONDS, self._look)
+            self._soon = self._clock.callLater(coalesce(len(self.feed.watchers)), self._look)
 
     def _look(self) -> None:
         self._soon = None

@@ -31,7 +31,7 @@ from gateway.core.command import Command, Field
 from gateway.core.errors import CommandError
 from gateway.core.events import Dropped, Following, Gap, Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
-from gateway.core.follow import Feed, Watcher, texts_and_cursors
+from gateway.core.follow import Feed, Watcher, lines_of
 from gateway.core.params import Param, compile_pattern, validate
 from gateway.core.scope import Identity
 
@@ -653,7 +653,7 @@ class LastlogCommand(Command[LastlogArgs]):
         def deliver(entries: Sequence[tuple[int, str]]) -> None:
             feed = sub.feed
             assert feed is not None
-            sink(Lines(*texts_and_cursors(feed, entries)))
+            sink(lines_of(feed, entries))
 
         def notice(text: str) -> None:
             sink(Lines((text,)))

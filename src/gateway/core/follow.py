@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.core.events import Lines
 from gateway.core.flow import UNLIMITED, Flow
 
 Entry = tuple[int, str]
@@ -44,22 +45,20 @@ def new_epoch() -> str:
 
 
 class Batch(list[Entry]):
-    """Lines appended together, with their texts and cursors made once for
-    every watcher (a watcher that filters or queues makes its own)."""
+    """Lines appended together, with the one :class:`Lines` event every
+    watcher is handed (so each front-end renders it once for all of them; a
+    watcher that filters or queues makes its own)."""
 
-    __slots__ = ("cursors", "texts")
+    __slots__ = ("event",)
 
-    texts: tuple[str, ...]
-    cursors: tuple[str, ...]
+    event: Lines
 
 
-def texts_and_cursors(
-    feed: Feed, entries: Sequence[Entry]
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The texts and cursors of ``entries``: shared when they are a whole batch."""
+def lines_of(feed: Feed, entries: Sequence[Entry]) -> Lines:
+    """``entries`` as a :class:`Lines` event: the shared one of a whole batch."""
     if isinstance(entries, Batch):
-        return entries.texts, entries.cursors
-    return tuple(t for _, t in entries), tuple(feed.cursor(n) for n, _ in entries)
+        return entries.event
+    return Lines(tuple(t for _, t in entries), tuple(feed.cursor(n) for n, _ in entries))
 
 
 @dataclass
@@ -197,9 +196,8 @@ class Feed:
         if not entries:
             return
         batch = Batch(entries)
-        batch.texts = tuple(t for _, t in entries)
         cursor = self.cursor
-        batch.cursors = tuple(cursor(n) for n, _ in entries)
+        batch.event = Lines(tuple(t for _, t in entries), tuple(cursor(n) for n, _ in entries))
         entries = batch
         self._last = entries[-1][0]
         self._buffer.extend(entries)

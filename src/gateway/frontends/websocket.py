@@ -11,7 +11,8 @@ handshake completes and the server closes with 1013 and the reason
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -25,6 +26,7 @@ from gateway.config import WebSocketConfig, parse_origin
 from gateway.core.command import Client
 from gateway.core.errors import CommandError
 from gateway.core.flow import BACKLOG, BEHIND, ReadGate
+from gateway.core.memo import LastRendered
 from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import ANONYMOUS, Identity
@@ -47,6 +49,31 @@ CLOSE_INTERNAL_ERROR = 1011
 MAX_PENDING = 32
 #: What the handshake answer says in ``Server``: no library, no version.
 SERVER = "gateway"
+
+
+def text_frames(texts: Sequence[str], _: Hashable = None) -> tuple[bytes, int, int]:
+    """Each of ``texts`` as one whole text frame, unmasked (a server's), in
+    one block; with the payload octets in all and in the longest."""
+    parts = []
+    octets = longest = 0
+    for text in texts:
+        payload = utf8(text)
+        n = len(payload)
+        octets += n
+        longest = max(longest, n)
+        if n < 126:
+            parts.append(bytes((0x81, n)))
+        elif n < 0x10000:
+            parts.append(struct.pack("!BBH", 0x81, 126, n))
+        else:
+            parts.append(struct.pack("!BBQ", 0x81, 127, n))
+        parts.append(payload)
+    return b"".join(parts), octets, longest
+
+
+#: A followed log's batch goes to every watcher as the same lines (or the
+#: same replies): its frames are made once, and each connection writes them.
+_shared_frames: LastRendered[Sequence[str], tuple[bytes, int, int]] = LastRendered(text_frames)
 
 
 class SocketState(enum.Enum):
@@ -178,12 +205,13 @@ class GatewayWebSocket(WebSocketServerProtocol):
                 admission.login_timeout,
                 idle=self._drained,
                 authenticated=self._preauthenticated,
+                send_all=self._deliver_all,
             )
         else:
             self.conversation = LineConversation(
                 factory.service,
                 client,
-                self._deliver_lines,
+                self._deliver_all,
                 self._finish,
                 auth=admission.login_auth,
                 login_timeout=admission.login_timeout,
@@ -297,9 +325,38 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if self.session_state is SocketState.OPEN and self.state == self.STATE_OPEN:
             self.sendMessage(utf8(text), isBinary=False)
 
-    def _deliver_lines(self, lines: Sequence[str]) -> None:
-        for line in lines:
-            self._deliver(line)
+    def _deliver_all(self, texts: Sequence[str]) -> None:
+        """Each of ``texts`` as a text message, in one write when Autobahn
+        would frame them plainly (no compression, fragmentation or masking
+        set); a batch shared by many watchers is framed once for all."""
+        if not texts or self.session_state is not SocketState.OPEN:
+            return
+        if self.state != self.STATE_OPEN:
+            return
+        options: Any = self  # set from the factory's options, at connection
+        if (
+            len(texts) == 1
+            or self._perMessageCompress is not None
+            or options.autoFragmentSize
+            or options.maskServerFrames
+            or self.trackedTimings
+        ):
+            for text in texts:
+                self._deliver(text)
+            return
+        if isinstance(texts, tuple):
+            frames, octets, longest = _shared_frames(texts)
+        else:
+            frames, octets, longest = text_frames(texts)
+        if 0 < options.maxMessagePayloadSize < longest:  # Autobahn's own refusal, per message
+            for text in texts:
+                self._deliver(text)
+            return
+        stats = self.trafficStats
+        stats.outgoingWebSocketMessages += len(texts)
+        stats.outgoingOctetsAppLevel += octets
+        stats.outgoingOctetsWebSocketLevel += octets
+        self.sendData(frames)
 
     def _finish(self) -> None:
         """``exit`` (or a login that failed): a normal close, and the slot goes back."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ from gateway.core.events import (
     Progress,
     Result,
 )
+from gateway.core.memo import LastRendered
 from gateway.core.scope import Identity
 from gateway.core.service import CommandService
 from gateway.logfmt import is_auth_line, printable
@@ -162,14 +163,23 @@ def reply(id: Id | None, type: str, **fields: Any) -> str:
     return json.dumps({"id": id, "type": type, **fields}, ensure_ascii=False)
 
 
-def event_replies(id: Id, event: Event) -> list[str]:
+def _line_replies(event: Lines, id: Hashable) -> tuple[str, ...]:
+    if event.cursors:
+        return tuple(
+            reply(id, "line", text=line, cursor=cursor)  # type: ignore[arg-type]
+            for line, cursor in zip(event.lines, event.cursors, strict=True)
+        )
+    return tuple(reply(id, "line", text=line) for line in event.lines)  # type: ignore[arg-type]
+
+
+#: A followed log's batch is one event for every watcher: its replies are made
+#: once per request id (most watchers of a batch use the same id).
+_line_replies_shared: LastRendered[Lines, tuple[str, ...]] = LastRendered(_line_replies)
+
+
+def event_replies(id: Id, event: Event) -> Sequence[str]:
     if isinstance(event, Lines):
-        if event.cursors:
-            return [
-                reply(id, "line", text=line, cursor=cursor)
-                for line, cursor in zip(event.lines, event.cursors, strict=True)
-            ]
-        return [reply(id, "line", text=line) for line in event.lines]
+        return _line_replies_shared(event, id)
     if isinstance(event, Following):
         return [reply(id, "following")]
     if isinstance(event, Dropped):
@@ -215,10 +225,14 @@ class JSONConversation:
         login_timeout: float = 0.0,
         idle: Callable[[], None] = lambda: None,
         authenticated: bool = False,
+        send_all: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         """``idle`` is called when the last running command of a draining
-        conversation finishes; ``authenticated``: the front-end checked a token."""
+        conversation finishes; ``authenticated``: the front-end checked a
+        token; ``send_all`` sends several messages at once (a batch of a
+        followed log's lines), each in turn by ``send`` if not given."""
         self._idle = idle
+        self._send_all = send_all if send_all is not None else self._send_each
         self.draining = False
         self.service = service
         self.client = client
@@ -329,6 +343,10 @@ class JSONConversation:
         self.client = dataclasses.replace(self.client, identity=identity)
         self._send(reply(action.id, "result", result={"authenticated": True}))
 
+    def _send_each(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            self._send(text)
+
     def _send_unless_closed(self, text: str) -> None:
         if not self.closed:
             self._send(text)
@@ -366,8 +384,7 @@ class JSONConversation:
         def sink(event: Event) -> None:
             if self.closed:
                 return
-            for text in event_replies(run.id, event):
-                self._send(text)
+            self._send_all(event_replies(run.id, event))
             if isinstance(event, Result) and event.close:
                 self.stop()
                 self._close()

@@ -20,6 +20,7 @@ from gateway.core.events import (
     Progress,
     Result,
 )
+from gateway.core.memo import LastRendered
 
 #: Errors whose message is printed as is, without ``An error occurred:``.
 BARE_CODES = frozenset({"unknown_command", "missing_argument", "quota_exceeded", "unauthorized"})
@@ -102,19 +103,19 @@ def utf8(text: str) -> bytes:
         return raw_bytes(text).decode("utf-8", "replace").encode("utf-8")
 
 
-_last_encoded: tuple[Sequence[str] | None, bytes] = (None, b"")
+def _encode(lines: Sequence[str], _: object = None) -> bytes:
+    return raw_bytes("".join(f"{line}\n" for line in lines))
+
+
+_encoded: LastRendered[Sequence[str], bytes] = LastRendered(_encode)
 
 
 def encode_lines(lines: Sequence[str]) -> bytes:
     """One ``\\n``-terminated UTF-8 block, so a batch of lines is one write.
 
     The same batch sent to many followers is the same tuple: it is encoded
-    once, for all of them (the last one is kept, by identity).
+    once, for all of them.
     """
-    global _last_encoded
-    if lines is _last_encoded[0]:
-        return _last_encoded[1]
-    block = raw_bytes("".join(f"{line}\n" for line in lines))
     if isinstance(lines, tuple):
-        _last_encoded = (lines, block)
-    return block
+        return _encoded(lines)
+    return _encode(lines)

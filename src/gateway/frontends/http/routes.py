@@ -11,7 +11,7 @@ they come (``text/plain`` for curl, JSON on ``Accept: application/json`` or
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from http import HTTPStatus
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -33,6 +33,7 @@ from gateway.config import HTTPConfig
 from gateway.core.command import AnyCommand, BodyRoute, Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Dropped, Error, Event, Gap, Lines, Notice, Result
+from gateway.core.memo import LastRendered
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
 from gateway.core.peers import peer_host
@@ -228,40 +229,16 @@ class ResponseWriter:
                 self.request.write(utf8(f"event: notice\ndata: {event.text}\n\n"))
 
     def _lines(self, event: Lines) -> None:
-        lines = event.lines
-        if not lines:
+        if not event.lines:
             return
-        fmt = self.fmt
-        if fmt == "text":
-            self.request.write(raw_bytes("".join(f"{line}\n" for line in lines)))
-        elif fmt == "json":
+        if self.fmt == "json":
             if not self._array:
                 self._open_array()
-            items = ",".join(json.dumps(line, ensure_ascii=False) for line in lines)
+            items = ",".join(json.dumps(line, ensure_ascii=False) for line in event.lines)
             self.request.write(utf8(items if self._first_item else "," + items))
             self._first_item = False
-        elif fmt == "ndjson":
-            if event.cursors:
-                out = "".join(
-                    json.dumps({"line": line, "cursor": cursor}, ensure_ascii=False) + "\n"
-                    for line, cursor in zip(lines, event.cursors, strict=True)
-                )
-            else:
-                out = "".join(
-                    json.dumps({"line": line}, ensure_ascii=False) + "\n" for line in lines
-                )
-            self.request.write(utf8(out))
-        elif event.cursors:
-            self.request.write(
-                utf8(
-                    "".join(
-                        f"id: {cursor}\ndata: {line}\n\n"
-                        for line, cursor in zip(lines, event.cursors, strict=True)
-                    )
-                )
-            )
         else:
-            self.request.write(utf8("".join(f"data: {line}\n\n" for line in lines)))
+            self.request.write(_shared_stream(event, self.fmt))
 
     def _notice(self, event: Dropped | Gap) -> None:
         data: dict[str, object]
@@ -315,6 +292,35 @@ class ResponseWriter:
             self.request.write(utf8(f"event: error\ndata: {problem}\n\n"))
         else:
             self.request.write(raw_bytes(f"error: {error.message}\n"))
+
+
+def stream_bytes(event: Lines, fmt: Hashable) -> bytes:
+    """``event``'s lines in a streaming format: ``text``, ``ndjson`` or ``sse``."""
+    lines = event.lines
+    if fmt == "text":
+        return raw_bytes("".join(f"{line}\n" for line in lines))
+    if fmt == "ndjson":
+        if event.cursors:
+            return utf8(
+                "".join(
+                    json.dumps({"line": line, "cursor": cursor}, ensure_ascii=False) + "\n"
+                    for line, cursor in zip(lines, event.cursors, strict=True)
+                )
+            )
+        plain = (json.dumps({"line": line}, ensure_ascii=False) + "\n" for line in lines)
+        return utf8("".join(plain))
+    if event.cursors:
+        return utf8(
+            "".join(
+                f"id: {cursor}\ndata: {line}\n\n"
+                for line, cursor in zip(lines, event.cursors, strict=True)
+            )
+        )
+    return utf8("".join(f"data: {line}\n\n" for line in lines))
+
+
+#: A followed log's batch is one event for every watcher: rendered once per format.
+_shared_stream: LastRendered[Lines, bytes] = LastRendered(stream_bytes)
 
 
 def write_error(
