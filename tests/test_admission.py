@@ -158,3 +158,23 @@ def test_a_new_transport_is_listed_by_stats_and_metrics() -> None:
     finally:
         unregister_transport("serial-console-test")
     assert transports() == ("tcp", "http", "websocket")
+
+
+def test_no_delay_sets_tcp_nodelay_where_there_is_one() -> None:
+    from gateway.frontends.admission import no_delay
+
+    class TCP:
+        def __init__(self, fails: bool = False) -> None:
+            self.set: list[bool] = []
+            self.fails = fails
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            if self.fails:
+                raise OSError(95, "Operation not supported")  # a unix socket
+            self.set.append(enabled)
+
+    tcp = TCP()
+    no_delay(tcp)
+    assert tcp.set == [True]
+    no_delay(TCP(fails=True))  # said nothing, broke nothing
+    no_delay(object())  # no such option at all

@@ -37,7 +37,7 @@ from gateway.core.peers import peer_host
 from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import ANONYMOUS, Identity
 from gateway.core.service import CommandService
-from gateway.frontends.admission import LINGER, Admission
+from gateway.frontends.admission import LINGER, Admission, no_delay
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import encode_lines, error_line
 
@@ -96,6 +96,7 @@ class LineSession(LineReceiver, TimeoutMixin):
         assert self.transport is not None
         self.peer = peer_host(self.transport.getPeer())
         self.log.info("Client connection from {peer}", peer=self.peer)
+        no_delay(self.transport)
         self._gate = ReadGate.for_transport(self.transport)
         # Twisted pauses the flow when the client stops reading our output.
         self.transport.registerProducer(self.flow, True)  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from twisted.web.server import Request, Site
 
 from gateway.config import HTTPConfig
 from gateway.core.peers import peer_host
-from gateway.frontends.admission import LINGER
+from gateway.frontends.admission import LINGER, no_delay
 from gateway.frontends.http.routes import wants_json, write_error
 from gateway.logfmt import printable
 
@@ -123,6 +123,7 @@ class GuardedChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        no_delay(self.transport)
         self.MAX_LENGTH = self.settings.max_header_bytes
         self.totalHeadersSize = self.settings.max_header_bytes
         self._start_deadline()
