@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -196,6 +197,24 @@ def raise_open_files_limit() -> None:
         pass
 
 
+#: Allocations between two young-generation collections (Python's default is 700).
+GC_YOUNG = 50_000
+
+
+def tune_gc() -> None:
+    """Collect garbage less often, and never look at what start-up made again.
+
+    With the default thresholds, objects that live a moment (a batch on its
+    way to a thousand followers) are collected young often enough that many
+    are promoted, and every so often a full collection walks every
+    connection's objects: 100 ms on a small machine with a thousand
+    followers, a pause every client sees.  Start-up's objects (modules, the
+    configuration) are frozen out of collections for good.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, 20, 10)
+
+
 def run(
     config: Config,
     reactor: Any,
@@ -223,6 +242,7 @@ def run(
     )
     reactor.callWhenRunning(stop_once_on_signals, reactor)
     reactor.callWhenRunning(gateway.startService)
+    reactor.callWhenRunning(tune_gc)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
     out.flush()
