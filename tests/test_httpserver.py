@@ -224,3 +224,21 @@ def test_a_connection_handed_to_a_websocket_is_not_waited_for() -> None:
     assert site.connections == 1
     channel.transport = None  # what the WebSocket upgrade does
     assert site.connections == 0
+
+
+def test_the_local_address_is_asked_once_per_connection() -> None:
+    from gateway.frontends.http.site import GuardedChannel
+
+    asked: list[int] = []
+
+    class Counting(StringTransport):
+        def getHost(self) -> Any:
+            asked.append(1)
+            return super().getHost()
+
+    channel = GuardedChannel()
+    channel.clock = Clock()
+    channel.makeConnection(Counting())
+    first = channel.getHost()
+    assert channel.getHost() is first and len(asked) == 1
+    channel.connectionLost(Failure(ConnectionDone()))

@@ -236,6 +236,7 @@ def test_auto_source_prefers_files_then_journal(tmp_path: Path) -> None:
     auto = AutoSource(run_now, FakeSpawner().reactor, files=[str(tmp_path / "syslog"), str(second)])
     picked = auto.pick()
     assert isinstance(picked, FileSource) and picked.path == str(second)
+    assert auto.pick() is picked  # the same source each time: its last answer is kept
     journal = tmp_path / "journal"
     journal.mkdir()
     auto = AutoSource(
@@ -387,3 +388,22 @@ def test_a_file_source_answers_a_changed_cached_file_without_a_thread(tmp_path: 
     failures: list[Any] = []
     source.tail(5, got.append).addErrback(failures.append)
     assert len(threads) == 1 and failures[0].value.code == "unavailable"
+
+
+def test_a_file_source_with_a_clock_looks_at_the_file_once_per_reactor_turn(
+    tmp_path: Path,
+) -> None:
+    from twisted.internet.task import Clock
+
+    path = tmp_path / "log"
+    path.write_bytes(b"one\n")
+    clock = Clock()
+    source = FileSource(str(path), run_now, clock)
+    got: list[object] = []
+    source.tail(5, got.append)
+    with open(path, "ab") as f:
+        f.write(b"two\n")
+    source.tail(5, got.append)  # the same turn: the file as it was at its start
+    clock.advance(0)  # the next turn looks again
+    source.tail(5, got.append)
+    assert [e.lines for e in got if isinstance(e, Lines)] == [("one",), ("one",), ("one", "two")]

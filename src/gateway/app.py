@@ -243,6 +243,7 @@ class Gateway(MultiService):
             reactor,
             self.followers,
             self.hash_workers,
+            reactor,
         )
         self.service = build_service(
             config, reactor, self.quota, self.runners, admission.limiter, self.recent_log.tail

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.python.failure import Failure
 
 from gateway.commands.child import CHILD_PATH, decode_line, first_lines
@@ -177,21 +177,39 @@ class FileSource:
     identity and the file is read again.
     """
 
-    def __init__(self, path: str, run_in_thread: RunInThread[Any]) -> None:
+    def __init__(
+        self, path: str, run_in_thread: RunInThread[Any], clock: IReactorTime | None = None
+    ) -> None:
+        """With ``clock`` (the reactor), the file is looked at once per
+        reactor turn: the requests answered in one turn see it as it was at
+        the first of them."""
         self.path = path
         self.description = path
         self._run_in_thread = run_in_thread
         self._cached: tuple[tuple[int, int, int, int], int, list[str]] | None = None
+        self._clock = clock
+        self._this_turn: tuple[tuple[int, int, int, int] | None] | None = None
 
     def note_for(self, source: str) -> str | None:
         return None
 
     def _identity(self) -> tuple[int, int, int, int] | None:
+        seen = self._this_turn
+        if seen is not None:
+            return seen[0]
         try:
             st = os.stat(self.path)
         except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            identity = None
+        else:
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._clock is not None:
+            self._this_turn = (identity,)
+            self._clock.callLater(0, self._next_turn)
+        return identity
+
+    def _next_turn(self) -> None:
+        self._this_turn = None
 
     def _read(self, n: int) -> list[str]:
         with open_log(self.path) as f:
@@ -425,8 +443,10 @@ class AutoSource:
         journal_dirs: Sequence[str] = JOURNAL_DIRS,
         kernel: str | None = KMSG,
         own_log: Callable[[int], list[str]] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.description = "auto"
+        self._clock = clock
         self._run_in_thread = run_in_thread
         self._spawner = spawner
         self._files = tuple(files)
@@ -434,6 +454,7 @@ class AutoSource:
         self._journal_dirs = tuple(journal_dirs)
         self._kernel = KernelSource(run_in_thread, kernel) if kernel else None
         self._own = OwnLogSource(own_log) if own_log is not None else None
+        self._file_sources: dict[str, FileSource] = {}
 
     @property
     def tried(self) -> str:
@@ -448,7 +469,12 @@ class AutoSource:
     def pick(self) -> LogSource:
         for path in self._files:
             if os.path.exists(path):
-                return FileSource(path, self._run_in_thread)
+                # the same source each time, so its last answer is kept
+                source = self._file_sources.get(path)
+                if source is None:
+                    source = FileSource(path, self._run_in_thread, self._clock)
+                    self._file_sources[path] = source
+                return source
         if shutil.which(self._journal, path=CHILD_PATH) and any(
             _has_entries(d) for d in self._journal_dirs
         ):
@@ -469,15 +495,17 @@ def source_from_config(
     run_in_thread: RunInThread[Any],
     spawner: IReactorProcess,
     own_log: Callable[[int], list[str]] | None = None,
+    clock: IReactorTime | None = None,
 ) -> LogSource:
-    """The source ``lastlog.source`` names; ``own_log`` is the last resort of ``auto``."""
+    """The source ``lastlog.source`` names; ``own_log`` is the last resort of
+    ``auto``; with ``clock``, a file is looked at once per reactor turn."""
     if source == "auto":
-        return AutoSource(run_in_thread, spawner, own_log=own_log)
+        return AutoSource(run_in_thread, spawner, own_log=own_log, clock=clock)
     if source.startswith("command:"):
         return CommandSource(shlex.split(source[len("command:") :]), spawner)
     if source == "journal" or source.startswith("journal:"):
         return JournalSource(spawner, source[len("journal:") :] or None)
-    return FileSource(source, run_in_thread)
+    return FileSource(source, run_in_thread, clock)
 
 
 @dataclass(frozen=True)

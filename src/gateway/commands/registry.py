@@ -47,6 +47,8 @@ class Runners:
     followers: Followers | None = None
     #: Processes hashing a tree's small files (kept across reloads); none: threads.
     hash_workers: Workers | None = None
+    #: The reactor's clock: a log file is looked at once per turn (none: every time).
+    clock: IReactorTime | None = None
 
 
 def configured_commands(
@@ -58,7 +60,9 @@ def configured_commands(
     comphash = config.comphash
     built_in: list[AnyCommand] = [
         LastlogCommand(
-            source_from_config(lastlog.source, runners.read_log, runners.spawner, own_log),
+            source_from_config(
+                lastlog.source, runners.read_log, runners.spawner, own_log, runners.clock
+            ),
             lastlog.default_lines,
             lastlog.max_lines,
             lastlog.timeout,

@@ -120,6 +120,7 @@ class GuardedChannel(HTTPChannel):
         self._answered = 0  # requests received whole on this connection
         self._stopping = False
         self._lost = False
+        self._host: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -127,6 +128,14 @@ class GuardedChannel(HTTPChannel):
         self.MAX_LENGTH = self.settings.max_header_bytes
         self.totalHeadersSize = self.settings.max_header_bytes
         self._start_deadline()
+
+    def getHost(self) -> Any:
+        """This end's address, asked of the socket once per connection, not
+        once per request (``twisted.web`` asks it for each)."""
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def _start_deadline(self) -> None:
         self._stop_deadline()
