@@ -873,3 +873,24 @@ def test_the_daemon_collects_garbage_rarely_and_not_start_ups() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_the_gateway_logger_emits_what_twisteds_emits() -> None:
+    from twisted.logger import Logger as TwistedLogger
+    from twisted.logger import LogLevel
+
+    from gateway.logfmt import Logger
+
+    events: list[dict[str, Any]] = []
+    observer: Any = events.append
+    ours = Logger(namespace="a.b", observer=observer)
+    theirs = TwistedLogger(namespace="a.b", observer=observer)
+    ours.info("{x} went {y:.1f}", x="it", y=1.25)
+    theirs.info("{x} went {y:.1f}", x="it", y=1.25)
+    mine, twisted = (
+        {k: v for k, v in e.items() if k not in ("log_time", "log_logger")} for e in events
+    )
+    assert mine == twisted and mine["log_level"] is LogLevel.info
+    events.clear()
+    ours.emit("loud", "bad level")  # type: ignore[arg-type]
+    assert events and "invalid log level" in events[0]["log_format"].lower()

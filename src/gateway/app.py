@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, TimeoutError, gatherResults
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -33,7 +33,7 @@ from gateway.frontends.http.site import GuardedSite
 from gateway.frontends.line import LineFactory
 from gateway.frontends.tls import TLSError, client_cert_endpoint
 from gateway.frontends.websocket import GatewayWebSocketFactory, websocket_resource
-from gateway.logfmt import RecentLog
+from gateway.logfmt import Logger, RecentLog
 
 if TYPE_CHECKING:
     from gateway.cluster.shared import Cluster

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.logger import Logger
 
 from gateway.core.audit import journal_datagram, journal_fields, json_line
 from gateway.core.metrics import Family
+from gateway.logfmt import Logger
 
 log = Logger(namespace="gateway.audit")
 

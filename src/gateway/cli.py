@@ -13,6 +13,7 @@ from twisted.logger import globalLogBeginner
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, load, redacted, unsafe_listeners
+from gateway.logfmt import Logger
 from gateway.tokens import TokenError, new_token
 
 #: flag -> config key, for the common keys.
@@ -253,8 +254,6 @@ def stop_once_on_signals(reactor: Any) -> None:
     """SIGTERM and SIGINT stop the daemon once; a second one while it shuts down
     (Ctrl+C twice, a supervisor's repeat) is noted, not a traceback."""
     import signal
-
-    from twisted.logger import Logger
 
     log = Logger(namespace="gateway.cli")
     stopping = [False]

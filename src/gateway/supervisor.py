@@ -28,9 +28,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.logger import Logger
-
 from gateway.config import Config, split_endpoint
+from gateway.logfmt import Logger
 
 log = Logger(namespace="gateway.supervisor")
 

@@ -24,10 +24,10 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import TimeoutError as DeadlineMissed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster.url import Target
+from gateway.logfmt import Logger
 
 log = Logger(namespace="gateway.cluster")
 

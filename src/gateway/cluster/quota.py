@@ -28,7 +28,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cluster import scripts
@@ -36,6 +35,7 @@ from gateway.cluster.link import RedisLink
 from gateway.core.errors import CommandError, QuotaExceeded
 from gateway.core.peers import limit_key
 from gateway.core.quota import ClientQuota, QuotaSnapshot, Slot
+from gateway.logfmt import Logger
 
 log = Logger(namespace="gateway.cluster")
 

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorProcess
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.commands.child import BASE_ENV, ChildProtocol, decode_line, exit_of, spawn
@@ -28,7 +27,7 @@ from gateway.core.events import Lines, Result, Sink
 from gateway.core.flow import UNLIMITED, Flow
 from gateway.core.params import Param, validate
 from gateway.declarations import PLACEHOLDER, DeclaredCommand, DeclaredParam
-from gateway.logfmt import printable
+from gateway.logfmt import Logger, printable
 
 Args = Mapping[str, object]
 #: How many of the last stderr lines of a run go to the log.

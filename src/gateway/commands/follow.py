@@ -26,7 +26,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
@@ -44,6 +43,7 @@ from gateway.core.events import Lines
 from gateway.core.flow import UNLIMITED
 from gateway.core.follow import Feed, Stale, Watcher
 from gateway.core.metrics import Family
+from gateway.logfmt import Logger
 
 RunInThread = Callable[[Callable[[], Any]], "Deferred[Any]"]
 #: What a follow starts from: the last lines (numbered by their end offset),

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from gateway.core.errors import CommandError
 from gateway.core.peers import limit_key
 from gateway.core.scope import Identity
+from gateway.logfmt import Logger
 
 log = Logger(namespace="gateway.auth")
 

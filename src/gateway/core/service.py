@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.core.audit import record as audit_record
@@ -24,7 +23,7 @@ from gateway.core.metrics import CommandMetrics
 from gateway.core.params import scoped, scoped_values
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import Identity, no_longer_accepted
-from gateway.logfmt import printable
+from gateway.logfmt import Logger, printable
 
 
 class CommandService:

@@ -25,7 +25,6 @@ from typing import Any
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import Config
@@ -36,7 +35,7 @@ from gateway.core.quota import ClientQuota, Quota, Slot
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import ANONYMOUS, Identity, Scope
 from gateway.frontends.tls import certificate_cn
-from gateway.logfmt import printable
+from gateway.logfmt import Logger, printable
 from gateway.tokens import Limits
 
 log = Logger(namespace="gateway.admission")

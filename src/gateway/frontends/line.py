@@ -23,7 +23,6 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import ServerFactory, connectionDone
-from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -38,6 +37,7 @@ from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import ANONYMOUS, Identity
 from gateway.core.service import CommandService
 from gateway.frontends.admission import LINGER, Admission, no_delay
+from gateway.logfmt import Logger
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import encode_lines, error_line
 

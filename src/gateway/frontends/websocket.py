@@ -20,7 +20,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
 from gateway.config import WebSocketConfig, parse_origin
 from gateway.core.command import Client
@@ -32,7 +31,7 @@ from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import ANONYMOUS, Identity
 from gateway.core.service import CommandService
 from gateway.frontends.admission import LINGER, Admission, is_busy
-from gateway.logfmt import printable
+from gateway.logfmt import Logger, printable
 from gateway.sessions.json_conversation import JSONConversation, reply
 from gateway.sessions.line import LineConversation
 from gateway.sessions.text import error_line, utf8

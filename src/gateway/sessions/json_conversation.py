@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
@@ -52,7 +51,7 @@ from gateway.core.events import (
 from gateway.core.memo import LastRendered
 from gateway.core.scope import Identity
 from gateway.core.service import CommandService
-from gateway.logfmt import is_auth_line, printable
+from gateway.logfmt import Logger, is_auth_line, printable
 from gateway.sessions.login import Login, revocation
 
 Id = int | str

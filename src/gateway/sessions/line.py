@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
 from gateway.core.auth import REQUIRED, Authenticator
 from gateway.core.command import Client, Request
@@ -23,7 +22,7 @@ from gateway.core.errors import CommandError
 from gateway.core.events import Event, Following, Result
 from gateway.core.scope import Identity
 from gateway.core.service import CommandService
-from gateway.logfmt import is_auth_line, printable, redact
+from gateway.logfmt import Logger, is_auth_line, printable, redact
 from gateway.sessions.login import Login, revocation
 from gateway.sessions.text import TextRenderer, error_line
 

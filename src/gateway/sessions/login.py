@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from gateway.core.auth import MAX_UNAUTHENTICATED_LINES, REQUIRED, TOO_MANY_WAITING, Authenticator
 from gateway.core.command import Client
 from gateway.core.errors import CommandError
 from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import Identity, no_longer_accepted
+from gateway.logfmt import Logger
 
 
 class Login:

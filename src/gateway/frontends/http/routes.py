@@ -22,7 +22,6 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -41,6 +40,7 @@ from gateway.core.quota import Slot, register_transport
 from gateway.core.scope import FULL, Identity, Scope
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_busy
+from gateway.logfmt import Logger
 from gateway.sessions.text import dropped_line, gap_line, raw_bytes, utf8
 
 TRANSPORT = register_transport("http", order=1)

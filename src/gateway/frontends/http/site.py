@@ -21,7 +21,6 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
@@ -31,7 +30,7 @@ from gateway.config import HTTPConfig
 from gateway.core.peers import peer_host
 from gateway.frontends.admission import LINGER, no_delay
 from gateway.frontends.http.routes import wants_json, write_error
-from gateway.logfmt import printable
+from gateway.logfmt import Logger, printable
 
 #: What ``Server`` says: no library, no version.
 SERVER = b"gateway"
