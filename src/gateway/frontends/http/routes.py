@@ -169,7 +169,6 @@ class ResponseWriter:
         self._clock = clock
         self._keepalive = keepalive
         self._ping: LoopingCall | None = None
-        request.notifyFinish().addCallbacks(self._finished, self._lost)
 
     def _lost(self, failure: Failure) -> None:
         self.gone = True
@@ -196,6 +195,9 @@ class ResponseWriter:
             ping.clock = self._clock
             ping.start(self._keepalive, now=False)
             self._ping = ping
+            # (other answers need not know: twisted.web drops what is
+            # written to a client that has gone)
+            r.notifyFinish().addCallbacks(self._finished, self._lost)
 
     def _open_array(self) -> None:
         assert self.lines_key is not None
@@ -462,8 +464,9 @@ class CommandRoutes(Resource):
                     write_error(request, "internal", INTERNAL_MESSAGE, wants_json(request))
                 request.finish()
 
-        request.notifyFinish().addErrback(lost)
         answer.addCallbacks(done, failed)
+        if not answer.called:  # still running: a client that leaves cancels it
+            request.notifyFinish().addErrback(lost)
         return NOT_DONE_YET
 
 
