@@ -198,24 +198,20 @@ def raise_open_files_limit() -> None:
         pass
 
 
-#: Allocations between two young-generation collections (Python's default is 700).
-GC_YOUNG = 10_000
-
-
 def tune_gc() -> None:
-    """Collect garbage less often, and never look at what start-up made again.
+    """Never look at what start-up made again, and make full collections rarer.
 
-    With the default thresholds (700), objects that live a moment (a batch on
-    its way to a thousand followers) are collected young often enough that
-    many are promoted, and every so often a full collection walks every
-    connection's objects: 100 ms on a small machine with a thousand
-    followers, a pause every client sees.  Start-up's objects (modules, the
-    configuration) are frozen out of collections for good.  10,000 keeps the
-    garbage between two collections small: idle connections cost what they
-    did (50,000 cost an idle WebSocket 0.9 KiB more).
+    A full collection walks every object the daemon holds; with a thousand
+    followers that took about 100 ms on a small machine, a pause every client
+    sees.  Start-up's objects (modules, the configuration) are frozen out of
+    collections for good, and a full collection is considered after 20 middle
+    ones instead of 10.  The young generation keeps Python's 700: collected
+    later, cyclic garbage (Twisted makes some per request) piles up and the
+    daemon's memory grows under a storm of clients.
     """
     gc.freeze()
-    gc.set_threshold(GC_YOUNG, 20, 10)
+    young, _, old = gc.get_threshold()
+    gc.set_threshold(young, 20, old)
 
 
 def run(
