@@ -337,6 +337,7 @@ def test_websocket_states_and_nothing_after_goodbye(h: Harness) -> None:
     h.stub.runs[0].callback(Result("stub", text=("late",)))
     assert state() is SocketState.CLOSING
     server._deliver("never sent")
+    server._deliver_all(("nor", "these"))
     h.flush()
     assert conn.messages == ["working", "late"]
     assert conn.closed and conn.closed[0][0] == 1000
