@@ -135,8 +135,8 @@ class FileReader:
         loop.start(interval, now=False)
 
     def _changed(self, watch: object, path: FilePath[str], mask: int) -> None:
-        # A busy writer makes an event per write: look once per COALESCE_SECONDS,
-        # so each watcher gets one batch, not one per write.
+        # A busy writer makes an event per write: look once, a moment later
+        # (longer with many watchers), so each watcher gets one batch, not one per write.
         if self._soon is None:
             self._soon = self._clock.callLater(coalesce(len(self.feed.watchers)), self._look)
 

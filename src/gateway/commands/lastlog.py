@@ -168,6 +168,11 @@ def prime_file(path: str, n: int) -> Primed:
         return _prime(f, n)
 
 
+def identity_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a log is written to, truncated or replaced."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class FileSource:
     """A log file, read backwards from its end in a thread.
 
@@ -193,16 +198,18 @@ class FileSource:
     def note_for(self, source: str) -> str | None:
         return None
 
+    def exists(self) -> bool:
+        """Is the file there (as seen this turn)?"""
+        return self._identity() is not None
+
     def _identity(self) -> tuple[int, int, int, int] | None:
         seen = self._this_turn
         if seen is not None:
             return seen[0]
         try:
-            st = os.stat(self.path)
+            identity: tuple[int, int, int, int] | None = identity_of(os.stat(self.path))
         except OSError:
             identity = None
-        else:
-            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if self._clock is not None:
             self._this_turn = (identity,)
             self._clock.callLater(0, self._next_turn)
@@ -231,8 +238,7 @@ class FileSource:
             lines = tail_cached(fd, st.st_size, n)
             if lines is None:
                 return None
-            after = os.fstat(fd)  # unchanged while read: the answer may be kept
-            return lines, (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns)
+            return lines, identity_of(os.fstat(fd))  # unchanged while read: may be kept
         except OSError:
             return None
         finally:
@@ -468,12 +474,13 @@ class AutoSource:
 
     def pick(self) -> LogSource:
         for path in self._files:
-            if os.path.exists(path):
-                # the same source each time, so its last answer is kept
-                source = self._file_sources.get(path)
-                if source is None:
-                    source = FileSource(path, self._run_in_thread, self._clock)
-                    self._file_sources[path] = source
+            # the same source each time: its last answer is kept, and whether
+            # the file is there is asked once per turn, with that answer's stat
+            source = self._file_sources.get(path)
+            if source is None:
+                source = FileSource(path, self._run_in_thread, self._clock)
+                self._file_sources[path] = source
+            if source.exists():
                 return source
         if shutil.which(self._journal, path=CHILD_PATH) and any(
             _has_entries(d) for d in self._journal_dirs
