@@ -333,29 +333,25 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         options: Any = self  # set from the factory's options, at connection
-        if (
+        plain = not (
             len(texts) == 1
             or self._perMessageCompress is not None
             or options.autoFragmentSize
             or options.maskServerFrames
             or self.trackedTimings
-        ):
-            for text in texts:
-                self._deliver(text)
-            return
-        if isinstance(texts, tuple):
-            frames, octets, longest = _shared_frames(texts)
-        else:
-            frames, octets, longest = text_frames(texts)
-        if 0 < options.maxMessagePayloadSize < longest:  # Autobahn's own refusal, per message
-            for text in texts:
-                self._deliver(text)
-            return
-        stats = self.trafficStats
-        stats.outgoingWebSocketMessages += len(texts)
-        stats.outgoingOctetsAppLevel += octets
-        stats.outgoingOctetsWebSocketLevel += octets
-        self.sendData(frames)
+        )
+        if plain:
+            framed = _shared_frames if isinstance(texts, tuple) else text_frames
+            frames, octets, longest = framed(texts)
+            if not 0 < options.maxMessagePayloadSize < longest:  # else Autobahn refuses it
+                stats = self.trafficStats
+                stats.outgoingWebSocketMessages += len(texts)
+                stats.outgoingOctetsAppLevel += octets
+                stats.outgoingOctetsWebSocketLevel += octets
+                self.sendData(frames)
+                return
+        for text in texts:
+            self._deliver(text)
 
     def _finish(self) -> None:
         """``exit`` (or a login that failed): a normal close, and the slot goes back."""
