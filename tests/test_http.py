@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from gateway.commands.lastlog import FileSource
 from gateway.config import HTTPConfig
@@ -24,6 +26,7 @@ from gateway.core.quota import ClientQuota
 from gateway.frontends.admission import Admission
 from gateway.frontends.http.openapi import document
 from gateway.frontends.http.routes import Console, RestAPI, console_dir
+from gateway.frontends.http.site import GuardedSite
 
 from .support.commands import ControlledSource
 from .support.fakes import run_now
@@ -151,6 +154,28 @@ def test_lastlog_bad_lines(h: Harness, lines: str) -> None:
 )
 def test_bad_queries(h: Harness, query: str, message: str) -> None:
     assert h.get("/lastlog" + query)[:3:2] == (400, f"error: {message}\n".encode())
+
+
+def test_an_answer_made_at_once_is_whole_and_gives_everything_back(h: Harness) -> None:
+    """The common case (a slot at once, the lines at once) is answered in the
+    call: each answer whole on a kept-alive connection, HEAD too, the slot
+    back and no producer left on the request."""
+    site = GuardedSite(h.api.resource(), HTTPConfig(), h.clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+    channel.makeConnection(transport)
+    ask = b"GET /lastlog?lines=2 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    channel.dataReceived(ask + ask + ask.replace(b"GET", b"HEAD"))
+    answers = transport.value().split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 3
+    for answer in answers[:2]:
+        assert answer.startswith(b"200 OK")
+        assert answer.endswith(b"\r\nentry 48\nentry 49\n\r\n0\r\n\r\n")  # chunked, ended
+    assert answers[2].startswith(b"200 OK") and b"entry" not in answers[2]
+    assert h.quota.snapshot().total_in_use == 0
+    assert channel.requests == [] and channel._requestProducer is None
+    assert not transport.disconnecting
+    assert h.service.metrics.outcomes["lastlog", "ok"] == 3
 
 
 def test_lastlog_unavailable(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from gateway.config import HTTPConfig
 from gateway.core.command import AnyCommand, BodyRoute, Client, Request
 from gateway.core.errors import HTTP_STATUS, INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Dropped, Error, Event, Gap, Lines, Notice, Result
+from gateway.core.flow import Flow
 from gateway.core.memo import LastRendered
 from gateway.core.metrics import CONTENT_TYPE as METRICS_TYPE
 from gateway.core.metrics import render as render_metrics
@@ -446,6 +447,9 @@ class CommandRoutes(Resource):
             write_error(request, "internal", INTERNAL_MESSAGE, wants_json(request))
             return b""
         if isinstance(answer, bytes):
+            if not answer and request.startedWriting:  # answered here and now
+                request.finish()
+                return NOT_DONE_YET
             return answer
         gone = [False]
 
@@ -583,11 +587,28 @@ class RestAPI:
         command: AnyCommand,
         fmt: str,
         identity: Identity,
-    ) -> Deferred[None]:
-        as_json = fmt != "text"
+    ) -> Deferred[None] | bytes:
+        """Run ``run`` holding a quota slot, the client's reading pacing it.
+
+        The common case, a slot granted at once and a command answered at
+        once, is served here and now: ``b""`` (the answer written) and no
+        Deferred of its own.  Otherwise a Deferred that fires once the
+        answer is written; cancelling it (the client went away) stops the
+        command and gives the slot back.
+        """
         peer = peer_of(request)
-        slot: Slot | None = None
-        running: Deferred[str] | None = None
+        acquired = self.admission.acquire(TRANSPORT, peer)
+        got = acquired.result if acquired.called else None
+        if isinstance(got, Slot):
+            flow = self._flow(request, peer)
+            running = self._run(request, run, command, fmt, identity, peer, flow)
+            if running.called:
+                self._finish(request, flow, got)
+                return b""
+        else:
+            flow = self._flow(request, peer)
+            running = None
+        slot: Slot | None = got if isinstance(got, Slot) else None
 
         def cancel(d: Deferred[None]) -> None:
             # The client went away: stop the command, give the slot back.
@@ -598,13 +619,15 @@ class RestAPI:
 
         done: Deferred[None] = Deferred(cancel)
 
-        def stalled() -> None:
-            self.log.info("HTTP client {peer} stopped reading; closing", peer=peer)
-            transport: Any = request.channel.transport
-            if transport is not None:
-                transport.abortConnection()
+        def finished(outcome: str) -> None:
+            assert slot is not None
+            self._finish(request, flow, slot)
+            if not done.called:
+                done.callback(None)
 
-        flow = self.admission.make_flow(stalled)
+        if running is not None:  # granted; answering later
+            running.addCallback(finished)
+            return done
 
         def granted(got: Slot) -> None:
             nonlocal slot, running
@@ -612,20 +635,8 @@ class RestAPI:
                 got.release()
                 return
             slot = got
-            writer = self._writer(request, fmt, command)
-            request.registerProducer(flow, True)  # paused while the client does not read
-            client = Client(TRANSPORT, peer, flow, identity)
-            running = self.service.execute(run, client, writer)
+            running = self._run(request, run, command, fmt, identity, peer, flow)
             running.addCallback(finished)
-
-        def finished(outcome: str) -> None:
-            if request.producer is not None and request.channel is not None:
-                request.unregisterProducer()
-            flow.stopProducing()
-            if slot is not None:
-                slot.release()
-            if not done.called:
-                done.callback(None)
 
         def refused(failure: Failure) -> None:
             if done.called:
@@ -634,11 +645,46 @@ class RestAPI:
             assert isinstance(error, CommandError)  # admission says what went wrong
             retry = {"retry-after": str(self.settings.retry_after)}
             headers = retry if is_busy(error) else {}
-            write_error(request, error.code, error.message, as_json, headers)
+            write_error(request, error.code, error.message, fmt != "text", headers)
             done.callback(None)
 
-        self.admission.acquire(TRANSPORT, peer).addCallbacks(granted, refused)
+        acquired.addCallbacks(granted, refused)
         return done
+
+    def _flow(self, request: IRequest, peer: str) -> Flow:
+        """The request's back-pressure: a client that stops reading is closed."""
+
+        def stalled() -> None:
+            self.log.info("HTTP client {peer} stopped reading; closing", peer=peer)
+            transport: Any = request.channel.transport
+            if transport is not None:
+                transport.abortConnection()
+
+        return self.admission.make_flow(stalled)
+
+    def _run(
+        self,
+        request: IRequest,
+        run: Request,
+        command: AnyCommand,
+        fmt: str,
+        identity: Identity,
+        peer: str,
+        flow: Flow,
+    ) -> Deferred[str]:
+        """Start ``run`` with its slot held, paused while the client does not read."""
+        writer = self._writer(request, fmt, command)
+        request.registerProducer(flow, True)
+        client = Client(TRANSPORT, peer, flow, identity)
+        return self.service.execute(run, client, writer)
+
+    @staticmethod
+    def _finish(request: IRequest, flow: Flow, slot: Slot) -> None:
+        """A run is over: its producer off the request, its slot back."""
+        if request.producer is not None and request.channel is not None:
+            request.unregisterProducer()
+        flow.stopProducing()
+        slot.release()
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
