@@ -19,7 +19,7 @@ from gateway.commands.follow import Followers
 from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service
 from gateway.config import Config, merge
-from gateway.core.audit import journal_datagram, journal_fields, json_line, record
+from gateway.core.audit import Entry, entry, journal_datagram, journal_fields, json_line, record
 from gateway.core.command import Client, Request
 from gateway.core.quota import ClientQuota
 from gateway.core.scope import Identity, Scope
@@ -54,6 +54,29 @@ def test_a_record_names_the_identity_and_cuts_long_arguments() -> None:
     long = record(0, Client("http", "h"), Request("comphash", {"path": "/" + "a" * 600}), "x", 0, 0)
     assert long["identity"] == "anonymous" and long["proof"] == "none"
     assert len(long["args"]["path"]) == 513 and long["args"]["path"].endswith("…")
+
+
+def test_an_entry_is_taken_now_and_made_a_record_when_written(tmp_path: Path) -> None:
+    """The service hands over an entry (cheap, on the hot path); the file
+    gets the same record as one made at once."""
+    ops = Identity("ops", "token", Scope())
+    client = Client("http", "10.0.0.1", identity=ops)
+    request = Request("lastlog", {"lines": "5", "k" * 600: "v"})
+    taken = entry(1.25, client, request, "ok", 40, 0.002)
+    assert taken.record() == record(1.25, client, request, "ok", 40, 0.002)
+    assert json_line(taken) == json_line(taken.record())
+    assert journal_fields(taken) == journal_fields(taken.record())
+    path = tmp_path / "audit.jsonl"
+    audit = started(FileTarget(str(path)))
+    try:
+        audit.record(taken)
+        wait_until(lambda: audit.written == 1)
+    finally:
+        audit.stopService()
+    written = json.loads(path.read_text())
+    assert written["identity"] == "ops" and written["proof"] == "token"
+    assert written["args"]["lines"] == "5" and len(written["args"]) == 2
+    assert written["time"] == "1970-01-01T00:00:01.250Z" and written["duration_ms"] == 2.0
 
 
 def test_a_json_line_is_one_line_whatever_the_client_sent() -> None:
@@ -198,8 +221,8 @@ def test_the_service_records_every_command_with_its_outcome_and_size(tmp_path: P
     service = build_service(
         merge(Config(), {"lastlog": {"source": str(log)}}), clock, ClientQuota(10), runners
     )
-    records: list[dict[str, Any]] = []
-    service.audit = records.append
+    entries: list[Entry] = []
+    service.audit = entries.append
     viewer = Identity("viewer", "token", Scope(commands=frozenset({"lastlog"})))
     service.identities = lambda identity: identity
     client = Client("tcp", "h", identity=viewer)
@@ -207,6 +230,7 @@ def test_the_service_records_every_command_with_its_outcome_and_size(tmp_path: P
         request = Request.from_line(line)
         assert request is not None
         service.execute(request, client, lambda event: None)
+    records = [e.record() for e in entries]  # (made when a batch is written)
     assert [(r["command"], r["outcome"], r["bytes"]) for r in records] == [
         ("lastlog", "ok", len("one\ntwo\n")),
         ("comphash", "forbidden", 0),

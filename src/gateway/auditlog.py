@@ -17,12 +17,12 @@ import os
 import queue
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
 
-from gateway.core.audit import journal_datagram, journal_fields, json_line
+from gateway.core.audit import Record, journal_datagram, journal_fields, json_line
 from gateway.core.metrics import Family
 from gateway.logfmt import Logger
 
@@ -55,7 +55,7 @@ class FileTarget:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     @staticmethod
-    def encode(records: Sequence[Mapping[str, Any]]) -> bytes:
+    def encode(records: Sequence[Record]) -> bytes:
         """The lines for ``records`` (made in the reactor thread, so the
         writer thread holds the GIL only to start its write)."""
         return b"".join(map(json_line, records))
@@ -89,7 +89,7 @@ class JournalTarget:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     @staticmethod
-    def encode(records: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    def encode(records: Sequence[Record]) -> list[bytes]:
         return [journal_datagram(journal_fields(r)) for r in records]
 
     def write(self, datagrams: Any) -> None:
@@ -135,7 +135,7 @@ class AuditLog(Service):
         self._call_later = call_later
         self._max = max_queue
         #: Records gathered in the reactor thread, not yet handed over.
-        self._gathered: list[Mapping[str, Any]] = []
+        self._gathered: list[Record] = []
         self._handing: Any = None
         self._queue: queue.Queue[object] = queue.Queue()
         self._waiting = 0  # records handed over and not yet written
@@ -175,8 +175,8 @@ class AuditLog(Service):
             return f"audit log failing ({self.target.description}: {self.error})"
         return None
 
-    def record(self, rec: Mapping[str, Any]) -> None:
-        """Queue ``rec``; never waits."""
+    def record(self, rec: Record) -> None:
+        """Queue ``rec`` (an entry is made a record when written); never waits."""
         if self._waiting + len(self._gathered) >= self._max:
             self.lost += 1
             self._complain("audit queue full: records lost")

@@ -13,7 +13,7 @@ import json
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.core.command import Client, Request
 
@@ -42,6 +42,70 @@ def _stamp(when: float) -> str:
     return f"{text}.{millis:03d}Z"
 
 
+class Entry(NamedTuple):
+    """What one command's audit record is made of, taken when it ends.
+
+    Cheap to take (a tuple, on the hot path); :meth:`record` makes the
+    record itself when a batch of them is written.
+    """
+
+    when: float
+    identity: str
+    proof: str
+    transport: str
+    peer: str
+    command: str
+    rest: str | None
+    args: Mapping[str, object]
+    outcome: str
+    sent: int
+    seconds: float
+
+    def record(self) -> dict[str, Any]:
+        args: object
+        if self.rest is not None:
+            args = _cut(self.rest)  # as typed after the command's name
+        else:
+            args = {str(_cut(k)): _cut(v) for k, v in list(self.args.items())[:32]}
+        return {
+            "time": _stamp(self.when),
+            "identity": self.identity,
+            "proof": self.proof,
+            "transport": self.transport,
+            "peer": self.peer,
+            "command": _cut(self.command),
+            "args": args,
+            "outcome": self.outcome,
+            "bytes": self.sent,
+            "duration_ms": round(self.seconds * 1000, 3),
+        }
+
+
+def entry(
+    when: float,
+    client: Client,
+    request: Request,
+    outcome: str,
+    sent: int,
+    seconds: float,
+) -> Entry:
+    """The audit entry of one command; ``sent`` is the bytes of its output."""
+    identity = client.identity
+    return Entry(
+        when,
+        identity.name,
+        identity.how,
+        client.transport,
+        client.peer,
+        request.command,
+        request.rest,
+        request.args,
+        outcome,
+        sent,
+        seconds,
+    )
+
+
 def record(
     when: float,
     client: Client,
@@ -51,37 +115,29 @@ def record(
     seconds: float,
 ) -> dict[str, Any]:
     """The record of one command; ``sent`` is the bytes of its output."""
-    args: object
-    if request.rest is not None:
-        args = _cut(request.rest)  # as typed after the command's name
-    else:
-        args = {str(_cut(k)): _cut(v) for k, v in list(request.args.items())[:32]}
-    identity = client.identity
-    return {
-        "time": _stamp(when),
-        "identity": identity.name,
-        "proof": identity.how,
-        "transport": client.transport,
-        "peer": client.peer,
-        "command": _cut(request.command),
-        "args": args,
-        "outcome": outcome,
-        "bytes": sent,
-        "duration_ms": round(seconds * 1000, 3),
-    }
+    return entry(when, client, request, outcome, sent, seconds).record()
+
+
+#: What the audit trail is handed: an entry, or a record made already.
+Record = Entry | Mapping[str, Any]
+
+
+def as_record(rec: Record) -> Mapping[str, Any]:
+    return rec.record() if isinstance(rec, Entry) else rec
 
 
 #: One encoder for every record (``json.dumps`` with options makes one per call).
 _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
-def json_line(rec: Mapping[str, Any]) -> bytes:
+def json_line(rec: Record) -> bytes:
     """One line of the audit file: JSON, every control character escaped."""
-    return (_ENCODE(rec) + "\n").encode()
+    return (_ENCODE(as_record(rec)) + "\n").encode()
 
 
-def journal_fields(rec: Mapping[str, Any]) -> dict[str, str]:
+def journal_fields(rec: Record) -> dict[str, str]:
     """The journal's fields for ``rec`` (``GATEWAY_*``, searchable with journalctl)."""
+    rec = as_record(rec)
     args = rec["args"]
     message = (
         f"audit: {rec['identity']} ran {json.dumps(rec['command'], ensure_ascii=True)} over "

@@ -15,7 +15,8 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybe
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from gateway.core.audit import record as audit_record
+from gateway.core.audit import Entry
+from gateway.core.audit import entry as audit_entry
 from gateway.core.command import RESERVED_FIELDS, AnyCommand, Client, Request
 from gateway.core.errors import INTERNAL_MESSAGE, CommandError
 from gateway.core.events import Error, Event, Lines, Result, Sink
@@ -37,7 +38,7 @@ class CommandService:
     ) -> None:
         self.limiter = limiter
         #: Where each command's audit record goes (``None``: no audit trail).
-        self.audit: Callable[[dict[str, Any]], None] | None = None
+        self.audit: Callable[[Entry], None] | None = None
         #: Who a token's holder is now (its scope as last loaded; ``None``:
         #: removed).  Unset: identities are taken as they were proven.
         self.identities: Callable[[Identity], Identity | None] | None = None
@@ -157,7 +158,7 @@ class CommandService:
             seconds = self._clock.seconds() - started
             self.metrics.record(request.command, outcome, seconds)
             if audit is not None:
-                audit(audit_record(started, client, request, outcome, sent[0], seconds))
+                audit(audit_entry(started, client, request, outcome, sent[0], seconds))
             self.log.info(
                 "{transport} {peer} {command}: {outcome} in {duration_ms:.1f} ms",
                 transport=client.transport,
