@@ -51,6 +51,17 @@ PROBLEM = "application/problem+json"
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream; charset=utf-8"
 CONTENT_TYPES = {"text": TEXT, "json": JSON, "ndjson": NDJSON, "sse": SSE}
+#: A command's answer's headers, by format: set as they will be sent (bytes,
+#: in header case), with nothing to encode or look up for each request.
+ANSWER_HEADERS = {
+    fmt: (
+        (b"Content-Type", [kind.encode()]),
+        (b"X-Accel-Buffering", [b"no"]),  # stream through nginx too
+        (b"Cache-Control", [b"no-store"]),
+        (b"X-Content-Type-Options", [b"nosniff"]),
+    )
+    for fmt, kind in CONTENT_TYPES.items()
+}
 #: Routes that are not commands; no command may be served at one of them.
 FIXED_ROUTES = frozenset({"/", "/healthz", "/metrics", "/openapi.json", "/ws", "/index.html"})
 
@@ -185,10 +196,9 @@ class ResponseWriter:
         self.started = True
         r = self.request
         r.setResponseCode(200)
-        r.setHeader("content-type", CONTENT_TYPES[self.fmt])
-        r.setHeader("x-accel-buffering", "no")  # stream through nginx too
-        r.setHeader("cache-control", "no-store")
-        r.setHeader("x-content-type-options", "nosniff")
+        set_header = r.responseHeaders.setRawHeaders
+        for name, values in ANSWER_HEADERS[self.fmt]:
+            set_header(name, values)
         if self.fmt == "json" and self.lines_key and self._always:
             self._open_array()
         elif self.fmt == "sse" and self._clock is not None:
