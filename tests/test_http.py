@@ -101,6 +101,24 @@ def test_lastlog_text_is_just_the_lines(h: Harness) -> None:
     assert body == b"entry 47\nentry 48\nentry 49\n"
     assert headers["content-type"] == "text/plain; charset=utf-8"
     assert headers["x-accel-buffering"] == "no"
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("query", "kind"),
+    [
+        ("format=json", "application/json"),
+        ("format=ndjson", "application/x-ndjson"),
+    ],
+)
+def test_every_format_has_its_type_and_the_same_safety_headers(
+    h: Harness, query: str, kind: str
+) -> None:
+    code, headers, _ = h.get(f"/lastlog?lines=1&{query}")
+    assert code == 200 and headers["content-type"].startswith(kind)
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
 
 
 def test_lastlog_default_is_ten_lines(h: Harness) -> None:
