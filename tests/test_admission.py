@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ from twisted.internet.testing import StringTransport
 from gateway.config import TCPConfig, load
 from gateway.core.auth import Authenticator
 from gateway.core.quota import ClientQuota, Slot
-from gateway.core.scope import ANONYMOUS, Identity
-from gateway.frontends.admission import Admission, Denial
+from gateway.core.scope import ANONYMOUS, Identity, Scope
+from gateway.frontends.admission import Admission, Denial, Proven
 from gateway.frontends.line import LineFactory
 
 from .support.logs import recorded_events
@@ -112,6 +113,93 @@ def test_check_bearer() -> None:
     locked = on.check_bearer("h", f"Bearer {TOKEN}")
     assert isinstance(locked, Denial) and locked.error.code == "rate_limited"
     assert locked.retry_after == 300 and locked.delay == 0.0
+
+
+def test_a_connection_that_sends_the_same_header_again_is_not_hashed_again() -> None:
+    """A kept-alive HTTP connection sends its Authorization header with every
+    request: checked once, then taken as it was, unless it changes, the
+    tokens are reloaded or the identity expires."""
+    clock = Clock()
+    expiring = (
+        sha256(b"expiring-token-0123456789").digest(),
+        Identity("soon", "token", Scope(expires=100.0)),
+    )
+    auth = Authenticator([TOKEN, expiring], clock, max_failures=5)
+    admission = Admission(ClientQuota(1), clock, auth)
+    checks: list[str | None] = []
+    check = auth.check
+
+    def counted(peer: str, presented: str | None) -> Identity:
+        checks.append(presented)
+        return check(peer, presented)
+
+    auth.check = counted  # type: ignore[method-assign]
+    proven = Proven()
+    good = f"Bearer {TOKEN}"
+    for _ in range(3):
+        assert admission.check_bearer("h", good, proven) == Identity("tokens[1]", "token")
+    assert checks == [TOKEN]  # once
+    assert isinstance(admission.check_bearer("h", "Bearer wrong-token-000000000", proven), Denial)
+    assert isinstance(admission.check_bearer("h", None, proven), Denial)  # no header, no identity
+    assert isinstance(admission.check_bearer("h", "Bearer tökén", proven), Denial)  # not ASCII
+    assert len(checks) == 4  # each wrong one checked (and counted: the lockout is near)
+    assert admission.check_bearer("h", good, proven) == Identity("tokens[1]", "token")
+    assert len(checks) == 4  # the header it kept is still the one it proved
+    other = Proven()  # another connection proves for itself
+    assert admission.check_bearer("h", good, other) == Identity("tokens[1]", "token")
+    assert len(checks) == 5
+    auth.replace_tokens([expiring])  # SIGHUP: TOKEN removed
+    removed = admission.check_bearer("h", good, proven)
+    assert isinstance(removed, Denial) and removed.error.code == "unauthorized"
+    soon = "Bearer expiring-token-0123456789"
+    assert admission.check_bearer("h", soon, proven) == expiring[1]
+    assert admission.check_bearer("h", soon, proven) == expiring[1]
+    assert checks[-2:] == [TOKEN, "expiring-token-0123456789"]
+    clock.advance(100)
+    expired = admission.check_bearer("h", soon, proven)
+    assert isinstance(expired, Denial) and expired.error.code == "unauthorized"
+    assert checks[-1] == "expiring-token-0123456789"  # checked again, and refused
+
+
+def test_http_requests_on_one_connection_check_their_token_once(tmp_path: Path) -> None:
+    from gateway.config import HTTPConfig
+    from gateway.frontends.http.routes import RestAPI
+    from gateway.frontends.http.site import GuardedSite
+
+    clock = Clock()
+    quota = ClientQuota(10)
+    auth = Authenticator([TOKEN], clock)
+    digests: list[str] = []
+    match = auth._match
+
+    def counted(presented: str) -> Identity | None:
+        digests.append(presented)
+        return match(presented)
+
+    auth._match = counted  # type: ignore[method-assign]
+    service = make_service(tmp_path, clock, quota, log_text="one\ntwo\n")
+    api = RestAPI(Admission(quota, clock, auth), service, HTTPConfig(), lambda scope: {})
+    site = GuardedSite(api.resource(), HTTPConfig(), clock)
+
+    def connection() -> tuple[Any, StringTransport]:
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000))
+        channel.makeConnection(transport)
+        return channel, transport
+
+    ask = (
+        f"GET /lastlog?lines=1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    channel, transport = connection()
+    channel.dataReceived(ask.encode() * 3)
+    assert transport.value().count(b"200 OK") == 3 and digests == [TOKEN]
+    wrong = ask.replace(TOKEN, "wrong-token-000000000").encode()
+    channel.dataReceived(wrong)
+    clock.advance(1)  # (a wrong token is answered slowly)
+    assert transport.value().count(b"401 Unauthorized") == 1 and len(digests) == 2
+    channel2, transport2 = connection()
+    channel2.dataReceived(ask.encode())
+    assert transport2.value().count(b"200 OK") == 1 and len(digests) == 3
 
 
 def test_reload_reaches_every_admission_setting(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ class Authenticator:
         max_pending_per_ip: int = 2,
     ) -> None:
         self._grants = grants(tokens)
+        #: Counts token reloads: what was proven before one is proven again.
+        self.generation = 0
         #: Who each kind of proof makes a client: by (how, name).
         self._by_name = {("token", identity.name): identity for _, identity in self._grants}
         #: Local users and groups (a unix: listener), verified certificates' names.
@@ -144,6 +146,7 @@ class Authenticator:
         """New tokens (config reload).  Who is already in keeps its name: its
         next command runs with the scope that name has now (:meth:`current`)."""
         self._grants = grants(tokens)
+        self.generation += 1
         self._index()
 
     def replace_peers(

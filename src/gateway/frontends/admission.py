@@ -15,6 +15,7 @@ is logged with its traceback and answered ``internal``, never silence.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import socket
 import struct
@@ -43,6 +44,29 @@ log = Logger(namespace="gateway.admission")
 #: Seconds a close the server started may take (the client reading its last
 #: answer) before the connection is aborted, on every front-end, TLS or not.
 LINGER = 2.0
+
+
+class Proven:
+    """The last ``Authorization`` header a connection proved an identity with."""
+
+    __slots__ = ("_generation", "_header", "_identity")
+
+    def __init__(self) -> None:
+        self._header = ""
+        self._generation = -1
+        self._identity: Identity | None = None
+
+    def same(self, header: str, generation: int) -> Identity | None:
+        """The identity ``header`` proved, if it is the header kept (and the
+        tokens are those it was checked against)."""
+        identity = self._identity
+        if identity is None or generation != self._generation or not header.isascii():
+            return None
+        return identity if hmac.compare_digest(header, self._header) else None
+
+    def keep(self, header: str, generation: int, identity: Identity) -> None:
+        if header.isascii():
+            self._header, self._generation, self._identity = header, generation, identity
 
 
 def no_delay(transport: Any) -> None:
@@ -162,23 +186,37 @@ class Admission:
         """The authenticator a conversation checks ``auth`` lines with (``None``: off)."""
         return self.auth if self.auth.enabled else None
 
-    def check_bearer(self, peer: str, header: str | None) -> Identity | Denial:
+    def check_bearer(
+        self, peer: str, header: str | None, proven: Proven | None = None
+    ) -> Identity | Denial:
         """Who the request comes from, if it may go on; else why not and how
         long to wait.
 
         A wrong token is answered after a growing delay; a locked-out address
-        at once, with ``Retry-After``.
+        at once, with ``Retry-After``.  ``proven`` is what the connection
+        proved last: a kept-alive HTTP connection sends the same header with
+        every request, and the same header again is taken without hashing the
+        token again (compared in constant time; not once the tokens were
+        reloaded or the identity has expired).
         """
         if not self.auth.enabled:
             return ANONYMOUS
+        auth = self.auth
+        if proven is not None and header is not None:
+            known = proven.same(header, auth.generation)
+            if known is not None and not auth.expired(known):
+                return known
         presented = bearer(header)
         try:
-            return self.auth.check(peer, presented)
+            identity = auth.check(peer, presented)
         except CommandError as e:
             if e.code == "rate_limited":
                 return Denial(e, 0.0, max(1, round(self.auth.locked(peer))))
             delay = self.auth.delay(peer) if presented is not None else 0.0
             return Denial(e, delay, None)
+        if proven is not None and header is not None:
+            proven.keep(header, auth.generation, identity)
+        return identity
 
     def local_identity(self, transport: Any) -> Identity | None:
         """Who the peer of a ``unix:`` connection is, from its credentials

@@ -510,14 +510,21 @@ class RestAPI:
         self._console = console
         self.shutting_down = False
 
-    def _denied(self, request: IRequest, as_json: bool) -> Identity | Deferred[None]:
+    def _denied(
+        self, request: IRequest, as_json: bool, peer: str | None = None
+    ) -> Identity | Deferred[None]:
         """Who asks, if the request may go on; else the (delayed) 401 or 429 answer."""
         header = request.getHeader("authorization")
-        if header is None and request.channel is not None:
-            known = self.admission.known_peer(request.channel.transport)
+        channel = request.channel
+        if header is None and channel is not None:
+            known = self.admission.known_peer(channel.transport)
             if known is not None:  # a local user, a verified client certificate
                 return known
-        denial = self.admission.check_bearer(peer_of(request), header)
+        denial = self.admission.check_bearer(
+            peer_of(request) if peer is None else peer,
+            header,
+            getattr(channel, "proven", None),  # (what this connection proved last)
+        )
         if isinstance(denial, Identity):
             return denial
         e = denial.error
@@ -551,7 +558,8 @@ class RestAPI:
     ) -> Deferred[None] | bytes:
         fmt = response_format(request)
         as_json = fmt != "text"
-        identity = self._denied(request, as_json)
+        peer = peer_of(request)
+        identity = self._denied(request, as_json, peer)
         if not isinstance(identity, Identity):
             return identity
         refusal = self.admission.auth.hold(identity)  # its max_clients, while the request runs
@@ -575,10 +583,10 @@ class RestAPI:
             args["after"] = resume  # an EventSource reconnecting: go on after what it saw
         run = Request(command.name, args=args)
         if not command.metered:
-            client = Client(TRANSPORT, peer_of(request), identity=identity)
+            client = Client(TRANSPORT, peer, identity=identity)
             writer = self._writer(request, fmt, command)
             return self.service.execute(run, client, writer).addCallback(lambda _: None)
-        return self._metered(request, run, command, fmt, identity)
+        return self._metered(request, run, command, fmt, identity, peer)
 
     def _writer(self, request: IRequest, fmt: str, command: AnyCommand) -> ResponseWriter:
         return ResponseWriter(
@@ -597,6 +605,7 @@ class RestAPI:
         command: AnyCommand,
         fmt: str,
         identity: Identity,
+        peer: str,
     ) -> Deferred[None] | bytes:
         """Run ``run`` holding a quota slot, the client's reading pacing it.
 
@@ -606,7 +615,6 @@ class RestAPI:
         answer is written; cancelling it (the client went away) stops the
         command and gives the slot back.
         """
-        peer = peer_of(request)
         acquired = self.admission.acquire(TRANSPORT, peer)
         got = acquired.result if acquired.called else None
         if isinstance(got, Slot):

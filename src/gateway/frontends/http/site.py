@@ -28,7 +28,7 @@ from twisted.web.server import Request, Site
 
 from gateway.config import HTTPConfig
 from gateway.core.peers import peer_host
-from gateway.frontends.admission import LINGER, no_delay
+from gateway.frontends.admission import LINGER, Proven, no_delay
 from gateway.frontends.http.routes import wants_json, write_error
 from gateway.logfmt import Logger, printable
 
@@ -120,6 +120,8 @@ class GuardedChannel(HTTPChannel):
         self._stopping = False
         self._lost = False
         self._host: Any = None
+        #: What this connection's requests proved with their ``Authorization``.
+        self.proven = Proven()
 
     def connectionMade(self) -> None:
         super().connectionMade()
