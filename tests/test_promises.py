@@ -619,6 +619,34 @@ def test_recent_log_keeps_escaped_lines() -> None:
     assert len(recent.tail(1)) == 1
 
 
+def test_recent_log_lines_are_the_text_logs_and_hold_nothing_alive() -> None:
+    import gc
+    import weakref
+
+    class Connection:  # what a logger's source may be: a protocol, with its buffers
+        pass
+
+    source = Connection()
+    gone = weakref.ref(source)
+    recent = RecentLog(keep=10, level="info")
+    events = [
+        event("a {braced} value", log_source=source, log_logger=object()),
+        event("quiet", log_level=LogLevel.debug),  # below the level: not kept
+        event("said", log_system="tcp#1", log_level=LogLevel.warn),
+    ]
+    for e in events:
+        recent(e)
+    out_ = io.StringIO()
+    text = TextObserver(out_, "info")
+    for e in events:
+        text(e)
+    assert recent.tail(10) == out_.getvalue().splitlines()
+    assert recent.tail(10)[1].endswith(" [tcp#1] got said")
+    del source, events
+    gc.collect()
+    assert gone() is None
+
+
 # -- 12. a request that broke a limit never reaches a route
 
 

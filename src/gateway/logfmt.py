@@ -245,29 +245,46 @@ class RecentLog:
     """The gateway's own last log lines, in memory (a ``lastlog`` source of last
     resort on machines with no system log).
 
-    Logging is on the hot path, so events are kept as they come (without the
-    objects that sent them) and formatted only when someone asks.
+    Logging is on the hot path, so an event is kept as its time, level,
+    names and message, formatted (not yet escaped) but not made a line until
+    someone asks: a tuple of strings, which holds nothing else alive and
+    which the garbage collector soon stops looking at.
     """
 
-    _DROP = frozenset({"log_logger", "log_source", "log_failure", "log_trace"})
-
     def __init__(self, keep: int = 1000, level: str = "info") -> None:
-        self._events: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._events: deque[tuple[float, str, object, object, str]] = deque(maxlen=keep)
         self._minimum = TextObserver._ORDER[level]
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")
-        if TextObserver._ORDER.get(level.name if level is not None else "info", 1) < self._minimum:
+        name = level.name if level is not None else "info"
+        if TextObserver._ORDER.get(name, 1) < self._minimum:
             return
-        drop = self._DROP
-        self._events.append({k: v for k, v in event.items() if k not in drop})
+        self._events.append(
+            (
+                event.get("log_time", 0.0),
+                name,
+                event.get("log_namespace", "-"),
+                event.get("log_system"),
+                message(event),
+            )
+        )
 
     def tail(self, n: int) -> list[str]:
         events = list(self._events)[-n:] if n > 0 else []
         sink = _Lines(len(events) or 1)
         text = TextObserver(sink, "debug")
-        for event in events:
-            text(event)
+        for when, level, namespace, system, said in events:
+            text(
+                {
+                    "log_time": when,
+                    "log_level": LogLevel.levelWithName(level),
+                    "log_namespace": namespace,
+                    "log_system": system,
+                    "log_format": "{said}",
+                    "said": said,
+                }
+            )
         return list(sink.lines)[-n:] if n > 0 else []
 
 
