@@ -41,7 +41,9 @@ class CommandMetrics:
     def record(self, command: str, outcome: str, seconds: float) -> None:
         name = self.label(command)
         self.outcomes[name, outcome] += 1
-        counts = self.buckets.setdefault(name, [0] * len(BUCKETS))
+        counts = self.buckets.get(name)
+        if counts is None:
+            counts = self.buckets[name] = [0] * len(BUCKETS)
         index = bisect_left(BUCKETS, seconds)
         if index < len(BUCKETS):
             counts[index] += 1
