@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from gateway.auditlog import AuditLog, FileTarget, JournalTarget
@@ -77,6 +79,40 @@ def test_an_entry_is_taken_now_and_made_a_record_when_written(tmp_path: Path) ->
     assert written["identity"] == "ops" and written["proof"] == "token"
     assert written["args"]["lines"] == "5" and len(written["args"]) == 2
     assert written["time"] == "1970-01-01T00:00:01.250Z" and written["duration_ms"] == 2.0
+
+
+_text = (
+    st.text(max_size=20)
+    | st.text(st.characters(codec="utf-8"), max_size=600)
+    # lone surrogates (a WebSocket client's JSON may hold them)
+    | st.text(st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=8)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    when=st.floats(0, 4e9),
+    names=st.tuples(_text, _text, _text, _text, _text, _text),
+    rest=st.none() | _text,
+    args=st.dictionaries(_text, _text | st.integers() | st.booleans(), max_size=40),
+    sent=st.integers(0, 2**40),
+    seconds=st.floats(0, 1e6) | st.sampled_from([float("inf"), float("nan")]),
+)
+def test_an_entrys_line_is_exactly_what_the_json_encoder_makes_of_its_record(
+    when: float,
+    names: tuple[str, str, str, str, str, str],
+    rest: str | None,
+    args: dict[str, object],
+    sent: int,
+    seconds: float,
+) -> None:
+    """The audit file's line for an entry is made field by field (fast); it
+    must be byte for byte what encoding the whole record makes."""
+    identity, proof, transport, peer, command, outcome = names
+    e = Entry(when, identity, proof, transport, peer, command, rest, args, outcome, sent, seconds)
+    expected = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode(e.record())
+    assert json_line(e) == (expected + "\n").encode()
+    assert json_line(e).count(b"\n") == 1
 
 
 def test_a_json_line_is_one_line_whatever_the_client_sent() -> None:
