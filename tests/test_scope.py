@@ -3,6 +3,7 @@ authenticator, enforced by the command service for every transport."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -385,3 +386,21 @@ def test_identity_tables_are_not_environment_variables() -> None:
         load(None, {"GATEWAY_AUTH_TOKEN": "a-secret-token-0123456789"})
     assert info.value.key == "GATEWAY_AUTH_TOKEN" and "unknown" in str(info.value)
     assert "a-secret-token" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "narrowed",
+    [
+        {"commands": frozenset({"lastlog"})},
+        {"max_lines": 10},
+        {"follow": False},
+        {"roots": ("/srv",)},
+        {"algorithms": frozenset({"sha256"})},
+    ],
+)
+def test_a_scope_is_full_only_without_narrowing(narrowed: dict[str, object]) -> None:
+    assert Scope().full and Scope(max_clients=2, expires=1.0).full  # a share, a date: still full
+    scope = Scope(**narrowed)  # type: ignore[arg-type]
+    assert not scope.full
+    assert dataclasses.replace(scope, **{k: Scope().__dict__[k] for k in narrowed}).full
+    assert scope == Scope(**narrowed) and hash(scope) == hash(Scope(**narrowed))  # type: ignore[arg-type]

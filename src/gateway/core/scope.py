@@ -45,16 +45,19 @@ class Scope:
     #: When it stops being accepted (seconds since the epoch).
     expires: float | None = None
 
-    @property
-    def full(self) -> bool:
-        """No narrowing of what may run (the quota share and expiry aside)."""
-        return (
+    #: No narrowing of what may run (the quota share and expiry aside);
+    #: worked out once, as it is asked before every command.
+    full: bool = dataclass_field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        full = (
             self.commands is None
             and self.max_lines is None
             and self.follow
             and self.roots is None
             and self.algorithms is None
         )
+        object.__setattr__(self, "full", full)
 
     def may_run(self, command: str) -> bool:
         return self.commands is None or command in self.commands or command in ALWAYS
@@ -74,6 +77,12 @@ class Scope:
         ``checked`` arguments; ``scoped`` says which scope field bounds which
         argument (``{"lines": "max_lines", "path": "roots", ...}``)."""
         self.require(who, command)
+        self.check_arguments(who, scoped, checked)
+
+    def check_arguments(
+        self, who: str, scoped: Mapping[str, str], checked: Mapping[str, Any]
+    ) -> None:
+        """:meth:`check` for a command ``who`` may run (asked already)."""
         for name, field in scoped.items():
             value = checked.get(name)
             if value is None or value is False:

@@ -124,7 +124,7 @@ class CommandService:
             fields = scoped(command.params)
             if fields:
                 values = scoped_values(command.params, raw)
-                scope.check(identity.shown, command.name, fields, values)
+                scope.check_arguments(identity.shown, fields, values)  # (may run: asked above)
         return command, args
 
     def _identity(self, client: Client) -> Identity:
