@@ -284,3 +284,12 @@ def test_stamps_stay_right_across_seconds_with_the_second_kept() -> None:
         "2025-11-26T02:25:12.000Z",
         "2025-11-26T02:25:11.500Z",  # back in time (a clock step): formatted again
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_text, max_size=20))
+def test_the_bytes_counted_are_the_utf8_bytes_of_the_lines_sent(lines: list[str]) -> None:
+    from gateway.core.service import _size
+
+    sent = "".join(f"{line}\n" for line in lines).encode("utf-8", "replace")
+    assert _size(lines) == _size(tuple(lines)) == len(sent)
