@@ -27,9 +27,11 @@ from gateway.core.scope import Identity, no_longer_accepted
 from gateway.logfmt import Logger, printable
 
 
-class CommandService:
-    log = Logger(namespace="gateway.core.service")
+#: (A module's logger: an attribute's would be made anew at each use, a line per command.)
+log = Logger(namespace="gateway.core.service")
 
+
+class CommandService:
     def __init__(
         self,
         commands: Iterable[AnyCommand],
@@ -159,7 +161,7 @@ class CommandService:
             self.metrics.record(request.command, outcome, seconds)
             if audit is not None:
                 audit(audit_entry(started, client, request, outcome, sent[0], seconds))
-            self.log.info(
+            log.info(
                 "{transport} {peer} {command}: {outcome} in {duration_ms:.1f} ms",
                 transport=client.transport,
                 peer=client.peer,
@@ -195,7 +197,7 @@ class CommandService:
                 return fail("timeout", f"{command.name} timed out after {timeout:g} s")
             if isinstance(f.value, CommandError):
                 return fail(f.value.code, f.value.message)
-            self.log.failure("command {command} failed", f, command=request.command)
+            log.failure("command {command} failed", f, command=request.command)
             return fail("internal", INTERNAL_MESSAGE)
 
         running: Deferred[Result] = maybeDeferred(command.run_as, identity, args, sink, client.flow)
