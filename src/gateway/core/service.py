@@ -26,7 +26,6 @@ from gateway.core.ratelimit import RateLimiter
 from gateway.core.scope import Identity, no_longer_accepted
 from gateway.logfmt import Logger, printable
 
-
 #: (A module's logger: an attribute's would be made anew at each use, a line per command.)
 log = Logger(namespace="gateway.core.service")
 
