@@ -6,6 +6,7 @@
     load.py echo PORT                                              # a trivial server
     load.py idle-tcp PORT N / idle-ws URL N                        # hold N connections
     load.py watch-tcp HOST:PORT N --log PATH / watch-ws URL N / watch-sse URL N   # N followers
+    load.py watch-frontail ws://HOST:PORT/NAMESPACE N --log PATH   # N frontail viewers
     load.py write-log PATH --rate 1000 --seconds 10                # a stamped writer
 
 Prints one JSON object: operations, seconds, ops per second, p50/p99 latency.
@@ -212,6 +213,15 @@ async def watch(
             request = (
                 f"GET /{path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
             ).encode()
+        elif mode == "frontail":
+            # socket.io 2 over its WebSocket transport (Engine.IO 3): join the
+            # log's namespace; each line then comes as a ["line", text] event.
+            request = (
+                f"GET /socket.io/?EIO=3&transport=websocket HTTP/1.1\r\nHost: {host_port}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+            then = ws_frame(f"40/{path},")
         else:
             request = (
                 f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
@@ -219,7 +229,8 @@ async def watch(
                 f"Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
             then = ws_frame("lastlog -f 1")
-    opened = []
+    opened: list[Watcher] = []
+    pinging = asyncio.create_task(ping(opened)) if mode == "frontail" else None
     for i in range(watchers):
         for attempt in range(100):  # a full accept queue refuses: try again shortly
             try:
@@ -252,6 +263,8 @@ async def watch(
     counted_from, bytes_from = tally
     del delays[:]
     await asyncio.sleep(seconds)
+    if pinging is not None:
+        pinging.cancel()
     took = time.monotonic() - begin
     busy = (time.process_time() - cpu_from) / took
     lines = tally[0] - counted_from
@@ -264,6 +277,15 @@ async def watch(
     report["bytes_per_s"] = (tally[1] - bytes_from) / took
     report["client_cpu"] = busy  # near 1: the client, not the server, is the limit
     print(json.dumps(report))
+
+
+async def ping(opened: list[Watcher]) -> None:
+    """An Engine.IO 3 client pings (its server closes a silent one after 30 s)."""
+    while True:
+        await asyncio.sleep(20)
+        for proto in opened:
+            if proto.transport is not None and not proto.transport.is_closing():
+                proto.transport.write(ws_frame("2"))
 
 
 def write_log(path: str, rate: float, seconds: float) -> None:
@@ -337,6 +359,7 @@ def main() -> None:
             "watch-tcp",
             "watch-ws",
             "watch-sse",
+            "watch-frontail",
             "write-log",
         ],
     )

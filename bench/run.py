@@ -9,7 +9,8 @@ it never fails on a figure.
     .venv/bin/python bench/run.py               # every item
     .venv/bin/python bench/run.py http_lastlog  # one item
 
-Needs: wrk, webhook, socat, websocketd, hashdeep, b3sum, taskset (scripts/install-tools bench).
+Needs: wrk, webhook, socat, websocketd, hashdeep, b3sum, taskset, frontail (scripts/install-tools
+bench; frontail from the npm registry, into bench/.peers).
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def need(tool: str) -> str:
     path = shutil.which(tool)
     if not path:
         sys.exit(f"bench: {tool} is not installed (Debian: apt-get install {tool})")
+    return path
+
+
+def need_frontail() -> str:
+    """frontail, from the npm registry (``scripts/install-tools bench`` puts it in bench/.peers)."""
+    local = Path(__file__).resolve().parent / ".peers" / "node_modules" / ".bin" / "frontail"
+    if local.exists():
+        return str(local)
+    path = shutil.which("frontail")
+    if not path:
+        sys.exit("bench: frontail is not installed (sh scripts/install-tools bench)")
     return path
 
 
@@ -424,7 +436,7 @@ def ws_lastlog(tmp: Path) -> list[Row]:
 def follow(tmp: Path) -> list[Row]:
     """One writer appending 1,000 stamped lines/s; N followers over TCP, SSE and WebSocket:
     lines delivered per second and write-to-receipt delay, against websocketd running
-    `tail -F` per client. The load client (one Python process) is the ceiling at large N."""
+    `tail -F` per client and against frontail (one `tail -F`, socket.io to each browser)."""
     rows: list[Row] = []
     seconds = 8
     log = tmp / "follow.log"
@@ -440,6 +452,21 @@ def follow(tmp: Path) -> list[Row]:
         "0",
         str(log),
     ]
+
+    front_port = free_port()
+    front = [
+        need_frontail(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(front_port),
+        "--disable-usage-stats",
+        "-n",
+        "1",
+        str(log),
+    ]
+    # frontail's socket.io namespace: the MD5 of the files it was given
+    front_ns = hashlib.md5(str(log).encode()).hexdigest()
 
     def run_watchers(mode: str, target: str, n: int, stalled: int = 0) -> dict[str, float]:
         return load(
@@ -459,6 +486,8 @@ def follow(tmp: Path) -> list[Row]:
     for n in (1, 100, 1000):
         with server(tail, ws_port):
             peer = run_watchers("ws", f"ws://127.0.0.1:{ws_port}/", n)
+        with server(front, front_port):
+            frontail = run_watchers("frontail", f"ws://127.0.0.1:{front_port}/{front_ns}", n)
         # A fresh gateway for each transport: a run that fell behind is not
         # still draining its backlog while the next one is measured.
         config = f'{FAST}[lastlog]\nsource = "{log}"\n'
@@ -483,6 +512,25 @@ def follow(tmp: Path) -> list[Row]:
                 "ms",
                 "websocketd + tail -F",
                 peer["p99_ms"],
+                gw_ws["p99_ms"],
+                "lower",
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, WebSocket",
+                "lines/s",
+                "frontail",
+                frontail["lines_per_s"],
+                gw_ws["lines_per_s"],
+            )
+        )
+        rows.append(
+            Row(
+                f"follow, {n} watchers, WebSocket p99",
+                "ms",
+                "frontail",
+                frontail["p99_ms"],
                 gw_ws["p99_ms"],
                 "lower",
             )
