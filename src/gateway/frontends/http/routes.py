@@ -616,17 +616,15 @@ class RestAPI:
         command and gives the slot back.
         """
         acquired = self.admission.acquire(TRANSPORT, peer)
-        got = acquired.result if acquired.called else None
-        if isinstance(got, Slot):
-            flow = self._flow(request, peer)
+        flow = self._flow(request, peer)
+        slot: Slot | None = None
+        running: Deferred[str] | None = None
+        if acquired.called and isinstance(acquired.result, Slot):  # granted at once
+            slot = acquired.result
             running = self._run(request, run, command, fmt, identity, peer, flow)
-            if running.called:
-                self._finish(request, flow, got)
+            if running.called:  # and answered at once
+                self._finish(request, flow, slot)
                 return b""
-        else:
-            flow = self._flow(request, peer)
-            running = None
-        slot: Slot | None = got if isinstance(got, Slot) else None
 
         def cancel(d: Deferred[None]) -> None:
             # The client went away: stop the command, give the slot back.
