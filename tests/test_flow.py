@@ -44,18 +44,33 @@ def test_batches_wait_for_the_client() -> None:
     events: list[Event] = []
     lines = [f"l{i}" for i in range(BATCH * 3)]
     flow.pauseProducing()
-    done = send_in_batches(lines, events.append, flow)
+    done = send_in_batches(lines, events.append, flow, "the source")
     assert events == [] and not done.called
     flow.resumeProducing()
     assert len(events) == 3 and done.called
     assert [line for e in events if isinstance(e, Lines) for line in e.lines] == lines
+    fired: list[str] = []
+    done.addCallback(fired.append)
+    assert fired == ["the source"]
+
+
+def test_one_batch_is_sent_at_once_and_answers_at_once() -> None:
+    events: list[Event] = []
+    done = send_in_batches(["a", "b"], events.append, Flow(), "/var/log/syslog")
+    fired: list[str] = []
+    done.addCallback(fired.append)
+    assert [e.lines for e in events if isinstance(e, Lines)] == [("a", "b")]
+    assert fired == ["/var/log/syslog"]
+    nothing = send_in_batches([], events.append, Flow(), "empty")
+    nothing.addCallback(fired.append)
+    assert len(events) == 1 and fired[-1] == "empty"
 
 
 def test_batches_stop_when_cancelled() -> None:
     flow = Flow()
     events: list[Event] = []
     flow.pauseProducing()
-    done = send_in_batches(["a"] * (BATCH * 2), events.append, flow)
+    done = send_in_batches(["a"] * (BATCH * 2), events.append, flow, None)
     done.addErrback(lambda f: None)
     done.cancel()
     flow.resumeProducing()

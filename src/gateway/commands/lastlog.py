@@ -246,7 +246,7 @@ class FileSource:
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         def send(lines: list[str]) -> Deferred[str]:
-            return send_in_batches(lines, sink, flow).addCallback(lambda _: self.path)
+            return send_in_batches(lines, sink, flow, self.path)
 
         identity = self._identity()
         cached = self._cached
@@ -273,13 +273,14 @@ class FileSource:
 BATCH = 100
 
 
-def send_in_batches(lines: list[str], sink: Sink, flow: Flow) -> Deferred[None]:
-    """Send ``lines`` a batch at a time, waiting while ``flow`` is paused."""
+def send_in_batches(lines: list[str], sink: Sink, flow: Flow, then: T) -> Deferred[T]:
+    """Send ``lines`` a batch at a time, waiting while ``flow`` is paused;
+    fires with ``then`` (what the caller answers with) once all are sent."""
     if len(lines) <= BATCH and not flow.paused:  # the common answer: one batch, now
         if lines:
             sink(Lines(tuple(lines)))
-        return succeed(None)
-    done: Deferred[None] = Deferred(lambda d: stop.append(True))
+        return succeed(then)
+    done: Deferred[T] = Deferred(lambda d: stop.append(True))
     stop: list[bool] = []
     position = [0]
     waiting: list[Callable[[], None]] = []
@@ -295,7 +296,7 @@ def send_in_batches(lines: list[str], sink: Sink, flow: Flow) -> Deferred[None]:
             position[0] += BATCH
             sink(Lines(tuple(batch)))
         if not done.called:
-            done.callback(None)
+            done.callback(then)
 
     go()
     return done
@@ -410,7 +411,7 @@ class KernelSource:
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
         def send(lines: list[str]) -> Deferred[str]:
-            return send_in_batches(lines, sink, flow).addCallback(lambda _: self.description)
+            return send_in_batches(lines, sink, flow, self.description)
 
         return self._run_in_thread(lambda: self._read(n)).addCallback(send)
 
@@ -426,7 +427,7 @@ class OwnLogSource:
         return None
 
     def tail(self, n: int, sink: Sink, flow: Flow = UNLIMITED) -> Deferred[str]:
-        return send_in_batches(self._recent(n), sink, flow).addCallback(lambda _: self.description)
+        return send_in_batches(self._recent(n), sink, flow, self.description)
 
 
 class AutoSource:
