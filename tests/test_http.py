@@ -475,6 +475,18 @@ def test_route_failure_is_500_without_traceback(tmp_path: Path) -> None:
     assert b"secret" not in body and b"Traceback" not in body
 
 
+def test_a_route_that_breaks_after_taking_its_slot_gives_it_back(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    h.api.service.execute = broken  # type: ignore[method-assign,assignment]
+    code, _, body = h.get("/lastlog", JSON)
+    assert code == 500 and b"secret" not in body
+    assert h.quota.snapshot().total_in_use == 0
+
+
 def test_command_crash_is_500_without_traceback(tmp_path: Path) -> None:
     class Crashing:
         description = "crash"

@@ -621,7 +621,11 @@ class RestAPI:
         running: Deferred[str] | None = None
         if acquired.called and isinstance(acquired.result, Slot):  # granted at once
             slot = acquired.result
-            running = self._run(request, run, command, fmt, identity, peer, flow)
+            try:
+                running = self._run(request, run, command, fmt, identity, peer, flow)
+            except BaseException:  # (a bug: answered 500 by the caller) the slot goes back
+                self._finish(request, flow, slot)
+                raise
             if running.called:  # and answered at once
                 self._finish(request, flow, slot)
                 return b""
