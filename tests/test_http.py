@@ -485,6 +485,24 @@ def test_a_route_that_breaks_after_taking_its_slot_gives_it_back(tmp_path: Path)
     code, _, body = h.get("/lastlog", JSON)
     assert code == 500 and b"secret" not in body
     assert h.quota.snapshot().total_in_use == 0
+    # the same when the quota answers later (a shared quota's round trip)
+    later: list[Deferred[Any]] = []
+
+    class SlowQuota(ClientQuota):
+        def acquire(self, transport: str, peer: str) -> Any:
+            d: Deferred[Any] = Deferred()
+            later.append(d)
+            return d
+
+    slow = SlowQuota(1)
+    h.api.admission.quota = slow
+    answer = h.treq.get(BASE + "/lastlog", headers=JSON)
+    got: list[Any] = []
+    answer.addCallback(got.append)
+    later[0].callback(slow.try_acquire("http", "127.0.0.1"))
+    h.treq.flush()
+    assert got and got[0].code == 500
+    assert slow.snapshot().total_in_use == 0
 
 
 def test_command_crash_is_500_without_traceback(tmp_path: Path) -> None:

@@ -655,7 +655,15 @@ class RestAPI:
                 got.release()
                 return
             slot = got
-            running = self._run(request, run, command, fmt, identity, peer, flow)
+            try:
+                running = self._run(request, run, command, fmt, identity, peer, flow)
+            except Exception:
+                self.log.failure("route {path} failed", path=command.route)
+                self._finish(request, flow, got)
+                if not request.startedWriting:
+                    write_error(request, "internal", INTERNAL_MESSAGE, fmt != "text")
+                done.callback(None)
+                return
             running.addCallback(finished)
 
         def refused(failure: Failure) -> None:
