@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -50,7 +50,7 @@ MAX_PENDING = 32
 SERVER = "gateway"
 
 
-def text_frames(texts: Sequence[str], _: Hashable = None) -> tuple[bytes, int, int]:
+def text_frames(texts: Sequence[str]) -> tuple[bytes, int, int]:
     """Each of ``texts`` as one whole text frame, unmasked (a server's), in
     one block; with the payload octets in all and in the longest."""
     parts = []
@@ -72,7 +72,9 @@ def text_frames(texts: Sequence[str], _: Hashable = None) -> tuple[bytes, int, i
 
 #: A followed log's batch goes to every watcher as the same lines (or the
 #: same replies): its frames are made once, and each connection writes them.
-_shared_frames: LastRendered[Sequence[str], tuple[bytes, int, int]] = LastRendered(text_frames)
+_shared_frames: LastRendered[Sequence[str], tuple[bytes, int, int]] = LastRendered(
+    lambda texts, _: text_frames(texts)
+)
 
 
 class SocketState(enum.Enum):

@@ -103,11 +103,12 @@ def utf8(text: str) -> bytes:
         return raw_bytes(text).decode("utf-8", "replace").encode("utf-8")
 
 
-def _encode(lines: Sequence[str], _: object = None) -> bytes:
+def text_block(lines: Sequence[str]) -> bytes:
+    """``lines`` as text, each ended by ``\\n`` (a file name's raw bytes kept)."""
     return raw_bytes("".join(f"{line}\n" for line in lines))
 
 
-_encoded: LastRendered[Sequence[str], bytes] = LastRendered(_encode)
+_encoded: LastRendered[Sequence[str], bytes] = LastRendered(lambda lines, _: text_block(lines))
 
 
 def encode_lines(lines: Sequence[str]) -> bytes:
@@ -118,4 +119,4 @@ def encode_lines(lines: Sequence[str]) -> bytes:
     """
     if isinstance(lines, tuple):
         return _encoded(lines)
-    return _encode(lines)
+    return text_block(lines)

@@ -42,7 +42,7 @@ from gateway.core.scope import FULL, Identity, Scope
 from gateway.core.service import CommandService
 from gateway.frontends.admission import Admission, is_busy
 from gateway.logfmt import Logger
-from gateway.sessions.text import dropped_line, gap_line, raw_bytes, utf8
+from gateway.sessions.text import dropped_line, gap_line, raw_bytes, text_block, utf8
 
 TRANSPORT = register_transport("http", order=1)
 TEXT = "text/plain; charset=utf-8"
@@ -273,7 +273,7 @@ class ResponseWriter:
         fmt = self.fmt
         if fmt == "text":
             if result.plain:
-                self.request.write(raw_bytes("".join(f"{line}\n" for line in result.plain)))
+                self.request.write(text_block(result.plain))
             return
         document = json.dumps(result.document(), ensure_ascii=False)
         if fmt == "ndjson":
@@ -311,7 +311,7 @@ def stream_bytes(event: Lines, fmt: Hashable) -> bytes:
     """``event``'s lines in a streaming format: ``text``, ``ndjson`` or ``sse``."""
     lines = event.lines
     if fmt == "text":
-        return raw_bytes("".join(f"{line}\n" for line in lines))
+        return text_block(lines)
     if fmt == "ndjson":
         if event.cursors:
             return utf8(
