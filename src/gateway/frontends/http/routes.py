@@ -19,7 +19,7 @@ from pathlib import PurePath
 from typing import Any, ClassVar
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
@@ -619,13 +619,23 @@ class RestAPI:
         flow = self._flow(request, peer)
         slot: Slot | None = None
         running: Deferred[str] | None = None
+
+        def start() -> Deferred[str]:
+            # The slot is held: run, paused while the client does not read.
+            # Failing to start (a bug) is the client's 500 and a run that ended.
+            try:
+                writer = self._writer(request, fmt, command)
+                request.registerProducer(flow, True)
+                return self.service.execute(run, Client(TRANSPORT, peer, flow, identity), writer)
+            except Exception:
+                self.log.failure("route {path} failed", path=command.route)
+                if not request.startedWriting:
+                    write_error(request, "internal", INTERNAL_MESSAGE, fmt != "text")
+                return succeed("internal")
+
         if acquired.called and isinstance(acquired.result, Slot):  # granted at once
             slot = acquired.result
-            try:
-                running = self._run(request, run, command, fmt, identity, peer, flow)
-            except BaseException:  # (a bug: answered 500 by the caller) the slot goes back
-                self._finish(request, flow, slot)
-                raise
+            running = start()
             if running.called:  # and answered at once
                 self._finish(request, flow, slot)
                 return b""
@@ -655,15 +665,7 @@ class RestAPI:
                 got.release()
                 return
             slot = got
-            try:
-                running = self._run(request, run, command, fmt, identity, peer, flow)
-            except Exception:
-                self.log.failure("route {path} failed", path=command.route)
-                self._finish(request, flow, got)
-                if not request.startedWriting:
-                    write_error(request, "internal", INTERNAL_MESSAGE, fmt != "text")
-                done.callback(None)
-                return
+            running = start()
             running.addCallback(finished)
 
         def refused(failure: Failure) -> None:
@@ -689,22 +691,6 @@ class RestAPI:
                 transport.abortConnection()
 
         return self.admission.make_flow(stalled)
-
-    def _run(
-        self,
-        request: IRequest,
-        run: Request,
-        command: AnyCommand,
-        fmt: str,
-        identity: Identity,
-        peer: str,
-        flow: Flow,
-    ) -> Deferred[str]:
-        """Start ``run`` with its slot held, paused while the client does not read."""
-        writer = self._writer(request, fmt, command)
-        request.registerProducer(flow, True)
-        client = Client(TRANSPORT, peer, flow, identity)
-        return self.service.execute(run, client, writer)
 
     @staticmethod
     def _finish(request: IRequest, flow: Flow, slot: Slot) -> None:
