@@ -21,12 +21,19 @@ from gateway.commands.follow import Followers
 from gateway.commands.lastlog import prime_file
 from gateway.commands.registry import Runners, build_service
 from gateway.config import Config, merge
-from gateway.core.audit import Entry, entry, journal_datagram, journal_fields, json_line, record
+from gateway.core.audit import Entry, entry, journal_datagram, journal_fields, json_line
 from gateway.core.command import Client, Request
 from gateway.core.quota import ClientQuota
 from gateway.core.scope import Identity, Scope
 
 from .support.fakes import FakeSpawner, call_now, run_now
+
+
+def record(
+    when: float, client: Client, request: Request, outcome: str, sent: int, seconds: float
+) -> dict[str, Any]:
+    """The record of one command, made at once."""
+    return entry(when, client, request, outcome, sent, seconds).record()
 
 
 def wait_until(check: Any, timeout: float = 5.0) -> None:

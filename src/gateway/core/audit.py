@@ -109,18 +109,6 @@ def entry(
     )
 
 
-def record(
-    when: float,
-    client: Client,
-    request: Request,
-    outcome: str,
-    sent: int,
-    seconds: float,
-) -> dict[str, Any]:
-    """The record of one command; ``sent`` is the bytes of its output."""
-    return entry(when, client, request, outcome, sent, seconds).record()
-
-
 #: What the audit trail is handed: an entry, or a record made already.
 Record = Entry | Mapping[str, Any]
 
