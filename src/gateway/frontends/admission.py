@@ -199,9 +199,9 @@ class Admission:
         token again (compared in constant time; not once the tokens were
         reloaded or the identity has expired).
         """
-        if not self.auth.enabled:
-            return ANONYMOUS
         auth = self.auth
+        if not auth.enabled:
+            return ANONYMOUS
         if proven is not None and header is not None:
             known = proven.same(header, auth.generation)
             if known is not None and not auth.expired(known):
@@ -211,8 +211,8 @@ class Admission:
             identity = auth.check(peer, presented)
         except CommandError as e:
             if e.code == "rate_limited":
-                return Denial(e, 0.0, max(1, round(self.auth.locked(peer))))
-            delay = self.auth.delay(peer) if presented is not None else 0.0
+                return Denial(e, 0.0, max(1, round(auth.locked(peer))))
+            delay = auth.delay(peer) if presented is not None else 0.0
             return Denial(e, delay, None)
         if proven is not None and header is not None:
             proven.keep(header, auth.generation, identity)
