@@ -144,6 +144,57 @@ def test_kept_alive_connection_gets_a_new_deadline_per_request() -> None:
     assert status_of(t)[0] == 408
 
 
+def deadline_timers(clock: Clock) -> int:
+    return len([call for call in clock.getDelayedCalls() if "deadline" in repr(call)])
+
+
+def test_a_request_begun_before_the_last_deadline_ran_out_gets_its_whole_time() -> None:
+    # The first request's timer is still set (for t=10) when the second
+    # request starts at t=5: the second is refused at t=15, not at t=10.
+    channel, t, clock = connect()
+    channel.dataReceived(GET)  # type: ignore[attr-defined]
+    t.clear()
+    clock.advance(5)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\n")  # type: ignore[attr-defined]
+    clock.advance(9.9)
+    assert t.value() == b"" and not t.disconnecting
+    clock.advance(0.2)
+    assert status_of(t) == (408, b"error: request not received within 10 s\n")
+
+
+def test_requests_in_time_keep_at_most_one_deadline_timer() -> None:
+    channel, t, clock = connect()
+    for _ in range(100):
+        clock.advance(0.3)
+        channel.dataReceived(GET)  # type: ignore[attr-defined]
+        assert deadline_timers(clock) == 1 and not t.disconnecting
+    clock.advance(10)  # it runs out with no request due: nothing is set again
+    assert deadline_timers(clock) == 0 and not t.disconnecting
+    assert t.value().count(b"200 OK") == 100
+
+
+def test_a_closed_connection_leaves_no_deadline_timer() -> None:
+    channel, t, clock = connect()
+    channel.dataReceived(GET)  # type: ignore[attr-defined]
+    assert deadline_timers(clock) == 1
+    channel.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+    assert deadline_timers(clock) == 0
+
+
+def test_a_request_half_in_at_the_stop_gets_linger_not_what_is_left() -> None:
+    site, clock = site_for()
+    channel, t = connect_to(site)
+    channel.dataReceived(GET)
+    t.clear()
+    clock.advance(1)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\n")  # due at t=11
+    site.stop()  # now due at t=1+LINGER
+    clock.advance(LINGER - 0.1)
+    assert t.value() == b""
+    clock.advance(0.2)
+    assert status_of(t)[0] == 408 and t.disconnecting
+
+
 @pytest.mark.parametrize("size", [1024, 4096])
 def test_limits_follow_the_config(size: int, tmp_path: Path) -> None:
     channel, t, _ = connect(HTTPConfig(max_header_bytes=size))

@@ -111,6 +111,13 @@ class GuardedChannel(HTTPChannel):
 
     def __init__(self) -> None:
         super().__init__()
+        #: When the request being received must be in (``None``: none is
+        #: being received), and the timer that checks it.  The timer is not
+        #: cancelled when a request comes in time: it is left to run out and
+        #: set again only if a request is due by then, so a kept-alive
+        #: connection pays no timer per request (a cancel and a new timer
+        #: cost a few microseconds of every answer).
+        self._due: float | None = None
         self._deadline: IDelayedCall | None = None
         self._refused = False
         self._lines = 0
@@ -139,9 +146,14 @@ class GuardedChannel(HTTPChannel):
         return host
 
     def _start_deadline(self) -> None:
-        self._stop_deadline()
         wait = LINGER if self._stopping else self.settings.request_timeout
-        self._deadline = self.clock.callLater(wait, self._too_slow)
+        due = self.clock.seconds() + wait
+        self._due = due
+        timer = self._deadline
+        if timer is None:
+            self._deadline = self.clock.callLater(wait, self._deadline_passed)
+        elif timer.getTime() > due:  # sooner than the timer is set for (stopping)
+            timer.reset(wait)
 
     @property
     def open(self) -> bool:
@@ -165,7 +177,7 @@ class GuardedChannel(HTTPChannel):
                 if not request.startedWriting:
                     request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             return
-        if self._answered and self._deadline is None:
+        if self._answered and self._due is None:
             self._close_within(LINGER)
         else:
             self._start_deadline()
@@ -177,12 +189,27 @@ class GuardedChannel(HTTPChannel):
         return bool(super().checkPersistence(request, version))
 
     def _stop_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
+        self._due = None  # (the timer, when it runs out, finds nothing due)
+
+    def _drop_deadline(self) -> None:
+        self._due = None
+        timer, self._deadline = self._deadline, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _deadline_passed(self) -> None:
         self._deadline = None
+        due = self._due
+        if due is None:
+            return
+        left = due - self.clock.seconds()
+        if left > 0:  # a later request's deadline: wait for it
+            self._deadline = self.clock.callLater(left, self._deadline_passed)
+            return
+        self._too_slow()
 
     def _too_slow(self) -> None:
-        self._deadline = None
+        self._due = None
         if self._handlingRequest:
             return
         self.log.info("Request from {peer} too slow, closing", peer=self._peer())
@@ -210,7 +237,7 @@ class GuardedChannel(HTTPChannel):
             self._held.append(data)
             self._networkProducer.pauseProducing()
             return
-        if self._deadline is None and not self._handlingRequest:
+        if self._due is None and not self._handlingRequest:
             self._start_deadline()  # a new request starts on a kept-alive connection
         super().dataReceived(data)
 
@@ -270,7 +297,7 @@ class GuardedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
-        self._stop_deadline()
+        self._drop_deadline()
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
         self._closing = None
