@@ -293,3 +293,60 @@ def test_the_local_address_is_asked_once_per_connection() -> None:
     first = channel.getHost()
     assert channel.getHost() is first and len(asked) == 1
     channel.connectionLost(Failure(ConnectionDone()))
+
+
+def headers_of(transport: StringTransport) -> dict[bytes, bytes]:
+    head = transport.value().partition(b"\r\n\r\n")[0]
+    pairs = (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    return {name.lower(): value for name, value in pairs}
+
+
+def test_every_answer_has_our_server_and_the_date_of_its_second() -> None:
+    site, clock = site_for()
+    clock.advance(1_795_000_000.25)
+    channel, t = connect_to(site)
+    channel.dataReceived(GET)
+    first = headers_of(t)
+    assert first[b"server"] == b"gateway"
+    assert first[b"date"] == b"Wed, 18 Nov 2026 11:06:40 GMT"
+    t.clear()
+    clock.advance(0.7)  # the same second
+    channel.dataReceived(GET)
+    assert headers_of(t)[b"date"] == first[b"date"]
+    t.clear()
+    clock.advance(0.1)  # the next one
+    channel.dataReceived(GET)
+    assert headers_of(t)[b"date"] == b"Wed, 18 Nov 2026 11:06:41 GMT"
+
+
+def test_a_refused_host_is_answered_with_server_and_date_too() -> None:
+    site, clock = site_for()
+    channel, t = connect_to(site)
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: attacker.example\r\n\r\n")
+    assert status_of(t)[0] == 403
+    headers = headers_of(t)
+    assert headers[b"server"] == b"gateway"
+    assert headers[b"date"] == b"Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_a_request_for_star_is_twisted_webs_own_answer() -> None:
+    channel, t, _ = connect()
+    channel.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")  # type: ignore[attr-defined]
+    assert status_of(t)[0] == 200 and headers_of(t)[b"server"] == b"gateway"
+
+
+def test_a_resource_that_breaks_is_a_500_and_the_connection_serves_on() -> None:
+    class Broken(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: object) -> bytes:
+            raise RuntimeError("broken")
+
+    site, _ = site_for()
+    site.resource.putChild(b"broken", Broken())
+    channel, t = connect_to(site)
+    channel.dataReceived(b"GET /broken HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert status_of(t)[0] == 500
+    t.clear()
+    channel.dataReceived(GET)
+    assert status_of(t) == (200, b"ok\n")
