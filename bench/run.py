@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,6 +188,32 @@ def wrk(
     return rps, float(p99.group(1)) * scale
 
 
+#: Rows that compare servers measure each this many times, taking turns,
+ROUNDS = 3
+#: for this long each time.
+ROUND_SECONDS = 5
+
+
+def alternated(
+    rounds: int, *measures: Callable[[], tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """Each ``measure`` (a rate and a p99) ``rounds`` times, taking turns;
+    the median rate and the median p99 of each.
+
+    This machine's speed drifts by 10-20% over minutes: measured one after
+    the other, two servers would be compared at different speeds.  Taking
+    turns, a drift moves every server alike, and the ratio holds.
+    """
+    runs: list[list[tuple[float, float]]] = [[] for _ in measures]
+    for _ in range(rounds):
+        for taken, measure in zip(runs, measures, strict=True):
+            taken.append(measure())
+    return [
+        (statistics.median(r for r, _ in taken), statistics.median(p for _, p in taken))
+        for taken in runs
+    ]
+
+
 FAST = "[quota]\nmax_clients = 20000\n[limits]\ncommands_per_second = 0\n"
 
 
@@ -212,16 +239,23 @@ def http_lastlog(tmp: Path, log: Path | None = None) -> list[Row]:
         )
     )
     webhook = [need("webhook"), "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)]
-    with server(webhook, port):
-        peer_rps, peer_p99 = wrk(f"http://127.0.0.1:{port}/hooks/lastlog")
     config = f'{FAST}[lastlog]\nsource = "{log}"\n'
-    with gateway(config, tmp) as (_, http):
-        gw_rps, gw_p99 = wrk(f"http://127.0.0.1:{http}/lastlog")
     ceiling_port = free_port()
-    with server(
-        [sys.executable, str(HERE / "ceiling.py"), "web", str(ceiling_port), str(log)], ceiling_port
-    ):
-        bare_rps, _ = wrk(f"http://127.0.0.1:{ceiling_port}/lastlog")
+    ceiling = [sys.executable, str(HERE / "ceiling.py"), "web", str(ceiling_port), str(log)]
+
+    def peer() -> tuple[float, float]:
+        with server(webhook, port):
+            return wrk(f"http://127.0.0.1:{port}/hooks/lastlog", seconds=ROUND_SECONDS)
+
+    def ours() -> tuple[float, float]:
+        with gateway(config, tmp) as (_, http):
+            return wrk(f"http://127.0.0.1:{http}/lastlog", seconds=ROUND_SECONDS)
+
+    def bare() -> tuple[float, float]:
+        with server(ceiling, ceiling_port):
+            return wrk(f"http://127.0.0.1:{ceiling_port}/lastlog", seconds=ROUND_SECONDS)
+
+    (peer_rps, peer_p99), (gw_rps, gw_p99), (bare_rps, _) = alternated(ROUNDS, peer, ours, bare)
     return [
         Row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer_rps, gw_rps),
         Row("GET /lastlog p99", "ms", "webhook + tail", peer_p99, gw_p99, better="lower"),
@@ -242,48 +276,42 @@ def http_lastlog_scoped(tmp: Path) -> list[Row]:
         f'[[auth.token]]\nname = "bench"\nsha256 = "{digest}"\n'
         'commands = ["lastlog", "stats"]\nmax_lines = 200\n'
     )
-    open_rps: list[tuple[float, float]] = []
-    scoped_rps: list[tuple[float, float]] = []
     open_cpu: list[float] = []
     scoped_cpu: list[float] = []
 
     def measured(config: str, headers: tuple[str, ...], cpu: list[float]) -> tuple[float, float]:
         # also the gateway's CPU per request: the machine's noise moves it less than the rate
         with gateway_process(config, tmp) as (_, http, proc):
-            seconds = 10
             before = cpu_seconds(proc)
-            rps, p99 = wrk(f"http://127.0.0.1:{http}/lastlog", seconds=seconds, headers=headers)
-            cpu.append((cpu_seconds(proc) - before) / (rps * seconds) * 1e6)
+            rps, p99 = wrk(f"http://127.0.0.1:{http}/lastlog", seconds=10, headers=headers)
+            cpu.append((cpu_seconds(proc) - before) / (rps * 10) * 1e6)
         return rps, p99
 
-    for _ in range(3):
-        open_rps.append(measured(plain, (), open_cpu))
-        scoped_rps.append(measured(scoped, (f"Authorization: Bearer {token}",), scoped_cpu))
+    (open_rps, open_p99), (scoped_rps, scoped_p99) = alternated(
+        ROUNDS,
+        lambda: measured(plain, (), open_cpu),
+        lambda: measured(scoped, (f"Authorization: Bearer {token}",), scoped_cpu),
+    )
     audited = len((tmp / "audit.jsonl").read_bytes().splitlines())
     print(f"  (audit records written: {audited})", file=sys.stderr)
-    best_open, best_scoped = sorted(open_rps)[1], sorted(scoped_rps)[1]
     return [
         Row(
             "GET /lastlog CPU per request, scoped + audit",
             "us",
             "no auth, no audit",
-            sorted(open_cpu)[1],
-            sorted(scoped_cpu)[1],
+            statistics.median(open_cpu),
+            statistics.median(scoped_cpu),
             better="lower",
         ),
         Row(
-            "GET /lastlog, scoped token + audit",
-            "req/s",
-            "no auth, no audit",
-            best_open[0],
-            best_scoped[0],
+            "GET /lastlog, scoped token + audit", "req/s", "no auth, no audit", open_rps, scoped_rps
         ),
         Row(
             "GET /lastlog p99, scoped + audit",
             "ms",
             "no auth, no audit",
-            sorted(p for _, p in open_rps)[1],
-            sorted(p for _, p in scoped_rps)[1],
+            open_p99,
+            scoped_p99,
             better="lower",
         ),
     ]
@@ -367,6 +395,11 @@ def http_lastlog_growing(tmp: Path) -> list[Row]:
 LOAD = [sys.executable, str(HERE / "load.py")]
 
 
+def rate_p99(report: dict[str, float]) -> tuple[float, float]:
+    """Operations per second and p99 (ms) of a ``load.py`` report."""
+    return report["ops_per_s"], report["p99_ms"]
+
+
 def load(*args: str) -> dict[str, float]:
     done = subprocess.run(
         pinned(LOAD_CPU, [*LOAD, *args]), capture_output=True, text=True, check=True
@@ -399,19 +432,19 @@ def tcp_lastlog(tmp: Path) -> list[Row]:
         f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
         f"EXEC:/bin/sh {loop}",
     ]
-    with server(socat, port):
-        peer = load("tcp", str(port))
-    with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
-        gw = load("tcp", str(tcp))
+
+    def peer() -> tuple[float, float]:
+        with server(socat, port):
+            return rate_p99(load("tcp", str(port), "--seconds", str(ROUND_SECONDS)))
+
+    def ours() -> tuple[float, float]:
+        with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
+            return rate_p99(load("tcp", str(tcp), "--seconds", str(ROUND_SECONDS)))
+
+    (peer_rate, peer_p99), (gw_rate, gw_p99) = alternated(ROUNDS, peer, ours)
     return [
-        Row(
-            "TCP lastlog, 50 clients",
-            "cmd/s",
-            "socat + sh + tail",
-            peer["ops_per_s"],
-            gw["ops_per_s"],
-        ),
-        Row("TCP lastlog p99", "ms", "socat + sh + tail", peer["p99_ms"], gw["p99_ms"], "lower"),
+        Row("TCP lastlog, 50 clients", "cmd/s", "socat + sh + tail", peer_rate, gw_rate),
+        Row("TCP lastlog p99", "ms", "socat + sh + tail", peer_p99, gw_p99, "lower"),
         Row(
             "(load client ceiling, echo)", "cmd/s", "-", ceiling["ops_per_s"], ceiling["ops_per_s"]
         ),
@@ -427,33 +460,27 @@ def ws_lastlog(tmp: Path) -> list[Row]:
     with server([*LOAD, "echo-ws", str(ceiling_port)], ceiling_port):
         ceiling = load("ws", f"ws://127.0.0.1:{ceiling_port}/", "--seconds", "5")
     websocketd = [need("websocketd"), "--address=127.0.0.1", f"--port={port}", "/bin/sh", str(loop)]
-    with server(websocketd, port):
-        peer = load("ws", f"ws://127.0.0.1:{port}/")
-    with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (_, http):
-        gw = load("ws", f"ws://127.0.0.1:{http}/ws")
     bare_port = free_port()
-    with server(
-        [sys.executable, str(HERE / "ceiling.py"), "ws", str(bare_port), str(log)], bare_port
-    ):
-        bare = load("ws", f"ws://127.0.0.1:{bare_port}/")
+    ceiling_ws = [sys.executable, str(HERE / "ceiling.py"), "ws", str(bare_port), str(log)]
+    seconds = str(ROUND_SECONDS)
+
+    def peer() -> tuple[float, float]:
+        with server(websocketd, port):
+            return rate_p99(load("ws", f"ws://127.0.0.1:{port}/", "--seconds", seconds))
+
+    def ours() -> tuple[float, float]:
+        with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (_, http):
+            return rate_p99(load("ws", f"ws://127.0.0.1:{http}/ws", "--seconds", seconds))
+
+    def bare() -> tuple[float, float]:
+        with server(ceiling_ws, bare_port):
+            return rate_p99(load("ws", f"ws://127.0.0.1:{bare_port}/", "--seconds", seconds))
+
+    (peer_rate, peer_p99), (gw_rate, gw_p99), (bare_rate, _) = alternated(ROUNDS, peer, ours, bare)
     return [
-        Row(
-            "WebSocket lastlog vs the stack",
-            "rt/s",
-            "bare Autobahn",
-            bare["ops_per_s"],
-            gw["ops_per_s"],
-        ),
-        Row(
-            "WebSocket lastlog, 50 clients",
-            "rt/s",
-            "websocketd + sh",
-            peer["ops_per_s"],
-            gw["ops_per_s"],
-        ),
-        Row(
-            "WebSocket lastlog p99", "ms", "websocketd + sh", peer["p99_ms"], gw["p99_ms"], "lower"
-        ),
+        Row("WebSocket lastlog vs the stack", "rt/s", "bare Autobahn", bare_rate, gw_rate),
+        Row("WebSocket lastlog, 50 clients", "rt/s", "websocketd + sh", peer_rate, gw_rate),
+        Row("WebSocket lastlog p99", "ms", "websocketd + sh", peer_p99, gw_p99, "lower"),
         Row(
             "(load client ceiling, WS echo)",
             "rt/s",
