@@ -208,6 +208,11 @@ def alternated(
     for _ in range(rounds):
         for taken, measure in zip(runs, measures, strict=True):
             taken.append(measure())
+    for taken, measure in zip(runs, measures, strict=True):  # the spread, for the reader
+        print(
+            f"  ({measure.__name__.strip('_')}: {', '.join(f'{r:.0f}' for r, _ in taken)})",
+            file=sys.stderr,
+        )
     return [
         (statistics.median(r for r, _ in taken), statistics.median(p for _, p in taken))
         for taken in runs
@@ -243,19 +248,21 @@ def http_lastlog(tmp: Path, log: Path | None = None) -> list[Row]:
     ceiling_port = free_port()
     ceiling = [sys.executable, str(HERE / "ceiling.py"), "web", str(ceiling_port), str(log)]
 
-    def peer() -> tuple[float, float]:
+    def webhook_tail() -> tuple[float, float]:
         with server(webhook, port):
             return wrk(f"http://127.0.0.1:{port}/hooks/lastlog", seconds=ROUND_SECONDS)
 
-    def ours() -> tuple[float, float]:
+    def gateway_() -> tuple[float, float]:
         with gateway(config, tmp) as (_, http):
             return wrk(f"http://127.0.0.1:{http}/lastlog", seconds=ROUND_SECONDS)
 
-    def bare() -> tuple[float, float]:
+    def bare_twisted_web() -> tuple[float, float]:
         with server(ceiling, ceiling_port):
             return wrk(f"http://127.0.0.1:{ceiling_port}/lastlog", seconds=ROUND_SECONDS)
 
-    (peer_rps, peer_p99), (gw_rps, gw_p99), (bare_rps, _) = alternated(ROUNDS, peer, ours, bare)
+    (peer_rps, peer_p99), (gw_rps, gw_p99), (bare_rps, _) = alternated(
+        ROUNDS, webhook_tail, gateway_, bare_twisted_web
+    )
     return [
         Row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer_rps, gw_rps),
         Row("GET /lastlog p99", "ms", "webhook + tail", peer_p99, gw_p99, better="lower"),
@@ -287,11 +294,13 @@ def http_lastlog_scoped(tmp: Path) -> list[Row]:
             cpu.append((cpu_seconds(proc) - before) / (rps * 10) * 1e6)
         return rps, p99
 
-    (open_rps, open_p99), (scoped_rps, scoped_p99) = alternated(
-        ROUNDS,
-        lambda: measured(plain, (), open_cpu),
-        lambda: measured(scoped, (f"Authorization: Bearer {token}",), scoped_cpu),
-    )
+    def no_auth() -> tuple[float, float]:
+        return measured(plain, (), open_cpu)
+
+    def scoped_audited() -> tuple[float, float]:
+        return measured(scoped, (f"Authorization: Bearer {token}",), scoped_cpu)
+
+    (open_rps, open_p99), (scoped_rps, scoped_p99) = alternated(ROUNDS, no_auth, scoped_audited)
     audited = len((tmp / "audit.jsonl").read_bytes().splitlines())
     print(f"  (audit records written: {audited})", file=sys.stderr)
     return [
@@ -433,15 +442,15 @@ def tcp_lastlog(tmp: Path) -> list[Row]:
         f"EXEC:/bin/sh {loop}",
     ]
 
-    def peer() -> tuple[float, float]:
+    def socat_sh() -> tuple[float, float]:
         with server(socat, port):
             return rate_p99(load("tcp", str(port), "--seconds", str(ROUND_SECONDS)))
 
-    def ours() -> tuple[float, float]:
+    def gateway_() -> tuple[float, float]:
         with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
             return rate_p99(load("tcp", str(tcp), "--seconds", str(ROUND_SECONDS)))
 
-    (peer_rate, peer_p99), (gw_rate, gw_p99) = alternated(ROUNDS, peer, ours)
+    (peer_rate, peer_p99), (gw_rate, gw_p99) = alternated(ROUNDS, socat_sh, gateway_)
     return [
         Row("TCP lastlog, 50 clients", "cmd/s", "socat + sh + tail", peer_rate, gw_rate),
         Row("TCP lastlog p99", "ms", "socat + sh + tail", peer_p99, gw_p99, "lower"),
@@ -464,19 +473,21 @@ def ws_lastlog(tmp: Path) -> list[Row]:
     ceiling_ws = [sys.executable, str(HERE / "ceiling.py"), "ws", str(bare_port), str(log)]
     seconds = str(ROUND_SECONDS)
 
-    def peer() -> tuple[float, float]:
+    def websocketd_sh() -> tuple[float, float]:
         with server(websocketd, port):
             return rate_p99(load("ws", f"ws://127.0.0.1:{port}/", "--seconds", seconds))
 
-    def ours() -> tuple[float, float]:
+    def gateway_() -> tuple[float, float]:
         with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (_, http):
             return rate_p99(load("ws", f"ws://127.0.0.1:{http}/ws", "--seconds", seconds))
 
-    def bare() -> tuple[float, float]:
+    def bare_autobahn() -> tuple[float, float]:
         with server(ceiling_ws, bare_port):
             return rate_p99(load("ws", f"ws://127.0.0.1:{bare_port}/", "--seconds", seconds))
 
-    (peer_rate, peer_p99), (gw_rate, gw_p99), (bare_rate, _) = alternated(ROUNDS, peer, ours, bare)
+    (peer_rate, peer_p99), (gw_rate, gw_p99), (bare_rate, _) = alternated(
+        ROUNDS, websocketd_sh, gateway_, bare_autobahn
+    )
     return [
         Row("WebSocket lastlog vs the stack", "rt/s", "bare Autobahn", bare_rate, gw_rate),
         Row("WebSocket lastlog, 50 clients", "rt/s", "websocketd + sh", peer_rate, gw_rate),
