@@ -277,6 +277,23 @@ def test_a_connection_handed_to_a_websocket_is_not_waited_for() -> None:
     assert site.connections == 0
 
 
+def test_a_connection_handed_to_a_websocket_keeps_no_deadline_timer() -> None:
+    # The timer would hold the channel (and its request) for the rest of
+    # request_timeout: memory for every WebSocket just opened.
+    class Takeover(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> int:
+            request.channel.transport = None  # what Autobahn's resource does
+            return NOT_DONE_YET
+
+    site, clock = site_for()
+    site.resource.putChild(b"ws", Takeover())
+    channel, _ = connect_to(site)
+    channel.dataReceived(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert deadline_timers(clock) == 0
+
+
 def test_the_local_address_is_asked_once_per_connection() -> None:
     from gateway.frontends.http.site import GuardedChannel
 

@@ -275,6 +275,8 @@ class GuardedChannel(HTTPChannel):
         if self._refused:
             return  # answered 413 (or another refusal): the route never runs
         super().allContentReceived()
+        if self.transport is None:  # handed over to a WebSocket: its timer must not keep us
+            self._drop_deadline()
 
     def loseConnection(self) -> None:
         """Close once what was written is sent, or abort after ``abortTimeout``.
