@@ -48,9 +48,14 @@ class Row:
     peer: float
     gateway: float
     better: str = "higher"  # or "lower"
+    #: The ratio of each round's pair, when the two sides took turns (see
+    #: :func:`alternated`): their median is the ratio shown.
+    pairs: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
+        if self.pairs:
+            return statistics.median(self.pairs)
         if self.better == "higher":
             return self.gateway / self.peer if self.peer else float("inf")
         return self.peer / self.gateway if self.gateway else float("inf")
@@ -194,15 +199,29 @@ ROUNDS = 3
 ROUND_SECONDS = 5
 
 
-def alternated(
-    rounds: int, *measures: Callable[[], tuple[float, float]]
-) -> list[tuple[float, float]]:
-    """Each ``measure`` (a rate and a p99) ``rounds`` times, taking turns;
-    the median rate and the median p99 of each.
+@dataclass
+class Rounds:
+    """What one server did in each round: its rates and its p99s."""
+
+    rates: list[float]
+    p99s: list[float]
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def p99(self) -> float:
+        return statistics.median(self.p99s)
+
+
+def alternated(rounds: int, *measures: Callable[[], tuple[float, float]]) -> list[Rounds]:
+    """Each ``measure`` (a rate and a p99) ``rounds`` times, taking turns.
 
     This machine's speed drifts by 10-20% over minutes: measured one after
     the other, two servers would be compared at different speeds.  Taking
-    turns, a drift moves every server alike, and the ratio holds.
+    turns, each round compares them at nearly the same speed; the rows show
+    the median of each side and the median of the rounds' ratios.
     """
     runs: list[list[tuple[float, float]]] = [[] for _ in measures]
     for _ in range(rounds):
@@ -213,10 +232,28 @@ def alternated(
             f"  ({measure.__name__.strip('_')}: {', '.join(f'{r:.0f}' for r, _ in taken)})",
             file=sys.stderr,
         )
-    return [
-        (statistics.median(r for r, _ in taken), statistics.median(p for _, p in taken))
-        for taken in runs
-    ]
+    return [Rounds([r for r, _ in taken], [p for _, p in taken]) for taken in runs]
+
+
+def side_by_side(
+    work: str, unit: str, peer_name: str, peer: list[float], ours: list[float], better: str
+) -> Row:
+    """A row of two sides measured in turns: medians, and the median of the rounds' ratios."""
+    pairs = tuple(
+        (o / p if better == "higher" else p / o) if (p and o) else float("inf")
+        for p, o in zip(peer, ours, strict=True)
+    )
+    return Row(
+        work, unit, peer_name, statistics.median(peer), statistics.median(ours), better, pairs
+    )
+
+
+def rate_row(work: str, unit: str, peer_name: str, peer: Rounds, ours: Rounds) -> Row:
+    return side_by_side(work, unit, peer_name, peer.rates, ours.rates, "higher")
+
+
+def p99_row(work: str, peer_name: str, peer: Rounds, ours: Rounds) -> Row:
+    return side_by_side(work, "ms", peer_name, peer.p99s, ours.p99s, "lower")
 
 
 FAST = "[quota]\nmax_clients = 20000\n[limits]\ncommands_per_second = 0\n"
@@ -260,13 +297,11 @@ def http_lastlog(tmp: Path, log: Path | None = None) -> list[Row]:
         with server(ceiling, ceiling_port):
             return wrk(f"http://127.0.0.1:{ceiling_port}/lastlog", seconds=ROUND_SECONDS)
 
-    (peer_rps, peer_p99), (gw_rps, gw_p99), (bare_rps, _) = alternated(
-        ROUNDS, webhook_tail, gateway_, bare_twisted_web
-    )
+    peer, ours, bare = alternated(ROUNDS, webhook_tail, gateway_, bare_twisted_web)
     return [
-        Row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer_rps, gw_rps),
-        Row("GET /lastlog p99", "ms", "webhook + tail", peer_p99, gw_p99, better="lower"),
-        Row("GET /lastlog vs the stack", "req/s", "bare twisted.web", bare_rps, gw_rps),
+        rate_row("GET /lastlog, 50 conns", "req/s", "webhook + tail", peer, ours),
+        p99_row("GET /lastlog p99", "webhook + tail", peer, ours),
+        rate_row("GET /lastlog vs the stack", "req/s", "bare twisted.web", bare, ours),
     ]
 
 
@@ -300,28 +335,27 @@ def http_lastlog_scoped(tmp: Path) -> list[Row]:
     def scoped_audited() -> tuple[float, float]:
         return measured(scoped, (f"Authorization: Bearer {token}",), scoped_cpu)
 
-    (open_rps, open_p99), (scoped_rps, scoped_p99) = alternated(ROUNDS, no_auth, scoped_audited)
+    plain_rounds, scoped_rounds = alternated(ROUNDS, no_auth, scoped_audited)
     audited = len((tmp / "audit.jsonl").read_bytes().splitlines())
     print(f"  (audit records written: {audited})", file=sys.stderr)
     return [
-        Row(
+        side_by_side(
             "GET /lastlog CPU per request, scoped + audit",
             "us",
             "no auth, no audit",
-            statistics.median(open_cpu),
-            statistics.median(scoped_cpu),
-            better="lower",
+            open_cpu,
+            scoped_cpu,
+            "lower",
         ),
-        Row(
-            "GET /lastlog, scoped token + audit", "req/s", "no auth, no audit", open_rps, scoped_rps
-        ),
-        Row(
-            "GET /lastlog p99, scoped + audit",
-            "ms",
+        rate_row(
+            "GET /lastlog, scoped token + audit",
+            "req/s",
             "no auth, no audit",
-            open_p99,
-            scoped_p99,
-            better="lower",
+            plain_rounds,
+            scoped_rounds,
+        ),
+        p99_row(
+            "GET /lastlog p99, scoped + audit", "no auth, no audit", plain_rounds, scoped_rounds
         ),
     ]
 
@@ -396,6 +430,7 @@ def http_lastlog_growing(tmp: Path) -> list[Row]:
             r.peer,
             r.gateway,
             r.better,
+            r.pairs,
         )
         for r in rows
     ]
@@ -450,10 +485,10 @@ def tcp_lastlog(tmp: Path) -> list[Row]:
         with gateway(f'{FAST}[lastlog]\nsource = "{log}"\n', tmp) as (tcp, _):
             return rate_p99(load("tcp", str(tcp), "--seconds", str(ROUND_SECONDS)))
 
-    (peer_rate, peer_p99), (gw_rate, gw_p99) = alternated(ROUNDS, socat_sh, gateway_)
+    peer, ours = alternated(ROUNDS, socat_sh, gateway_)
     return [
-        Row("TCP lastlog, 50 clients", "cmd/s", "socat + sh + tail", peer_rate, gw_rate),
-        Row("TCP lastlog p99", "ms", "socat + sh + tail", peer_p99, gw_p99, "lower"),
+        rate_row("TCP lastlog, 50 clients", "cmd/s", "socat + sh + tail", peer, ours),
+        p99_row("TCP lastlog p99", "socat + sh + tail", peer, ours),
         Row(
             "(load client ceiling, echo)", "cmd/s", "-", ceiling["ops_per_s"], ceiling["ops_per_s"]
         ),
@@ -485,13 +520,11 @@ def ws_lastlog(tmp: Path) -> list[Row]:
         with server(ceiling_ws, bare_port):
             return rate_p99(load("ws", f"ws://127.0.0.1:{bare_port}/", "--seconds", seconds))
 
-    (peer_rate, peer_p99), (gw_rate, gw_p99), (bare_rate, _) = alternated(
-        ROUNDS, websocketd_sh, gateway_, bare_autobahn
-    )
+    peer, ours, bare = alternated(ROUNDS, websocketd_sh, gateway_, bare_autobahn)
     return [
-        Row("WebSocket lastlog vs the stack", "rt/s", "bare Autobahn", bare_rate, gw_rate),
-        Row("WebSocket lastlog, 50 clients", "rt/s", "websocketd + sh", peer_rate, gw_rate),
-        Row("WebSocket lastlog p99", "ms", "websocketd + sh", peer_p99, gw_p99, "lower"),
+        rate_row("WebSocket lastlog vs the stack", "rt/s", "bare Autobahn", bare, ours),
+        rate_row("WebSocket lastlog, 50 clients", "rt/s", "websocketd + sh", peer, ours),
+        p99_row("WebSocket lastlog p99", "websocketd + sh", peer, ours),
         Row(
             "(load client ceiling, WS echo)",
             "rt/s",
