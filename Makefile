@@ -3,18 +3,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pip says only what failed: its warnings about the machine's own pip
+# configuration (an index that lacks a package) would otherwise fill the
+# first screen of `make run`; an error still shows and stops make.
+PIP_QUIET := --quiet --quiet
 
 .PHONY: run test lint bench install install-test tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install $(PIP_QUIET) -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
 
 run: install
 	$(BIN)/gateway $(ARGS)
