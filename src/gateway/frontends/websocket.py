@@ -335,14 +335,15 @@ class GatewayWebSocket(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         options: Any = self  # set from the factory's options, at connection
-        plain = not (
+        # All the frames in one block, unless an option makes Autobahn frame each its way.
+        together = not (
             len(texts) == 1
             or self._perMessageCompress is not None
             or options.autoFragmentSize
             or options.maskServerFrames
             or self.trackedTimings
         )
-        if plain:
+        if together:
             framed = _shared_frames if isinstance(texts, tuple) else text_frames
             frames, octets, longest = framed(texts)
             if not 0 < options.maxMessagePayloadSize < longest:  # else Autobahn refuses it
